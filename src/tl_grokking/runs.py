@@ -1,0 +1,172 @@
+"""The run directory: the on-disk record of one training run, and crash-safe file writes.
+
+Layout::
+
+    RUN_DIR/
+        config.json                      # the TrainConfig (task, model, optimiser, schedule)
+        metrics.jsonl                    # one JSON object per logged epoch ({"epoch": N, ...})
+        checkpoints/epoch_<N>.safetensors  # model state dict at epoch N (weights only)
+        resume.safetensors               # latest model + optimiser state, for --resume
+
+Every file is written to a temporary file in the same directory and renamed into place
+(:func:`atomic_write`), so a crash leaves either the old or the new file, never half of one.
+``metrics.jsonl`` is appended one line at a time; :func:`read_metrics` ignores a final line
+cut off by a crash.  Checkpoints are safetensors: loading never executes code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+__all__ = [
+    "CONFIG_FILE",
+    "METRICS_FILE",
+    "CHECKPOINT_DIR",
+    "RESUME_FILE",
+    "atomic_write",
+    "atomic_write_text",
+    "write_json",
+    "read_json",
+    "save_safetensors",
+    "load_safetensors",
+    "checkpoint_path",
+    "list_checkpoints",
+    "is_run_dir",
+    "append_metrics",
+    "read_metrics",
+    "RunDirError",
+]
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+RESUME_FILE = "resume.safetensors"
+_CKPT_RE = re.compile(r"^epoch_(\d+)\.safetensors$")
+
+
+class RunDirError(ValueError):
+    """A path is not a usable run directory (missing config, no checkpoints, ...)."""
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success fsync and rename it onto ``path``.
+
+    On any exception the temporary file is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise RunDirError(f"{path} is not valid JSON: {err}") from None
+
+
+def save_safetensors(
+    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> None:
+    """Atomically save contiguous CPU copies of ``tensors`` to a safetensors file."""
+    clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    with atomic_write(path) as tmp:
+        save_file(clean, str(tmp), metadata=metadata)
+
+
+def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Load a safetensors file (never executes code)."""
+    return load_file(str(path), device=device)
+
+
+def checkpoint_path(run_dir: str | os.PathLike, epoch: int) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / f"epoch_{int(epoch)}.safetensors"
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(epoch, path)`` of every checkpoint in the run directory, sorted by epoch."""
+    ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
+    if not ckpt_dir.is_dir():
+        return []
+    found = []
+    for entry in ckpt_dir.iterdir():
+        match = _CKPT_RE.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def append_metrics(run_dir: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Append one JSON line to ``metrics.jsonl`` and flush it to disk."""
+    path = Path(run_dir) / METRICS_FILE
+    line = json.dumps(record, sort_keys=True, allow_nan=True) + "\n"
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(line)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_metrics(
+    run_dir: str | os.PathLike, *, keep: Callable[[dict[str, Any]], bool] | None = None
+) -> list[dict[str, Any]]:
+    """Read ``metrics.jsonl``; a final line cut off by a crash is skipped, others must parse."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            is_last = i == len(lines) - 1  # no trailing newline: the write was cut off
+            if is_last:
+                continue
+            raise RunDirError(f"{path}: line {i + 1} is not valid JSON") from None
+        if keep is None or keep(record):
+            records.append(record)
+    return records
+
+
+def rewrite_metrics(run_dir: str | os.PathLike, records: list[dict[str, Any]]) -> None:
+    """Atomically replace ``metrics.jsonl`` with ``records`` (used when resuming)."""
+    text = "".join(json.dumps(r, sort_keys=True, allow_nan=True) + "\n" for r in records)
+    atomic_write_text(Path(run_dir) / METRICS_FILE, text)
