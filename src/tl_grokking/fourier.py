@@ -11,15 +11,29 @@ Nyquist cosine ``cos(pi x) / sqrt(n)``.  ``F @ F.T = I``.
   batched over trailing axes.
 * The sum directions for frequency k: ``cos(w_k (a + b))`` and ``sin(w_k (a + b))`` over the
   p² grid (lexicographic, row ``a * p + b``), each of unit norm.
+
+Projections onto sets of frequencies (all batched, ``mode="keep"`` or ``"remove"``):
+
+* :func:`project_1d` — along one token axis (e.g. the rows of ``W_E``, the classes of ``W_L``).
+* :func:`project_grid` — over the p² grid: ``basis="sum"`` (the 2|K| sum directions),
+  ``"block"`` (the union of the 3×3 blocks ``{const, cos k, sin k}²``) or ``"product"`` (every
+  2-D component whose two frequencies lie in ``K ∪ {0}``; keeping all of them is the identity).
+* :func:`block_fve` — per column of a grid-indexed tensor, the fraction of its (centred) energy
+  in the 3×3 block of each frequency (the neuron-cluster statistic of §6).
+
+The model-level analyses built on these (key frequencies, neuron clusters) are at the end of this
+module.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float
+from fancy_einsum import einsum
+from jaxtyping import Float, Int
 from torch import Tensor
 
 __all__ = [
@@ -36,7 +50,21 @@ __all__ = [
     "sum_directions",
     "project_onto_sum_directions",
     "validate_freqs",
+    "validate_mode",
+    "project_1d",
+    "grid_mask",
+    "project_grid",
+    "block_fve",
+    "GRID_BASES",
+    "MODES",
+    "NeuronClusters",
+    "KeyFrequencies",
+    "neuron_clusters",
+    "key_frequencies",
 ]
+
+MODES = ("keep", "remove")
+GRID_BASES = ("sum", "block", "product")
 
 
 def fourier_basis(
@@ -191,3 +219,345 @@ def project_onto_sum_directions(
     flat = x.reshape(p * p, -1)
     proj = dirs.T @ (dirs @ flat)
     return proj.reshape(x.shape)
+
+
+# ---- projections onto sets of frequencies ---------------------------------------------------
+
+
+def validate_mode(mode: str) -> str:
+    """``"keep"`` or ``"remove"``; ``ValueError`` otherwise."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return mode
+
+
+def _const_selected(mode: str, include_const: bool | None) -> bool:
+    # Default: the constant is kept in "keep" mode and left alone in "remove" mode, so that
+    # ``keep`` reproduces the restricted logits (P_K + mean) and ``remove`` the excluded ones.
+    return (mode == "keep") if include_const is None else bool(include_const)
+
+
+def project_1d(
+    x: Tensor,
+    freqs: Iterable[int],
+    *,
+    dim: int = 0,
+    mode: str = "keep",
+    include_const: bool | None = None,
+) -> Tensor:
+    """Keep or remove the cos/sin components of ``freqs`` along one token axis ``dim``.
+
+    ``include_const`` says whether the constant component is among the selected ones
+    (default: selected when keeping, not when removing). ``keep`` and ``remove`` with the same
+    selection sum to ``x``. Batched over all other axes; float dtypes are preserved.
+    """
+    validate_mode(mode)
+    n = x.shape[dim]
+    rows = freq_rows(freqs, n, include_const=_const_selected(mode, include_const))
+    basis = _basis_like(x, n)[rows]
+    proj = basis.T @ basis  # [n, n], symmetric
+    moved = x.movedim(dim, -1).to(basis.dtype)
+    kept = moved @ proj
+    out = kept if mode == "keep" else moved - kept
+    return out.movedim(-1, dim)
+
+
+def grid_mask(
+    p: int, freqs: Iterable[int], *, basis: str = "block", include_const: bool = True
+) -> torch.Tensor:
+    """Boolean ``[p, p]`` mask of the selected 2-D Fourier components (rows a, columns b).
+
+    ``basis="block"``: the union over k in ``freqs`` of the 3×3 blocks
+    ``{const, cos k, sin k} × {const, cos k, sin k}`` (no cross-frequency products).
+    ``basis="product"``: every component whose a- and b-frequencies both lie in ``freqs ∪ {0}``.
+    The ``const ⊗ const`` entry (the grid mean) is selected iff ``include_const``.
+    """
+    if basis not in ("block", "product"):
+        raise ValueError(f"basis must be 'block' or 'product' for a 2-D mask, got {basis!r}")
+    freqs = validate_freqs(freqs, p)
+    f = torch.tensor(basis_frequencies(p))
+    sel = torch.isin(f, torch.tensor(freqs, dtype=f.dtype))
+    zero = f == 0
+    if basis == "block":
+        same = f[:, None] == f[None, :]
+        mask = (sel[:, None] & sel[None, :] & same) | (sel[:, None] & zero[None, :])
+        mask = mask | (zero[:, None] & sel[None, :])
+    else:
+        mask = (sel | zero)[:, None] & (sel | zero)[None, :]
+    mask[0, 0] = bool(include_const)
+    return mask
+
+
+def project_grid(
+    x: Float[Tensor, "p_sq ..."],
+    p: int,
+    freqs: Iterable[int],
+    *,
+    basis: str = "sum",
+    mode: str = "keep",
+    include_const: bool | None = None,
+) -> Float[Tensor, "p_sq ..."]:
+    """Keep or remove Fourier components of a grid-indexed tensor (leading axis p², lexicographic).
+
+    ``basis`` (see :func:`grid_mask`): ``"sum"`` projects onto the sum directions
+    ``cos/sin(w_k(a+b))`` (P_K of §7); ``"block"`` onto the union of the 3×3 blocks;
+    ``"product"`` onto all products of kept frequencies. ``include_const``: whether the grid
+    mean (the constant direction) is among the selected components (default: selected when
+    keeping, not when removing). Trailing axes are batched (neurons, classes, d_model).
+    """
+    validate_mode(mode)
+    if basis not in GRID_BASES:
+        raise ValueError(f"basis must be one of {GRID_BASES}, got {basis!r}")
+    if x.shape[0] != p * p:
+        raise ValueError(f"expected a leading axis of p*p = {p * p} inputs, got {tuple(x.shape)}")
+    const = _const_selected(mode, include_const)
+    dtype = x.dtype if x.is_floating_point() else torch.float32
+    flat = x.reshape(p * p, -1).to(dtype)
+    if basis == "sum":
+        dirs = sum_directions(p, freqs, dtype=dtype, device=x.device)
+        kept = dirs.T @ (dirs @ flat)
+        if const:
+            kept = kept + flat.mean(dim=0, keepdim=True)
+    else:
+        # Only the rows R = {const} ∪ rows(freqs) of the basis take part: coefficients
+        # C = F_R X F_R^T ([r, r, n]), masked, mapped back with F_R^T C F_R: O(r p² n) for
+        # r = 1 + 2|K| rows instead of O(p³ n) for full 2-D transforms.
+        rows = freq_rows(freqs, p, include_const=True)
+        basis_r = fourier_basis(p, dtype=dtype, device=x.device)[0][rows]  # [r, p]
+        mask = grid_mask(p, freqs, basis=basis, include_const=const)[rows][:, rows]
+        grid = to_grid(flat, p)
+        coeffs = einsum("i a, a b n, j b -> i j n", basis_r, grid, basis_r)
+        coeffs = coeffs * mask.to(x.device, dtype)[:, :, None]
+        kept = from_grid(einsum("i a, i j n, j b -> a b n", basis_r, coeffs, basis_r))
+    out = kept if mode == "keep" else flat - kept
+    return out.reshape(x.shape)
+
+
+def block_fve(x: Float[Tensor, "p_sq ..."], p: int) -> Float[Tensor, "n_freqs ..."]:
+    """Fraction of each column's centred energy in the 3×3 block of each frequency (§6).
+
+    For every trailing index (e.g. a neuron), subtract its mean over the p² grid, 2-D transform
+    and return ``energy in {const, cos k, sin k}² / total energy`` for k = 1 .. p // 2 (row
+    ``k - 1``). A column with zero variance gets 0 for every k.
+    """
+    if x.shape[0] != p * p:
+        raise ValueError(f"expected a leading axis of p*p = {p * p} inputs, got {tuple(x.shape)}")
+    dtype = x.dtype if x.is_floating_point() else torch.float32
+    flat = x.reshape(p * p, -1).to(dtype)
+    centred = flat - flat.mean(dim=0, keepdim=True)
+    basis = fourier_basis(p, dtype=dtype, device=x.device)[0]
+    half = fourier_transform(to_grid(centred, p), dim=0)  # [i, b, n]: transformed along a only
+    total = centred.square().sum(dim=0)  # Parseval: the energy of all 2-D coefficients
+    freqs = torch.tensor(frequencies(p), device=x.device)
+    cos_idx = 2 * freqs - 1
+    has_sin = (2 * freqs != p).to(dtype)[:, None]
+    sin_idx = torch.where(2 * freqs != p, 2 * freqs, cos_idx)
+
+    def coeff(i: Tensor, j: Tensor) -> Tensor:  # 2-D coefficients C[i[k], j[k]] → [n_freqs, n]
+        return einsum("k b n, k b -> k n", half[i], basis[j])
+
+    col0 = half.sum(dim=1) / math.sqrt(p)  # C[i, const] for every row i
+    row0 = basis @ half[0]  # C[const, j] for every column j
+    edges = row0[cos_idx].square() + has_sin * row0[sin_idx].square()
+    edges = edges + col0[cos_idx].square() + has_sin * col0[sin_idx].square()
+    inner = coeff(cos_idx, cos_idx).square() + has_sin * (
+        coeff(cos_idx, sin_idx).square()
+        + coeff(sin_idx, cos_idx).square()
+        + coeff(sin_idx, sin_idx).square()
+    )
+    block = edges + inner  # [n_freqs, n]; const ⊗ const is zero after centring
+    fve = torch.where(total > 0, block / total.clamp_min(torch.finfo(dtype).tiny), 0.0)
+    return fve.reshape(len(freqs), *x.shape[1:])
+
+
+# ---- model-level analysis: neuron clusters and key frequencies (§6) ---------------------------
+# (imports of the model-level modules are local: they import this module.)
+
+KEY_FREQUENCY_RULES = ("clusters", "embed", "unembed")
+
+
+@dataclass
+class NeuronClusters:
+    """Each MLP neuron's frequency and the fraction of its variance that frequency explains.
+
+    ``freq[n]`` is the arg-max over k of ``fve_all[k - 1, n]`` (see :func:`block_fve`), ``fve[n]``
+    its value; neurons with ``fve >= threshold`` are *clustered* with that frequency.
+    """
+
+    p: int
+    threshold: float
+    freq: Int[Tensor, " d_mlp"]
+    fve: Float[Tensor, " d_mlp"]
+    fve_all: Float[Tensor, "n_freqs d_mlp"]
+
+    @property
+    def clustered(self) -> torch.Tensor:
+        """Boolean mask of clustered neurons."""
+        return self.fve >= self.threshold
+
+    @property
+    def sizes(self) -> dict[int, int]:
+        """Cluster sizes by frequency (clustered neurons only), ascending k."""
+        ks, counts = torch.unique(self.freq[self.clustered], return_counts=True)
+        return {int(k): int(c) for k, c in zip(ks, counts, strict=True)}
+
+    @property
+    def n_unclustered(self) -> int:
+        return int((~self.clustered).sum())
+
+    def neurons(self, k: int) -> Int[Tensor, " n"]:
+        """Indices of the neurons clustered at frequency ``k``."""
+        return torch.nonzero(self.clustered & (self.freq == k)).flatten()
+
+    def __str__(self) -> str:
+        sizes = ", ".join(f"{k}: {n}" for k, n in self.sizes.items()) or "none"
+        n = self.freq.shape[0]
+        return (
+            f"neuron clusters (FVE >= {self.threshold:g}): {n - self.n_unclustered} of {n} "
+            f"neurons clustered; sizes by frequency {{{sizes}}}; {self.n_unclustered} unclustered"
+        )
+
+
+@dataclass
+class KeyFrequencies:
+    """Key frequencies by up to three rules (§6), with the evidence of each.
+
+    ``keys`` are those of the primary ``rule`` (``"clusters"`` when several were computed);
+    ``by_rule[r]`` the set from rule r; ``evidence[r]`` one value per frequency (row ``k - 1``):
+    cluster sizes for ``"clusters"``, Fourier norms of ``W_E`` / ``W_L`` for ``"embed"`` /
+    ``"unembed"``; ``thresholds[r]`` the cut-off applied to that evidence.
+    """
+
+    p: int
+    rule: str
+    keys: list[int]
+    by_rule: dict[str, list[int]]
+    evidence: dict[str, Tensor]
+    thresholds: dict[str, float]
+    clusters: NeuronClusters | None = None
+
+    @property
+    def freqs(self) -> list[int]:
+        """Alias of :attr:`keys`."""
+        return self.keys
+
+    def __iter__(self):
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def agree(self) -> bool:
+        """True when every computed rule gives the same set."""
+        sets = [tuple(v) for v in self.by_rule.values()]
+        return all(s == sets[0] for s in sets)
+
+    def __str__(self) -> str:
+        lines = [f"key frequencies (p = {self.p}, rule {self.rule!r}): {self.keys}"]
+        describe = {
+            "clusters": "neuron clusters, size >= {t:g} (FVE >= {fve:g})",
+            "embed": "W_E Fourier norm > {t:.3g} (max/4)",
+            "unembed": "W_L Fourier norm > {t:.3g} (max/4)",
+        }
+        fve = self.clusters.threshold if self.clusters is not None else float("nan")
+        for r, keys in self.by_rule.items():
+            how = describe[r].format(t=self.thresholds[r], fve=fve)
+            ev = self.evidence[r]
+            vals = ", ".join(f"{k}: {float(ev[k - 1]):.3g}" for k in keys)
+            lines.append(f"  {r:8s} {keys}   [{how}; {vals}]")
+        if len(self.by_rule) > 1:
+            lines.append(f"  rules agree: {'yes' if self.agree else 'no'}")
+        return "\n".join(lines)
+
+
+def neuron_clusters(
+    model,
+    task=None,
+    threshold: float = 0.85,
+    *,
+    activations: Float[Tensor, "p_sq d_mlp"] | None = None,
+) -> NeuronClusters:
+    """Cluster the MLP neurons by frequency (§6).
+
+    For each neuron: final-position post-activation over all p² inputs, centred, 2-D Fourier
+    transformed; FVE by k = energy in the 3×3 block of k / total energy; frequency = arg-max;
+    clustered when FVE >= ``threshold``. ``activations`` (``[p², d_mlp]``, canonical order) skips
+    the forward pass.
+    """
+    from .hooks import grid_activations, resolve_task
+
+    if not (0.0 < float(threshold) <= 1.0):
+        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+    task = resolve_task(model, task)
+    p = task.p
+    if activations is None:
+        name = "blocks.0.mlp.hook_post"
+        activations = grid_activations(model, task, [name])[name]
+    fve_all = block_fve(activations.double(), p)
+    fve, idx = fve_all.max(dim=0)
+    return NeuronClusters(p=p, threshold=float(threshold), freq=idx + 1, fve=fve, fve_all=fve_all)
+
+
+def _above_max_fraction(norms: Tensor, fraction: float = 0.25) -> tuple[list[int], float]:
+    cut = float(norms.max()) * fraction
+    return [int(i) + 1 for i in torch.nonzero(norms > cut).flatten()], cut
+
+
+def key_frequencies(
+    model,
+    task=None,
+    *,
+    rule: str = "all",
+    threshold: float = 0.85,
+    min_cluster_size: int = 1,
+    norm_fraction: float = 0.25,
+    clusters: NeuronClusters | None = None,
+) -> KeyFrequencies:
+    """The key frequencies of a model by one rule or all three (§6).
+
+    Rules:
+        ``"clusters"``: the frequencies of the neuron clusters (:func:`neuron_clusters` at FVE
+        ``threshold``) holding at least ``min_cluster_size`` neurons.
+        ``"embed"`` (TransformerLens demo): frequencies whose ``W_E`` Fourier norm
+        ``sqrt(|cos k|² + |sin k|²)`` along the token axis exceeds ``norm_fraction`` × the max.
+        ``"unembed"`` (paper appendix): the same rule on the Fourier norms of ``W_L`` along its
+        class axis (norm over neurons), same ``norm_fraction`` (default 1/4).
+        ``"all"``: all three; ``keys`` are the cluster rule's and ``agree`` reports agreement.
+    """
+    from .hooks import resolve_task
+    from .weights import embed_fourier_norms, norms_by_frequency, unembed_fourier_norms
+
+    rules = KEY_FREQUENCY_RULES if rule == "all" else (rule,)
+    if rule != "all" and rule not in KEY_FREQUENCY_RULES:
+        raise ValueError(f"rule must be one of {(*KEY_FREQUENCY_RULES, 'all')}, got {rule!r}")
+    if not (0.0 < float(norm_fraction) < 1.0):
+        raise ValueError(f"norm_fraction must be in (0, 1), got {norm_fraction!r}")
+    task = resolve_task(model, task)
+    p = task.p
+    by_rule: dict[str, list[int]] = {}
+    evidence: dict[str, Tensor] = {}
+    thresholds: dict[str, float] = {}
+    if "clusters" in rules:
+        if clusters is None:
+            clusters = neuron_clusters(model, task, threshold)
+        counts = torch.zeros(len(frequencies(p)), dtype=torch.float64)
+        for k, n in clusters.sizes.items():
+            counts[k - 1] = n
+        by_rule["clusters"] = [int(i) + 1 for i in torch.nonzero(counts >= min_cluster_size)]
+        evidence["clusters"] = counts
+        thresholds["clusters"] = float(min_cluster_size)
+    for name, norms_fn in (("embed", embed_fourier_norms), ("unembed", unembed_fourier_norms)):
+        if name in rules:
+            evidence[name] = norms_by_frequency(norms_fn(model))
+            by_rule[name], thresholds[name] = _above_max_fraction(evidence[name], norm_fraction)
+    primary = "clusters" if rule == "all" else rule
+    return KeyFrequencies(
+        p=p,
+        rule=rule,
+        keys=by_rule[primary],
+        by_rule=by_rule,
+        evidence=evidence,
+        thresholds=thresholds,
+        clusters=clusters,
+    )

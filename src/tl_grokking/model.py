@@ -208,7 +208,7 @@ def install_attn_rate(model: HookedTransformer, attn_rate: float) -> None:
 def model_attn_rate(model: HookedTransformer) -> float:
     """The attention rate installed on ``model`` (1.0 when none)."""
     for hook in model.blocks[0].attn.hook_pattern.fwd_hooks:
-        fn = getattr(hook, "hook", None)
+        fn = getattr(hook, "user_hook", None)  # LensHandle.hook is the torch handle
         rate = getattr(getattr(fn, "func", fn), "attn_rate", None)
         if rate is None:
             continue

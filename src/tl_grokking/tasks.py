@@ -9,7 +9,33 @@ whole grid (``task.is_full_grid``) the input set is all ``p**2`` pairs, and grid
 analysis (2-D Fourier transforms over ``(a, b)``) relies on that ordering.
 
 To add a task, subclass :class:`Task`, implement :meth:`Task.label` (vectorised over int64
-tensors) and register it with :func:`register_task`.
+tensors) and register it with :func:`register_task`, or wrap any ``(a, b) -> c`` function with
+:func:`make_custom_task`.
+
+Registered tasks (``docs/tasks.md`` has the full table):
+
+========== ====================== =========== ================== ==========================
+name       label                  commutative fourier_structure  inputs
+========== ====================== =========== ================== ==========================
+add        a + b                  yes         additive           all p² pairs
+sub        a - b                  no          additive           all p² pairs
+mul        a · b                  yes         multiplicative     all p² pairs (p prime)
+div        a · b⁻¹                no          multiplicative     b ≠ 0: p(p-1) pairs (prime)
+x2+y2      a² + b²                yes         None               all p² pairs
+x2+xy+y2   a² + ab + b²           yes         None               all p² pairs
+x3+xy      a³ + ab                no          None               all p² pairs
+========== ====================== =========== ================== ==========================
+
+``Task.fourier_structure`` says which Fourier analyses are meaningful:
+
+* ``"additive"``: the answer is ``a ± b`` in the cyclic group Z_p, so the analysis of Nanda et
+  al. applies with the Fourier basis over Z_p indexed by the token itself.
+* ``"multiplicative"``: the answer is ``a · b^{±1}`` in Z_p^*, which is cyclic of order
+  ``p - 1``; writing every non-zero token as a power of a generator g (its discrete logarithm)
+  turns the operation into ``i ± j`` in Z_{p-1}. The Fourier analysis applies to the tokens in
+  that order (:meth:`Task.fourier_tokens`), with basis size ``p - 1``; token 0 is left out.
+* ``None``: no group structure is known; only the structure-free measures (losses, accuracy,
+  weight norm) are meaningful.
 """
 
 from __future__ import annotations
@@ -26,12 +52,24 @@ from torch import Tensor
 __all__ = [
     "Task",
     "ModularAddition",
+    "ModularSubtraction",
+    "ModularMultiplication",
+    "ModularDivision",
+    "SumOfSquares",
+    "QuadraticForm",
+    "CubicPlusProduct",
+    "CustomTask",
+    "make_custom_task",
+    "FOURIER_STRUCTURES",
     "TASKS",
     "register_task",
     "make_task",
     "validate_p",
     "validate_frac_train",
+    "is_prime",
 ]
+
+FOURIER_STRUCTURES = ("additive", "multiplicative", None)
 
 
 def validate_p(p: object, *, field: str = "p", min_value: int = 3) -> int:
@@ -81,6 +119,11 @@ class Task:
     symbol: ClassVar[str] = "?"
     commutative: ClassVar[bool] = False
     requires_prime: ClassVar[bool] = False
+    #: Which Fourier analyses are meaningful: "additive", "multiplicative" or None (module doc).
+    fourier_structure: ClassVar[str | None] = None
+    #: For a group task, the answer in group coordinates is ``s_a * i + s_b * j`` (mod n):
+    #: ``(1, 1)`` for + and ×, ``(1, -1)`` for - and ÷.
+    operand_signs: ClassVar[tuple[int, int]] = (1, 1)
 
     def __post_init__(self) -> None:
         p = validate_p(self.p)
@@ -122,7 +165,7 @@ class Task:
 
     # ---- data -----------------------------------------------------------------------------
     def pairs(self) -> Int[Tensor, "n 2"]:
-        """All operand pairs ``(a, b)`` in lexicographic order (row ``a * p + b`` on the full grid)."""
+        """All operand pairs ``(a, b)``, lexicographic (row ``a * p + b`` on the full grid)."""
         a = torch.arange(self.p).repeat_interleave(self.p)
         b = torch.arange(self.p).repeat(self.p)
         keep = self.valid(a, b)
@@ -161,6 +204,50 @@ class Task:
     def to_dict(self) -> dict:
         return {"name": self.name, "p": self.p}
 
+    # ---- which analyses are meaningful -----------------------------------------------------
+    @property
+    def fourier_size(self) -> int | None:
+        """Size n of the group the Fourier analysis runs over: p (additive), p - 1
+        (multiplicative, after the discrete-log re-indexing), None (no group structure)."""
+        if self.fourier_structure == "additive":
+            return self.p
+        if self.fourier_structure == "multiplicative":
+            return self.p - 1
+        return None
+
+    def fourier_tokens(self) -> Int[Tensor, " n"]:
+        """Token ids in group order: row ``i`` of every Fourier analysis is token ``out[i]``.
+
+        Additive tasks: ``[0, 1, ..., p-1]`` (the identity). Multiplicative tasks:
+        ``[g^0, g^1, ..., g^(p-2)] mod p`` for the smallest primitive root g of p, i.e. the
+        discrete-log re-indexing (token 0 has no logarithm and is left out). Raises
+        ``ValueError`` for tasks without a group structure.
+        """
+        self.require_structure("additive", "multiplicative", analysis="Fourier re-indexing")
+        if self.fourier_structure == "additive":
+            return torch.arange(self.p)
+        from .discrete_log import discrete_log_table
+
+        return discrete_log_table(self.p)[0]
+
+    def require_structure(self, *structures: str, analysis: str) -> None:
+        """Raise ``ValueError`` unless ``fourier_structure`` is one of ``structures``.
+
+        Analyses call this to refuse tasks for which they are not meaningful, e.g.
+        ``task.require_structure("additive", analysis="restricted loss")``.
+        """
+        if self.fourier_structure not in structures:
+            accepted = " or ".join(repr(s) for s in structures)
+            raise ValueError(
+                f"{analysis} needs a task with fourier_structure {accepted}; task "
+                f"{self.name!r} has fourier_structure {self.fourier_structure!r}"
+                + (
+                    " (use the discrete-log re-indexed analyses of tl_grokking.discrete_log)"
+                    if self.fourier_structure == "multiplicative"
+                    else ""
+                )
+            )
+
 
 @dataclass(frozen=True)
 class ModularAddition(Task):
@@ -170,11 +257,236 @@ class ModularAddition(Task):
     symbol: ClassVar[str] = "+"
     commutative: ClassVar[bool] = True
 
+    fourier_structure: ClassVar[str | None] = "additive"
+
     def label(self, a: Int[Tensor, " n"], b: Int[Tensor, " n"]) -> Int[Tensor, " n"]:
         return (a + b) % self.p
 
 
-TASKS: dict[str, Callable[[int], Task]] = {"add": ModularAddition}
+@dataclass(frozen=True)
+class ModularSubtraction(Task):
+    """``c = (a - b) mod p``."""
+
+    name: ClassVar[str] = "sub"
+    symbol: ClassVar[str] = "-"
+    fourier_structure: ClassVar[str | None] = "additive"
+    operand_signs: ClassVar[tuple[int, int]] = (1, -1)
+
+    def label(self, a: Int[Tensor, " n"], b: Int[Tensor, " n"]) -> Int[Tensor, " n"]:
+        return (a - b) % self.p
+
+
+@dataclass(frozen=True)
+class ModularMultiplication(Task):
+    """``c = (a * b) mod p`` for prime p, on all p² pairs (a or b = 0 gives 0).
+
+    The non-zero residues form the cyclic group Z_p^*; the discrete logarithm turns the
+    product into a sum mod ``p - 1`` (``fourier_structure = "multiplicative"``).
+    """
+
+    name: ClassVar[str] = "mul"
+    symbol: ClassVar[str] = "*"
+    commutative: ClassVar[bool] = True
+    requires_prime: ClassVar[bool] = True
+    fourier_structure: ClassVar[str | None] = "multiplicative"
+
+    def label(self, a: Int[Tensor, " n"], b: Int[Tensor, " n"]) -> Int[Tensor, " n"]:
+        return (a * b) % self.p
+
+
+@dataclass(frozen=True)
+class ModularDivision(Task):
+    """``c = a * b^(-1) mod p`` for prime p, defined for ``b != 0`` only.
+
+    The input set is the ``p (p - 1)`` pairs with ``b != 0`` (lexicographic order), so
+    ``is_full_grid`` is False. Under the discrete logarithm it is subtraction mod ``p - 1``.
+    """
+
+    name: ClassVar[str] = "div"
+    symbol: ClassVar[str] = "/"
+    requires_prime: ClassVar[bool] = True
+    fourier_structure: ClassVar[str | None] = "multiplicative"
+    operand_signs: ClassVar[tuple[int, int]] = (1, -1)
+
+    def valid(self, a: Int[Tensor, " n"], b: Int[Tensor, " n"]) -> torch.Tensor:
+        return (b % self.p) != 0
+
+    def label(self, a: Int[Tensor, " n"], b: Int[Tensor, " n"]) -> Int[Tensor, " n"]:
+        if bool(((b % self.p) == 0).any()):
+            raise ValueError(f"division is undefined for b = 0 (mod {self.p}); see valid()")
+        # Fermat: b^(p-2) is the inverse of b mod prime p. Table lookup keeps it exact.
+        inverse = torch.tensor([pow(x, self.p - 2, self.p) for x in range(self.p)])
+        return (a * inverse.to(b.device)[b % self.p]) % self.p
+
+
+@dataclass(frozen=True)
+class SumOfSquares(Task):
+    """``c = (a² + b²) mod p`` (no group structure known)."""
+
+    name: ClassVar[str] = "x2+y2"
+    symbol: ClassVar[str] = "x²+y²"
+    commutative: ClassVar[bool] = True
+
+    def label(self, a: Int[Tensor, " n"], b: Int[Tensor, " n"]) -> Int[Tensor, " n"]:
+        return (a * a + b * b) % self.p
+
+
+@dataclass(frozen=True)
+class QuadraticForm(Task):
+    """``c = (a² + ab + b²) mod p`` (no group structure known)."""
+
+    name: ClassVar[str] = "x2+xy+y2"
+    symbol: ClassVar[str] = "x²+xy+y²"
+    commutative: ClassVar[bool] = True
+
+    def label(self, a: Int[Tensor, " n"], b: Int[Tensor, " n"]) -> Int[Tensor, " n"]:
+        return (a * a + a * b + b * b) % self.p
+
+
+@dataclass(frozen=True)
+class CubicPlusProduct(Task):
+    """``c = (a³ + ab) mod p`` (no group structure known; not commutative)."""
+
+    name: ClassVar[str] = "x3+xy"
+    symbol: ClassVar[str] = "x³+xy"
+
+    def label(self, a: Int[Tensor, " n"], b: Int[Tensor, " n"]) -> Int[Tensor, " n"]:
+        a = a % self.p  # keep a³ far from int64 overflow
+        return (a * a * a + a * b) % self.p
+
+
+@dataclass(frozen=True)
+class CustomTask(Task):
+    """Base of the tasks built by :func:`make_custom_task`: the labels are a p×p lookup table.
+
+    Subclasses carry the table (``label_table[a, b]``) and the p it was computed for as
+    class attributes, so instances stay hashable, frozen and comparable like every task.
+    """
+
+    label_table: ClassVar[Tensor | None] = None
+    defined_for_p: ClassVar[int | None] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.defined_for_p is not None and self.p != self.defined_for_p:
+            raise ValueError(
+                f"custom task {self.name!r} was defined for p = {self.defined_for_p}, got p = "
+                f"{self.p}; call make_custom_task again for another p"
+            )
+
+    def label(self, a: Int[Tensor, " n"], b: Int[Tensor, " n"]) -> Int[Tensor, " n"]:
+        if self.label_table is None:
+            raise NotImplementedError("CustomTask is a base class; use make_custom_task")
+        table = self.label_table.to(a.device)
+        return table[a % self.p, b % self.p]
+
+
+def _labels_of_fn(
+    fn: Callable, a: Int[Tensor, " n"], b: Int[Tensor, " n"], name: str
+) -> Int[Tensor, " n"]:
+    """Evaluate a user ``(a, b) -> c`` on every pair: vectorised if it can, else per pair."""
+    out = None
+    try:
+        result = fn(a, b)
+        result = torch.as_tensor(result)
+        if result.shape == a.shape:
+            out = result
+    except Exception:  # noqa: BLE001 - any failure means "not vectorisable": fall back
+        out = None
+    if out is None:
+        try:
+            pairs = zip(a.tolist(), b.tolist(), strict=True)
+            out = torch.tensor([fn(x, y) for x, y in pairs])
+        except Exception as err:
+            raise ValueError(
+                f"custom task {name!r}: fn(a, b) failed on integer operands: {err}"
+            ) from err
+    if out.is_floating_point() or out.is_complex() or out.dtype == torch.bool:
+        if out.is_floating_point() and bool((out == out.round()).all()):
+            out = out.round()
+        else:
+            raise ValueError(
+                f"custom task {name!r}: fn must return integers, got dtype {out.dtype}"
+            )
+    return out.to(torch.long)
+
+
+def make_custom_task(
+    name: str,
+    fn: Callable,
+    p: int,
+    *,
+    commutative: bool | None = None,
+    fourier_structure: str | None = None,
+    symbol: str | None = None,
+    register: bool = False,
+) -> CustomTask:
+    """Turn a user function ``fn(a, b) -> c`` into a :class:`Task` on all p² pairs.
+
+    ``fn`` is first called once on the whole grid as int64 tensors (vectorised); if that fails
+    or returns the wrong shape it is called per pair with Python ints. Every output must be an
+    integer in ``0 .. p-1`` (reduce with ``% p`` yourself) or ``ValueError`` names the first
+    offending pair. ``commutative=None`` computes the flag by brute force; a declared flag that
+    contradicts the brute force raises ``ValueError``. ``fourier_structure`` (default None) is
+    trusted as given: declare "additive" only if the answer is ``a ± b`` after relabelling
+    (tokens are used as group elements directly). ``register=True`` also registers the task
+    under ``name`` (for ``make_task(name, p)`` and ``TrainConfig(task=name)``; it then builds
+    only for this p).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"custom task name must be a non-empty string, got {name!r}")
+    if not callable(fn):
+        raise ValueError(f"custom task {name!r}: fn must be callable, got {fn!r}")
+    if fourier_structure not in FOURIER_STRUCTURES:
+        raise ValueError(
+            f"fourier_structure must be one of {FOURIER_STRUCTURES}, got {fourier_structure!r}"
+        )
+    p = validate_p(p)
+    a = torch.arange(p).repeat_interleave(p)
+    b = torch.arange(p).repeat(p)
+    labels = _labels_of_fn(fn, a, b, name)
+    bad = (labels < 0) | (labels >= p)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise ValueError(
+            f"custom task {name!r}: fn({int(a[i])}, {int(b[i])}) = {int(labels[i])} is outside "
+            f"the output range 0..{p - 1} (reduce it mod p)"
+        )
+    table = labels.reshape(p, p)
+    brute_commutative = bool((table == table.T).all())
+    if commutative is None:
+        commutative = brute_commutative
+    elif bool(commutative) != brute_commutative:
+        raise ValueError(
+            f"custom task {name!r}: declared commutative={commutative} but fn is "
+            f"{'' if brute_commutative else 'not '}commutative on Z_{p}"
+        )
+    attrs = {
+        "name": name,
+        "symbol": symbol or name,
+        "commutative": bool(commutative),
+        "fourier_structure": fourier_structure,
+        "label_table": table,
+        "defined_for_p": p,
+        "__doc__": f"Custom task {name!r} on Z_{p} (from {getattr(fn, '__name__', fn)!r}).",
+    }
+    cls_name = f"CustomTask[{name}]"
+    attrs["__qualname__"] = cls_name
+    cls = dataclass(frozen=True)(type(cls_name, (CustomTask,), attrs))
+    if register:
+        register_task(name, cls)
+    return cls(p)
+
+
+TASKS: dict[str, Callable[[int], Task]] = {
+    "add": ModularAddition,
+    "sub": ModularSubtraction,
+    "mul": ModularMultiplication,
+    "div": ModularDivision,
+    "x2+y2": SumOfSquares,
+    "x2+xy+y2": QuadraticForm,
+    "x3+xy": CubicPlusProduct,
+}
 
 
 def register_task(name: str, factory: Callable[[int], Task]) -> None:

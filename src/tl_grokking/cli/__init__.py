@@ -10,7 +10,7 @@ from .._version import __version__
 
 # Subcommand modules, in the order ``--help`` lists them. Each defines
 # ``register(subparsers)`` which adds a parser and sets ``func(args) -> int``.
-SUBCOMMANDS: list[str] = []
+SUBCOMMANDS: list[str] = ["train", "analyze", "ablate", "report", "reproduce"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,897 @@
+"""Load grokking checkpoints of every known layout into a :class:`HookedTransformer`, safely.
+
+Formats (see ``docs/checkpoints.md``):
+
+* ``run_dir`` — our run directory: ``config.json`` + ``checkpoints/epoch_<N>.safetensors``.
+* ``safetensors`` — one of our ``epoch_<N>.safetensors`` files (a HookedTransformer state dict);
+  the run's ``config.json`` two levels up is used when present.
+* ``authors`` — the layout of Nanda et al.'s original code: a dict with ``model`` (their state
+  dict: ``embed.W_E`` is ``(d_model, p + 1)``, ``W_Q/W_K/W_V`` are ``(n_heads, d_head, d_model)``,
+  ``W_O`` is ``(d_model, n_heads * d_head)`` with head-major columns, ``W_in``/``W_out`` are
+  transposed, ``p + 1`` output logits); full runs add ``state_dicts`` and ``epochs``.
+* ``tl_demo`` — the TransformerLens grokking demo ``.pth``: ``model``, ``config``,
+  ``checkpoints``, ``checkpoint_epochs``, ``train_losses``, ``test_losses``, ``train_indices``,
+  ``test_indices``.
+* ``state_dict`` — a plain HookedTransformer state dict (in memory, or a ``.pt``/``.pth`` file).
+
+Safety: files are read only with safetensors or ``torch.load(..., weights_only=True)``; no code
+in a file ever runs. The one non-tensor object the demo format pickles, its
+``HookedTransformerConfig``, is unpickled into an inert attribute bag (:class:`_PickledConfig`)
+and read as a dict. A pickle that needs anything else raises :class:`UnsafeCheckpointError`.
+
+Every state dict is checked before it becomes a model: structure (one layer, no LayerNorm,
+``n_ctx`` 3, ``d_vocab_out`` p or p + 1, the requested p) → :class:`IncompatibleModelError` naming
+each failing property; every tensor's shape → :class:`CheckpointShapeError` naming the key; finite
+values → :class:`NonFiniteWeightsError` naming the tensor. The model is built with
+:func:`tl_grokking.model.make_model` and passes :func:`tl_grokking.model.check_compatible`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import einops
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from .model import IncompatibleModelError, ModelConfig, check_compatible, make_model
+from .runs import (
+    CONFIG_FILE,
+    RunDirError,
+    is_run_dir,
+    list_checkpoints,
+    load_safetensors,
+    read_json,
+    read_metrics,
+)
+from .tasks import Task, make_task
+
+__all__ = [
+    "CHECKPOINT_FORMATS",
+    "CheckpointFormatError",
+    "CheckpointShapeError",
+    "NonFiniteWeightsError",
+    "UnsafeCheckpointError",
+    "LoadedRun",
+    "load_checkpoint",
+    "load_run",
+    "read_checkpoint_file",
+    "detect_format",
+    "state_dict_layout",
+    "convert_state_dict",
+    "infer_model_config",
+]
+
+CHECKPOINT_FORMATS: dict[str, str] = {
+    "run_dir": "our run directory: config.json + checkpoints/epoch_<N>.safetensors",
+    "safetensors": "one of our checkpoint files, epoch_<N>.safetensors (HookedTransformer keys)",
+    "authors": (
+        "the authors' original layout: a dict with 'model' (their state dict, W_E of shape "
+        "(d_model, p+1), 2-D W_O); full runs add 'state_dicts' and 'epochs'"
+    ),
+    "tl_demo": (
+        "the TransformerLens grokking demo .pth: 'model', 'config', 'checkpoints', "
+        "'checkpoint_epochs', 'train_losses', 'test_losses', 'train_indices', 'test_indices'"
+    ),
+    "state_dict": "a plain HookedTransformer state dict (a dict of tensors, or a .pt/.pth of one)",
+}
+
+
+class CheckpointFormatError(ValueError):
+    """The input is not a checkpoint in any known format, or is corrupt or truncated."""
+
+
+class UnsafeCheckpointError(CheckpointFormatError):
+    """The file is a pickle that could only be loaded by running code it names."""
+
+
+class CheckpointShapeError(CheckpointFormatError):
+    """A tensor in a state dict has the wrong shape for the model the others describe."""
+
+
+class NonFiniteWeightsError(ValueError):
+    """A weight tensor contains NaN or infinite values."""
+
+
+def _formats_help() -> str:
+    return "known formats: " + "; ".join(f"{k} ({v})" for k, v in CHECKPOINT_FORMATS.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files: safetensors or weights-only torch.load, nothing else.
+# ---------------------------------------------------------------------------------------------
+
+
+class _PickledConfig:
+    """Inert stand-in for a pickled ``HookedTransformerConfig``: unpickling only fills __dict__.
+
+    It has no ``__setstate__`` or other behaviour, so allowlisting it for ``weights_only``
+    loading cannot run code. :func:`_config_hints` reads it as a plain dict.
+    """
+
+
+# Where HookedTransformerConfig lived across TransformerLens versions (pickles name the path).
+_CONFIG_CLASS_PATHS = (
+    "transformer_lens.config.hooked_transformer_config.HookedTransformerConfig",
+    "transformer_lens.HookedTransformerConfig.HookedTransformerConfig",
+    "transformer_lens.config.HookedTransformerConfig.HookedTransformerConfig",
+    "easy_transformer.EasyTransformerConfig.EasyTransformerConfig",
+)
+
+
+def _safe_globals() -> list:
+    """Globals a demo config needs: the inert stand-in and numpy scalars (plain data)."""
+    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    allowed: list = [(_PickledConfig, path) for path in _CONFIG_CLASS_PATHS]
+    allowed += [
+        scalar,
+        (scalar, "numpy.core.multiarray.scalar"),
+        (scalar, "numpy._core.multiarray.scalar"),
+        np.dtype,
+    ]
+    allowed += [
+        getattr(np.dtypes, name)
+        for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType")
+        if hasattr(np, "dtypes") and hasattr(np.dtypes, name)
+    ]
+    return allowed
+
+
+_UNSAFE_PATTERNS = (
+    re.compile(r"GLOBAL (\S+) was not an allowed global"),
+    re.compile(r"unsupported GLOBAL (\S+)"),
+    re.compile(r"reduce for unrecognized function (.+)"),
+    re.compile(r"Can only (?:create new object|build)[^\n]*"),
+)
+
+
+def _file_kind(path: Path) -> str:
+    """Identify a file by its first bytes: 'zip' (torch.save), 'pickle' (legacy), 'safetensors'."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if head[:1] == b"\x80":
+        return "pickle"
+    if len(head) == 9 and head[8:9] == b"{":
+        header_len = int.from_bytes(head[:8], "little")
+        if 0 < header_len <= path.stat().st_size - 8:
+            return "safetensors"
+    return "unknown"
+
+
+def read_checkpoint_file(path: str | os.PathLike) -> tuple[Any, dict[str, str]]:
+    """Read a checkpoint file without executing code; return ``(object, safetensors metadata)``.
+
+    safetensors files are read with :func:`tl_grokking.runs.load_safetensors`; torch files with
+    ``torch.load(map_location="cpu", weights_only=True)`` (CUDA-saved tensors land on the CPU).
+    Raises :class:`UnsafeCheckpointError` for a pickle that would need to run code,
+    :class:`CheckpointFormatError` for a corrupt, truncated or unrecognised file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file {path} does not exist")
+    kind = _file_kind(path)
+    if kind == "safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                metadata = dict(fh.metadata() or {})
+            return load_safetensors(path), metadata
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise CheckpointFormatError(
+                f"{path}: corrupt or truncated safetensors file ({err})"
+            ) from None
+    if kind in ("zip", "pickle"):
+        try:
+            with torch.serialization.safe_globals(_safe_globals()):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            message = str(err)
+            for pattern in _UNSAFE_PATTERNS:
+                match = pattern.search(message)
+                if match:
+                    culprit = match.group(1) if match.groups() else match.group(0)
+                    raise UnsafeCheckpointError(
+                        f"{path}: refusing to load: the file pickles a Python object "
+                        f"({culprit}) that only code execution could rebuild. Checkpoints are "
+                        "loaded with torch.load(weights_only=True) or safetensors, never a plain "
+                        "unpickler. If you trust the file, re-save its tensors (e.g. the state "
+                        "dict) in a trusted session and load that."
+                    ) from None
+            raise CheckpointFormatError(
+                f"{path}: corrupt or truncated torch file ({message.splitlines()[-1]})"
+            ) from None
+        except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
+            raise CheckpointFormatError(
+                f"{path}: corrupt or truncated torch file ({err})"
+            ) from None
+        return obj, {}
+    raise CheckpointFormatError(
+        f"{path}: not a safetensors or torch file (unrecognised first bytes); " + _formats_help()
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# State-dict layouts, structure checks, shape tables, conversion.
+# ---------------------------------------------------------------------------------------------
+
+_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
+_NORM_RE = re.compile(r"(^|\.)ln(\d+|_final|_pre)?\.")
+_BUFFERS = ("blocks.0.attn.mask", "blocks.0.attn.IGNORE")
+_BIASES = (
+    "blocks.0.attn.b_Q",
+    "blocks.0.attn.b_K",
+    "blocks.0.attn.b_V",
+    "blocks.0.attn.b_O",
+    "blocks.0.mlp.b_in",
+    "blocks.0.mlp.b_out",
+    "unembed.b_U",
+)
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+    )
+
+
+def state_dict_layout(state: Mapping[str, Tensor]) -> str:
+    """``"authors"`` (2-D ``W_O``, transposed weights) or ``"tl"`` (HookedTransformer layout).
+
+    Both layouts share key names; the attention output matrix tells them apart: the authors'
+    ``W_O`` is ``(d_model, n_heads * d_head)``, TransformerLens' is ``(n_heads, d_head, d_model)``.
+    """
+    if not _is_state_dict(state):
+        raise CheckpointFormatError(
+            "expected a state dict (a non-empty dict of str -> tensor); " + _formats_help()
+        )
+    w_o = [k for k in state if re.fullmatch(r"blocks\.\d+\.attn\.W_O", k)]
+    if not w_o or "embed.W_E" not in state:
+        raise CheckpointFormatError(
+            "state dict has no 'embed.W_E' / 'blocks.<i>.attn.W_O': not a transformer state dict "
+            f"(first keys: {sorted(state)[:6]}); " + _formats_help()
+        )
+    ndim = state[w_o[0]].ndim
+    if ndim == 2:
+        return "authors"
+    if ndim == 3:
+        return "tl"
+    raise CheckpointFormatError(f"{w_o[0]} has {ndim} dimensions; expected 2 (authors') or 3 (TL)")
+
+
+def _structure(state: Mapping[str, Tensor], layout: str) -> dict[str, int]:
+    """Read p, d_model, n_heads, d_head, d_mlp, d_vocab_out, n_ctx, n_layers off the shapes."""
+    w_e = state["embed.W_E"]
+    d_vocab, d_model = (w_e.shape[1], w_e.shape[0]) if layout == "authors" else tuple(w_e.shape)
+    layers = {int(m.group(1)) for k in state if (m := _BLOCK_RE.match(k))}
+    info = {
+        "p": d_vocab - 1,
+        "d_model": d_model,
+        "n_layers": max(layers) + 1 if layers else 0,
+        "n_ctx": state["pos_embed.W_pos"].shape[0] if "pos_embed.W_pos" in state else -1,
+        "d_vocab_out": state["unembed.W_U"].shape[-1] if "unembed.W_U" in state else -1,
+    }
+    w_q = state.get("blocks.0.attn.W_Q")
+    if w_q is not None and w_q.ndim == 3:
+        info["n_heads"] = w_q.shape[0]
+        info["d_head"] = w_q.shape[1] if layout == "authors" else w_q.shape[2]
+    w_in = state.get("blocks.0.mlp.W_in")
+    if w_in is not None and w_in.ndim == 2:
+        info["d_mlp"] = w_in.shape[0] if layout == "authors" else w_in.shape[1]
+    return info
+
+
+def _check_structure(
+    state: Mapping[str, Tensor], layout: str, info: dict[str, int], p: int | None
+) -> None:
+    """Raise :class:`IncompatibleModelError` naming every failing property of a state dict."""
+    problems = []
+    if info["n_layers"] != 1:
+        problems.append(f"n_layers is {info['n_layers']}, must be 1")
+    norm_keys = sorted(k for k in state if _NORM_RE.search(k))
+    if norm_keys:
+        problems.append(
+            f"LayerNorm weights present ({', '.join(norm_keys[:4])}), must have none "
+            "(normalization_type=None)"
+        )
+    if info["n_ctx"] != 3:
+        problems.append(f"n_ctx is {info['n_ctx']} (pos_embed.W_pos rows), must be 3")
+    model_p = info["p"]
+    if model_p < 3:
+        problems.append(f"d_vocab is {model_p + 1}, must be p + 1 with p >= 3")
+    if info["d_vocab_out"] not in (model_p, model_p + 1):
+        problems.append(
+            f"d_vocab_out is {info['d_vocab_out']} (unembed.W_U), must be p ({model_p}) or "
+            f"p + 1 ({model_p + 1}) for d_vocab {model_p + 1}"
+        )
+    if p is not None and p != model_p:
+        problems.append(f"d_vocab is {model_p + 1} (p = {model_p}) but p = {p} was requested")
+    if "d_mlp" not in info:
+        problems.append("no MLP weights (blocks.0.mlp.W_in), the model must have an MLP")
+    mask = state.get("blocks.0.attn.mask")
+    if mask is not None and mask.numel() > 0:
+        causal = torch.ones(mask.shape[-2:], dtype=torch.bool).tril()
+        if mask.shape != causal.shape or not torch.equal(mask.bool(), causal):
+            problems.append("blocks.0.attn.mask is not the causal (lower-triangular) mask")
+    if problems:
+        raise IncompatibleModelError(
+            "checkpoint is not a compatible one-layer grokking transformer: " + "; ".join(problems)
+        )
+
+
+def _expected_shapes(config: ModelConfig, layout: str) -> dict[str, tuple[int, ...]]:
+    """Shape of every parameter in ``layout`` ("tl" or "authors") for ``config``."""
+    m, h, e, f = config.d_model, config.n_heads, config.d_head, config.d_mlp
+    v_in, v_out = config.d_vocab, config.d_vocab_out
+    if layout == "tl":
+        qkv, w_o, w_e = (h, m, e), (h, e, m), (v_in, m)
+        w_in, w_out = (m, f), (f, m)
+    else:
+        qkv, w_o, w_e = (h, e, m), (m, h * e), (m, v_in)
+        w_in, w_out = (f, m), (m, f)
+    return {
+        "embed.W_E": w_e,
+        "pos_embed.W_pos": (3, m),
+        "blocks.0.attn.W_Q": qkv,
+        "blocks.0.attn.W_K": qkv,
+        "blocks.0.attn.W_V": qkv,
+        "blocks.0.attn.W_O": w_o,
+        "blocks.0.attn.b_Q": (h, e),
+        "blocks.0.attn.b_K": (h, e),
+        "blocks.0.attn.b_V": (h, e),
+        "blocks.0.attn.b_O": (m,),
+        "blocks.0.mlp.W_in": w_in,
+        "blocks.0.mlp.b_in": (f,),
+        "blocks.0.mlp.W_out": w_out,
+        "blocks.0.mlp.b_out": (m,),
+        "unembed.W_U": (m, v_out),
+        "unembed.b_U": (v_out,),
+    }
+
+
+def infer_model_config(
+    state: Mapping[str, Tensor],
+    *,
+    hints: Mapping[str, Any] | None = None,
+    p: int | None = None,
+    drop_eq_logit: bool = False,
+) -> ModelConfig:
+    """The :class:`ModelConfig` of a state dict (either layout), checked for compatibility.
+
+    Structural fields (p, d_model, n_heads, d_head, d_mlp, d_vocab_out) come from the tensor
+    shapes; ``hints`` (a run's config.json, a demo config, safetensors metadata) supply
+    ``act_fn``, ``attn_rate`` and ``trainable_biases`` and must agree with the shapes on any
+    structural field they give. ``drop_eq_logit`` turns a ``p + 1``-logit unembedding into p.
+    """
+    layout = state_dict_layout(state)
+    info = _structure(state, layout)
+    _check_structure(state, layout, info, p)
+    hints = dict(hints or {})
+    for name in ("p", "d_model", "n_heads", "d_head", "d_mlp", "n_layers", "d_vocab_out"):
+        given = hints.get(name)
+        if given is not None and int(given) != info[name]:
+            raise CheckpointShapeError(
+                f"the run's configuration says {name}={given} but the checkpoint's tensors "
+                f"have {name}={info[name]}"
+            )
+    d_vocab_out = info["d_vocab_out"]
+    if drop_eq_logit and d_vocab_out == info["p"] + 1:
+        d_vocab_out = info["p"]
+    return ModelConfig(
+        p=info["p"],
+        d_model=info["d_model"],
+        n_heads=info["n_heads"],
+        d_head=info["d_head"],
+        d_mlp=info["d_mlp"],
+        act_fn=hints.get("act_fn") or "relu",
+        d_vocab_out=d_vocab_out,
+        trainable_biases=hints.get("trainable_biases") or "none",
+        attn_rate=float(hints.get("attn_rate", 1.0)),
+    )
+
+
+def convert_state_dict(
+    state: Mapping[str, Tensor],
+    config: ModelConfig,
+    *,
+    allow_nonfinite: bool = False,
+    where: str = "state dict",
+) -> dict[str, Tensor]:
+    """Validate ``state`` (either layout) against ``config`` and return HookedTransformer params.
+
+    The authors' layout is rearranged: ``W_E``, ``W_in``, ``W_out`` transposed; ``W_Q/W_K/W_V``
+    ``(head, d_head, d_model) -> (head, d_model, d_head)``; ``W_O`` ``(d_model, (head d_head)) ->
+    (head, d_head, d_model)``. Absent biases become zeros. An unembedding with one logit more
+    than ``config.d_vocab_out`` (the authors' ``=`` logit) is cut to the first p columns.
+    Buffers (``attn.mask``, ``attn.IGNORE``) are dropped: the model builds its own.
+    """
+    layout = state_dict_layout(state)
+    info = _structure(state, layout)
+    _check_structure(state, layout, info, config.p)
+    source_out = info["d_vocab_out"]
+    src_config = config
+    if source_out != config.d_vocab_out:
+        if not (source_out == config.p + 1 and config.d_vocab_out == config.p):
+            raise CheckpointShapeError(
+                f"{where}: unembed.W_U: expected {config.d_vocab_out} output logits, "
+                f"got {source_out}"
+            )
+        src_config = ModelConfig(**{**config.to_dict(), "d_vocab_out": source_out})
+    expected = _expected_shapes(src_config, layout)
+    unknown = sorted(set(state) - set(expected) - set(_BUFFERS))
+    if unknown:
+        raise CheckpointFormatError(f"{where}: unexpected keys {unknown}; " + _formats_help())
+    missing = sorted(k for k in expected if k not in state and k not in _BIASES)
+    if missing:
+        raise CheckpointFormatError(f"{where}: missing keys {missing}")
+    for key, shape in expected.items():
+        if key in state and tuple(state[key].shape) != shape:
+            raise CheckpointShapeError(
+                f"{where}: {key} ({layout} layout): expected shape {shape}, "
+                f"got {tuple(state[key].shape)}"
+            )
+    params = {k: state[k] for k in expected if k in state}
+    if not allow_nonfinite:
+        bad = [
+            f"{k} ({int((~torch.isfinite(v)).sum())} of {v.numel()} values)"
+            for k, v in params.items()
+            if v.is_floating_point() and not torch.isfinite(v).all()
+        ]
+        if bad:
+            raise NonFiniteWeightsError(
+                f"{where}: NaN or infinite weights in {', '.join(bad)}; pass "
+                "allow_nonfinite=True to load them anyway"
+            )
+    out: dict[str, Tensor] = {}
+    for key, shape in expected.items():
+        value = params.get(key)
+        if value is None:  # a bias the source does not have: a zero bias
+            value = torch.zeros(shape)
+        elif layout == "authors":
+            value = _authors_to_tl(key, value, config.n_heads)
+        out[key] = value.detach().to("cpu", torch.float32)
+    if src_config is not config:  # drop the authors' "=" logit
+        out["unembed.W_U"] = out["unembed.W_U"][:, : config.d_vocab_out]
+        out["unembed.b_U"] = out["unembed.b_U"][: config.d_vocab_out]
+    return out
+
+
+def _authors_to_tl(key: str, value: Tensor, n_heads: int) -> Tensor:
+    leaf = key.rsplit(".", 1)[-1]
+    if leaf in ("W_E", "W_in", "W_out"):
+        return value.T
+    if leaf in ("W_Q", "W_K", "W_V"):
+        return einops.rearrange(value, "head d_head d_model -> head d_model d_head")
+    if leaf == "W_O":
+        return einops.rearrange(value, "d_model (head d_head) -> head d_head d_model", head=n_heads)
+    return value
+
+
+def _build_model(
+    params: Mapping[str, Tensor], config: ModelConfig, device: str | torch.device, task: Task
+) -> HookedTransformer:
+    """``make_model(config)`` with ``params`` loaded, checked by ``check_compatible``."""
+    model = make_model(config, device=device)
+    result = model.load_state_dict(dict(params), strict=False)
+    buffers = {name for name, _ in model.named_buffers()}
+    if result.unexpected_keys or set(result.missing_keys) - buffers:
+        raise CheckpointFormatError(  # pragma: no cover - the shape table mirrors TL's keys
+            f"state dict does not match the model: missing {result.missing_keys}, "
+            f"unexpected {result.unexpected_keys}"
+        )
+    check_compatible(model, task)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources: a run (possibly of one checkpoint) in any format.
+# ---------------------------------------------------------------------------------------------
+
+_HINT_FIELDS = ("p", "d_model", "n_heads", "d_head", "d_mlp", "act_fn", "d_vocab_out")
+
+
+def _config_hints(config: Any) -> dict[str, Any]:
+    """Turn a run config (dict, stand-in config object) into ModelConfig hints + task info."""
+    if config is None:
+        return {}
+    data = dict(vars(config)) if isinstance(config, _PickledConfig) else config
+    if not isinstance(data, Mapping):
+        return {}
+    hints = {k: data[k] for k in _HINT_FIELDS if data.get(k) is not None}
+    for key in ("trainable_biases", "attn_rate", "task", "frac_train", "seed"):
+        if data.get(key) is not None:
+            hints[key] = data[key]
+    if "d_vocab" in data and "p" not in hints and data["d_vocab"] is not None:
+        hints["p"] = int(data["d_vocab"]) - 1
+    if data.get("n_layers") is not None:
+        hints["n_layers"] = data["n_layers"]
+    if data.get("normalization_type") is not None:
+        raise IncompatibleModelError(
+            f"normalization_type is {data['normalization_type']!r}, must be None"
+        )
+    return hints
+
+
+@dataclass
+class _Source:
+    """A checkpoint source before conversion: raw state dicts (or loaders) by epoch."""
+
+    format: str
+    path: Path | None
+    snapshots: dict[int | None, Callable[[], Mapping[str, Tensor]]]
+    final: int | None  # key in ``snapshots`` of the final model
+    hints: dict[str, Any] = field(default_factory=dict)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    train_indices: Tensor | None = None
+    test_indices: Tensor | None = None
+
+
+def _constant(state: Mapping[str, Tensor]) -> Callable[[], Mapping[str, Tensor]]:
+    return lambda: state
+
+
+def _losses_to_metrics(container: Mapping[str, Any]) -> list[dict[str, Any]]:
+    columns = {
+        name: list(container[key])
+        for name, key in (("train_loss", "train_losses"), ("test_loss", "test_losses"))
+        if isinstance(container.get(key), list | tuple)
+    }
+    n = max((len(v) for v in columns.values()), default=0)
+    return [
+        {"epoch": i, **{name: float(col[i]) for name, col in columns.items() if i < len(col)}}
+        for i in range(n)
+    ]
+
+
+def _int_list(values: Any, what: str) -> list[int]:
+    try:
+        return [int(v) for v in values]
+    except (TypeError, ValueError):
+        raise CheckpointFormatError(f"{what} must be a list of integers") from None
+
+
+def _indices(values: Any) -> Tensor | None:
+    if values is None:
+        return None
+    return torch.as_tensor(np.asarray(values), dtype=torch.long).sort().values
+
+
+def _same_state(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _source_from_object(
+    obj: Any, path: Path | None, metadata: Mapping[str, str], *, safetensors: bool = False
+) -> _Source:
+    """Classify an in-memory object (a loaded file or a user's dict)."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointFormatError(
+            f"{path or 'object'}: expected a dict, got {type(obj).__name__}; " + _formats_help()
+        )
+    if _is_state_dict(obj):
+        layout = state_dict_layout(obj)
+        fmt = "authors" if layout == "authors" else ("safetensors" if safetensors else "state_dict")
+        epoch = _epoch_from_file(path, metadata)
+        hints = _hints_near_file(path, metadata) if safetensors else {}
+        if layout == "authors":
+            hints.setdefault("trainable_biases", "mlp")
+        return _Source(fmt, path, {epoch: _constant(obj)}, epoch, hints=hints)
+    if "checkpoints" in obj or "checkpoint_epochs" in obj:
+        return _demo_source(obj, path)
+    if "model" in obj and isinstance(obj["model"], Mapping):
+        return _authors_source(obj, path)
+    raise CheckpointFormatError(
+        f"{path or 'object'}: unrecognised checkpoint "
+        f"(top-level keys {sorted(map(str, obj))[:8]}); " + _formats_help()
+    )
+
+
+def _demo_source(obj: Mapping[str, Any], path: Path | None) -> _Source:
+    states = obj.get("checkpoints")
+    epochs = _int_list(obj.get("checkpoint_epochs", ()), "checkpoint_epochs")
+    if not isinstance(states, list | tuple) or len(states) != len(epochs):
+        raise CheckpointFormatError(
+            f"{path or 'object'}: TransformerLens demo file needs 'checkpoints' and "
+            f"'checkpoint_epochs' lists of equal length"
+        )
+    snapshots: dict[int | None, Callable[[], Mapping[str, Tensor]]] = {
+        e: _constant(s) for e, s in zip(epochs, states, strict=True)
+    }
+    final = epochs[-1] if epochs else None
+    model = obj.get("model")
+    if isinstance(model, Mapping) and (not states or not _same_state(model, states[-1])):
+        # The demo's last checkpoint is normally the final model; if not, label the final
+        # model by the number of epochs its loss history records.
+        n_epochs = len(obj.get("train_losses") or ())
+        final = max(n_epochs - 1, (epochs[-1] + 1) if epochs else 0)
+        snapshots[final] = _constant(model)
+    if final is None:
+        raise CheckpointFormatError(f"{path or 'object'}: TransformerLens demo file has no model")
+    hints = _config_hints(obj.get("config"))
+    hints.setdefault("trainable_biases", "none")
+    return _Source(
+        "tl_demo",
+        path,
+        snapshots,
+        final,
+        hints=hints,
+        metrics=_losses_to_metrics(obj),
+        train_indices=_indices(obj.get("train_indices")),
+        test_indices=_indices(obj.get("test_indices")),
+    )
+
+
+def _authors_source(obj: Mapping[str, Any], path: Path | None) -> _Source:
+    """The authors' container: ``model`` plus, for full runs, ``state_dicts`` and ``epochs``."""
+    model = obj["model"]
+    layout = state_dict_layout(model)
+    states = obj.get("state_dicts", ())
+    epochs = _int_list(obj.get("epochs", ()), "epochs")
+    if not isinstance(states, list | tuple) or len(states) != len(epochs):
+        raise CheckpointFormatError(
+            f"{path or 'object'}: a full run needs 'state_dicts' and 'epochs' lists of equal length"
+        )
+    snapshots: dict[int | None, Callable[[], Mapping[str, Tensor]]] = {
+        e: _constant(s) for e, s in zip(epochs, states, strict=True)
+    }
+    # The final model's epoch: the stored 'epoch' (the authors' last loop index), else the
+    # length of the loss history; a final model equal to the last checkpoint is that checkpoint.
+    final: int | None
+    if isinstance(obj.get("epoch"), int | Tensor):
+        final = int(obj["epoch"])
+    elif isinstance(obj.get("train_losses"), list | tuple):
+        final = len(obj["train_losses"]) - 1
+    else:
+        final = epochs[-1] + 1 if epochs else None  # a bare {"model": ...}: epoch unknown
+    if states and _same_state(model, states[-1]):
+        final = epochs[-1]
+    else:
+        snapshots[final] = _constant(model)
+    hints = _config_hints(obj.get("config"))
+    hints.setdefault("trainable_biases", "mlp" if layout == "authors" else "none")
+    fmt = "authors" if layout == "authors" else "tl_demo"
+    return _Source(fmt, path, snapshots, final, hints=hints, metrics=_losses_to_metrics(obj))
+
+
+_EPOCH_FILE_RE = re.compile(r"^epoch_(\d+)\.safetensors$")
+
+
+def _epoch_from_file(path: Path | None, metadata: Mapping[str, str]) -> int | None:
+    if "epoch" in metadata:
+        try:
+            return int(metadata["epoch"])
+        except ValueError:
+            pass
+    if path is not None and (match := _EPOCH_FILE_RE.match(path.name)):
+        return int(match.group(1))
+    return None
+
+
+def _hints_near_file(path: Path | None, metadata: Mapping[str, str]) -> dict[str, Any]:
+    """ModelConfig hints for a single file: its run's config.json, then safetensors metadata."""
+    hints: dict[str, Any] = {}
+    if path is not None:  # checkpoints/epoch_<N>.safetensors, or the run's resume.safetensors
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        if is_run_dir(run_dir):
+            hints.update(_config_hints(read_json(run_dir / CONFIG_FILE)))
+    for key in ("model_config", "config"):
+        if key in metadata:
+            try:
+                hints.update(_config_hints(json.loads(metadata[key])))
+            except json.JSONDecodeError:
+                raise CheckpointFormatError(
+                    f"{path}: safetensors metadata {key!r} is not valid JSON"
+                ) from None
+    for key in _HINT_FIELDS + ("trainable_biases", "attn_rate"):
+        if key in metadata and key not in hints:
+            hints[key] = metadata[key]
+    return hints
+
+
+def _run_dir_source(run_dir: Path) -> _Source:
+    if not is_run_dir(run_dir):
+        raise RunDirError(
+            f"{run_dir} is a directory but not a run directory: no {CONFIG_FILE} "
+            "(expected config.json + checkpoints/epoch_<N>.safetensors)"
+        )
+    config = read_json(run_dir / CONFIG_FILE)
+    if not isinstance(config, Mapping):
+        raise RunDirError(f"{run_dir / CONFIG_FILE} must hold a JSON object")
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise RunDirError(f"{run_dir} has no checkpoints (no checkpoints/epoch_<N>.safetensors)")
+
+    def loader(file: Path) -> Callable[[], Mapping[str, Tensor]]:
+        return lambda: read_checkpoint_file(file)[0]
+
+    snapshots: dict[int | None, Callable[[], Mapping[str, Tensor]]] = {
+        epoch: loader(file) for epoch, file in found
+    }
+    return _Source(
+        "run_dir",
+        run_dir,
+        snapshots,
+        found[-1][0],
+        hints=_config_hints(config),
+        metrics=read_metrics(run_dir),
+    )
+
+
+def _open_source(path_or_state: Any) -> _Source:
+    if isinstance(path_or_state, str | os.PathLike):
+        path = Path(path_or_state)
+        if path.is_dir():
+            return _run_dir_source(path)
+        obj, metadata = read_checkpoint_file(path)
+        is_st = _file_kind(path) == "safetensors"
+        if is_st and obj and all(k.startswith(("model.", "optim.")) for k in obj):
+            # our resume.safetensors: the model's state dict under "model.", AdamW under "optim."
+            obj = {k[len("model.") :]: v for k, v in obj.items() if k.startswith("model.")}
+        return _source_from_object(obj, path, metadata, safetensors=is_st)
+    if isinstance(path_or_state, Mapping):
+        return _source_from_object(path_or_state, None, {})
+    raise CheckpointFormatError(
+        f"expected a path or a dict, got {type(path_or_state).__name__}; " + _formats_help()
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """A training run loaded from any format; state dicts are converted on demand.
+
+    ``epochs`` are the checkpoint epochs, ascending. ``train_indices``/``test_indices`` index
+    rows of ``task.pairs()`` (sorted; ``None`` when the format does not record the split).
+    ``metrics`` are per-epoch dicts with at least ``epoch`` (our ``metrics.jsonl``, or the
+    ``train_losses``/``test_losses`` histories of the other formats).
+    """
+
+    model_config: ModelConfig
+    task: Task
+    epochs: list[int]
+    train_indices: Tensor | None
+    test_indices: Tensor | None
+    metrics: list[dict[str, Any]]
+    format: str
+    path: Path | None
+    _source: _Source = field(repr=False, compare=False)
+    _allow_nonfinite: bool = field(default=False, repr=False, compare=False)
+
+    @property
+    def final_epoch(self) -> int:
+        return self.epochs[-1]
+
+    def _key(self, epoch: int | None) -> int | None:
+        if epoch is None:
+            return self._source.final
+        if epoch not in self._source.snapshots:
+            raise ValueError(
+                f"epoch must be one of the checkpoint epochs {_summary(self.epochs)}, got {epoch}"
+            )
+        return epoch
+
+    def state_dict(self, epoch: int | None = None) -> dict[str, Tensor]:
+        """HookedTransformer parameters at ``epoch`` (default: the final model), validated."""
+        key = self._key(epoch)
+        where = f"{self.path or self.format} (epoch {key})"
+        return convert_state_dict(
+            self._source.snapshots[key](),
+            self.model_config,
+            allow_nonfinite=self._allow_nonfinite,
+            where=where,
+        )
+
+    def model(
+        self, epoch: int | None = None, *, device: str | torch.device = "cpu"
+    ) -> HookedTransformer:
+        """A :class:`HookedTransformer` with the weights of ``epoch`` (default: final)."""
+        return _build_model(self.state_dict(epoch), self.model_config, device, self.task)
+
+    def iter_models(
+        self, epochs: list[int] | None = None, *, device: str | torch.device = "cpu"
+    ) -> Iterator[tuple[int, HookedTransformer]]:
+        """Yield ``(epoch, model)`` for ``epochs`` (default: all), converting one at a time."""
+        for epoch in self.epochs if epochs is None else epochs:
+            yield epoch, self.model(epoch, device=device)
+
+
+def _summary(epochs: list[int]) -> str:
+    if len(epochs) <= 8:
+        return str(epochs)
+    return f"[{epochs[0]}, {epochs[1]}, ..., {epochs[-1]}] ({len(epochs)} checkpoints)"
+
+
+def _make_run(
+    source: _Source, *, p: int | None, drop_eq_logit: bool, allow_nonfinite: bool
+) -> LoadedRun:
+    final_state = source.snapshots[source.final]()
+    config = infer_model_config(final_state, hints=source.hints, p=p, drop_eq_logit=drop_eq_logit)
+    task = make_task(source.hints.get("task", "add"), config.p)
+    train_idx, test_idx = source.train_indices, source.test_indices
+    if source.format == "run_dir" and "frac_train" in source.hints:
+        seed = source.hints.get("seed", 0)  # TrainConfig splits with its seed
+        train_idx, test_idx = task.split(source.hints["frac_train"], int(seed))
+    for name, idx in (("train_indices", train_idx), ("test_indices", test_idx)):
+        n = task.pairs().shape[0]
+        if idx is not None and idx.numel() and (idx.min() < 0 or idx.max() >= n):
+            raise CheckpointFormatError(
+                f"{name} must index the {n} pairs of {task.name} p={task.p}"
+            )
+    epochs = sorted(k for k in source.snapshots if k is not None)
+    return LoadedRun(
+        model_config=config,
+        task=task,
+        epochs=epochs,
+        train_indices=train_idx,
+        test_indices=test_idx,
+        metrics=source.metrics,
+        format=source.format,
+        path=source.path,
+        _source=source,
+        _allow_nonfinite=allow_nonfinite,
+    )
+
+
+def detect_format(path_or_state: Any) -> str:
+    """The format name (a key of :data:`CHECKPOINT_FORMATS`) of a path or in-memory dict."""
+    return _open_source(path_or_state).format
+
+
+def load_checkpoint(
+    path_or_state: str | os.PathLike | Mapping[str, Any],
+    *,
+    epoch: int | None = None,
+    device: str | torch.device = "cpu",
+    p: int | None = None,
+    drop_eq_logit: bool = False,
+    allow_nonfinite: bool = False,
+) -> HookedTransformer:
+    """Load one checkpoint, in any known format, as a compatible :class:`HookedTransformer`.
+
+    ``epoch`` picks a checkpoint of a run (run directory, authors' full run, demo file); the
+    default is the final model. ``p`` asserts the modulus (an
+    :class:`~tl_grokking.model.IncompatibleModelError` if the checkpoint has another).
+    The authors' ``p + 1`` output logits are kept (``d_vocab_out = p + 1``; analysis reads
+    ``logits[..., :p]``) unless ``drop_eq_logit=True``. NaN/inf weights raise
+    :class:`NonFiniteWeightsError` unless ``allow_nonfinite=True``.
+    """
+    source = _open_source(path_or_state)
+    run = _make_run(source, p=p, drop_eq_logit=drop_eq_logit, allow_nonfinite=allow_nonfinite)
+    return run.model(epoch, device=device)
+
+
+def load_run(
+    path_or_state: str | os.PathLike | Mapping[str, Any],
+    *,
+    p: int | None = None,
+    drop_eq_logit: bool = False,
+    allow_nonfinite: bool = False,
+) -> LoadedRun:
+    """Open a training run (run directory, authors' full run, TL demo file) for analysis.
+
+    Checkpoints are converted lazily by :meth:`LoadedRun.state_dict` / :meth:`LoadedRun.model`.
+    A lone state dict with no epoch information is not a run: :class:`CheckpointFormatError`.
+    """
+    source = _open_source(path_or_state)
+    if None in source.snapshots:
+        raise CheckpointFormatError(
+            f"{source.path or 'object'}: a single state dict with no epoch is not a run; "
+            "use load_checkpoint"
+        )
+    return _make_run(source, p=p, drop_eq_logit=drop_eq_logit, allow_nonfinite=allow_nonfinite)

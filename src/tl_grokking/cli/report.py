@@ -1,0 +1,43 @@
+"""``tl-grokking report RUN_DIR``: the self-contained HTML report of a run.
+
+Writes ``RUN_DIR/report.html`` (or ``--out``) atomically: run status, summary numbers, the
+configuration and every figure of :mod:`tl_grokking.plots`, with plotly.js and the circuitsvis
+bundle inlined, so the page opens with no network.  Progress measures come from
+``measures.csv`` / ``phases.json`` (``tl-grokking analyze``) when present, else are computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="write RUN_DIR/report.html: figures and summary of a run (self-contained HTML)",
+        description=(
+            "Build the HTML report of a training run: loss curves with the phases, progress "
+            "measures, Fourier structure of W_E and W_L, neuron clusters and activations, "
+            "attention, the trig-identity read-out and the ablation table. The page inlines "
+            "its JavaScript and opens offline."
+        ),
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by train")
+    parser.add_argument(
+        "--out", default=None, metavar="FILE", help="where to write (default RUN_DIR/report.html)"
+    )
+    parser.add_argument("--device", default="cpu", help="device for the analysis forward passes")
+    parser.add_argument(
+        "--progress", action="store_true", help="show a progress bar if measures are computed"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..report import run_status, write_report
+
+    status = run_status(args.run_dir)  # RunDirError (a ValueError) before any work
+    path = write_report(args.run_dir, args.out, device=args.device, progress=args.progress)
+    print(status.message)
+    print(f"wrote {path}")
+    return 0

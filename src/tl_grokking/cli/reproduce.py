@@ -1,0 +1,169 @@
+"""``tl-grokking reproduce``: train the paper's model, analyse it and write its report.
+
+The main job of the library in one command (Nanda et al. 2023, PAPER_NOTES §2–3):
+
+1. train the paper's configuration — p = 113, 30 % of the pairs for training, one layer,
+   d_model 128, 4 heads, d_mlp 512, AdamW lr 1e-3, weight decay 1, 40k full-batch epochs, a
+   checkpoint every 100 epochs — into ``--out`` (an existing run there with the same
+   configuration is resumed, and a finished one is not retrained);
+2. compute the progress measures and phase boundaries (what ``tl-grokking analyze`` does:
+   ``measures.csv``, ``phases.json``);
+3. write ``report.html`` (what ``tl-grokking report`` does) and print where everything is.
+
+``--quick`` uses a smaller setting that groks within about two minutes on two CPU cores:
+p = 53, half of the pairs for training, d_mlp 256, lr 3e-3, 1500 epochs (test accuracy
+reaches 99 % near epoch 700 with seed 0).  The paper's setting takes about an hour on one CPU
+core, a few minutes on a GPU (``--device cuda``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..training import TrainConfig
+
+__all__ = ["paper_config", "quick_config", "reproduce", "Reproduction"]
+
+
+def paper_config(*, seed: int = 0, device: str = "cpu", **changes: Any) -> TrainConfig:
+    """The paper's run: every :class:`~tl_grokking.training.TrainConfig` default (p = 113,
+    frac 0.3, 40k epochs, checkpoints every 100), with ``seed``, ``device`` and ``changes``."""
+    return TrainConfig(seed=seed, device=device, **changes)
+
+
+def quick_config(*, seed: int = 0, device: str = "cpu", **changes: Any) -> TrainConfig:
+    """A small setting that still groks (memorises first, generalises later) in ~1000 epochs:
+    p = 53, frac 0.5, d_mlp 256, lr 3e-3, weight decay 1, 1500 epochs."""
+    settings: dict[str, Any] = dict(
+        p=53,
+        frac_train=0.5,
+        d_mlp=256,
+        lr=3e-3,
+        weight_decay=1.0,
+        epochs=1500,
+        log_every=25,
+        checkpoint_every=50,
+    )
+    settings.update(changes)
+    return TrainConfig(seed=seed, device=device, **settings)
+
+
+@dataclass
+class Reproduction:
+    """Where :func:`reproduce` put things and what it found."""
+
+    run_dir: Path
+    report: Path
+    measures: Path
+    phases: Path
+    epochs_trained: int
+    grok_epoch: int | None
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def reproduce(
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    log: Any = print,
+) -> Reproduction:
+    """Train ``config`` into ``out`` (resuming a run with the same configuration there),
+    compute its progress measures and phases (``measures.csv``, ``phases.json``), and write
+    ``report.html``.  ``log`` receives one-line progress messages (``print`` by default)."""
+    from ..report import write_report
+    from ..training import train
+    from . import analyze
+
+    out = Path(out)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    log(
+        f"[1/3] training p = {config.p}, frac_train = {config.frac_train}, "
+        f"{config.epochs} epochs, seed {config.seed}, on {config.device} -> {out}"
+    )
+    result = train(config, out, resume=True, progress=progress)
+    timings["train"] = time.perf_counter() - start
+
+    log("[2/3] progress measures and phases (as tl-grokking analyze)")
+    t0 = time.perf_counter()
+    analyze.run(
+        argparse.Namespace(
+            run_dir=str(out), key_freqs=None, device=config.device, no_progress=not progress
+        )
+    )
+    timings["analyze"] = time.perf_counter() - t0
+
+    log("[3/3] report")
+    t0 = time.perf_counter()
+    report = write_report(out, device=config.device)
+    timings["report"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - start
+    return Reproduction(
+        run_dir=out,
+        report=report,
+        measures=out / analyze.MEASURES_FILE,
+        phases=out / analyze.PHASES_FILE,
+        epochs_trained=result.epoch,
+        grok_epoch=result.grok_epoch,
+        final_metrics={k: v for k, v in result.metrics.items() if isinstance(v, float)},
+        timings=timings,
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "reproduce",
+        help="train the paper's model, compute its progress measures and write its report",
+        description=(
+            "Reproduce Nanda et al. (2023): train the paper's configuration (p = 113, 40k "
+            "epochs), compute the progress measures and phases, and write the HTML report. "
+            "--quick runs a smaller setting that groks in about two minutes on a CPU."
+        ),
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="p = 53, frac 0.5, d_mlp 256, lr 3e-3, 1500 epochs (about 2 minutes on 2 cores)",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="run directory (default runs/reproduce-paper-seed<N> or runs/reproduce-quick-seed<N>)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="initialisation and split seed")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="override the number of epochs of the setting"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    changes = {} if args.epochs is None else {"epochs": args.epochs}
+    make = quick_config if args.quick else paper_config
+    config = make(seed=args.seed, device=args.device, **changes)
+    name = "quick" if args.quick else "paper"
+    out = Path(args.out) if args.out else Path("runs") / f"reproduce-{name}-seed{args.seed}"
+    rep = reproduce(config, out, progress=not args.no_progress)
+    m = {k: rep.final_metrics.get(k, float("nan")) for k in ("train_loss", "test_loss", "test_acc")}
+    grok = rep.grok_epoch if rep.grok_epoch is not None else "not reached"
+    print(
+        f"\ndone in {rep.timings['total']:.0f} s (train {rep.timings['train']:.0f} s, "
+        f"analysis {rep.timings['analyze']:.0f} s, report {rep.timings['report']:.0f} s)"
+    )
+    print(
+        f"epochs {rep.epochs_trained}; 99 % test accuracy at epoch {grok}; final train loss "
+        f"{m['train_loss']:.3g}, test loss {m['test_loss']:.3g}, test accuracy {m['test_acc']:.4f}"
+    )
+    print(f"run directory: {rep.run_dir}")
+    print(f"measures:      {rep.measures}\nphases:        {rep.phases}")
+    print(f"report:        {rep.report.resolve()}")
+    return 0

@@ -1,0 +1,205 @@
+"""Fast final-position forward pass of the one-layer grokking transformer.
+
+Everything the paper measures (loss, accuracy, the Fourier analysis) reads only the logits at the
+final position, the ``=`` token (PAPER_NOTES §1).  In a one-layer model without LayerNorm the
+final position needs:
+
+* the keys and values of positions 0, 1 and 2, each of which is a function of *one* token and
+  its position: ``k_j = (W_E[t_j] + W_pos[j]) W_K + b_K``.  They are tabulated once per call for
+  every (position, token) pair — ``3 × d_vocab`` rows instead of ``3 × batch`` — and gathered;
+* the query of position 2 only (a table over the token at position 2, which is always ``=`` for
+  the tasks of :mod:`tl_grokking.tasks`);
+* the attention pattern of the final query over the three positions, mixed with uniform
+  attention when the model carries the attention-rate knob (:func:`tl_grokking.model.model_attn_rate`);
+* the MLP and the unembedding of the final position only.
+
+Positions 0 and 1 never need the MLP or the unembedding, which is where almost all the FLOPs of
+the plain forward go (``batch × d_model × d_mlp`` per position), so this is about 3× fewer FLOPs
+than ``model(tokens)`` and avoids the hook machinery. It is mathematically the same computation
+(every bias included), so it agrees with ``model(tokens)[:, -1]`` to float32 rounding, and it is
+differentiable with the same gradients.
+
+**Supported family** (:func:`supports_fast_path`): one layer; ``n_ctx`` ≥ 3 and inputs of exactly
+three tokens; no normalisation; standard (learned, absolute) positional embeddings; ordinary
+multi-head attention (no grouped-query heads, rotary/alibi, soft-caps, QK-norm, clipping or
+attention sinks); a non-gated MLP with an activation of
+:data:`tl_grokking.model.SUPPORTED_ACT_FNS`; no output soft-cap; and no hooks other than the
+attention-rate hook of :func:`tl_grokking.model.make_model`.  Anything else — including a model
+with user hooks attached, whose hooks the fast path would silently skip — goes through the plain
+``model(tokens)[:, -1]``.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import einsum
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from .model import SUPPORTED_ACT_FNS, model_attn_rate
+
+__all__ = ["final_logits", "supports_fast_path", "final_logits_batched", "attention_rate"]
+
+
+def _only_attn_rate_hooks(model: HookedTransformer) -> bool:
+    """True when no hook other than the permanent attention-rate hook is attached."""
+    for name, hook_point in model.hook_dict.items():
+        if hook_point.bwd_hooks:
+            return False
+        for handle in hook_point.fwd_hooks:
+            fn = getattr(handle, "user_hook", None) or getattr(handle, "hook", None)
+            fn = getattr(fn, "func", fn)
+            if not (name.endswith("attn.hook_pattern") and hasattr(fn, "attn_rate")):
+                return False
+    return True
+
+
+def supports_fast_path(model: HookedTransformer) -> bool:
+    """Whether :func:`final_logits` can use the tabulated path for ``model`` (see module doc)."""
+    if not isinstance(model, HookedTransformer):
+        return False
+    cfg = model.cfg
+    checks = (
+        cfg.n_layers == 1,
+        cfg.n_ctx >= 3,
+        cfg.normalization_type is None,
+        not cfg.attn_only,
+        cfg.act_fn in SUPPORTED_ACT_FNS,
+        cfg.positional_embedding_type == "standard",
+        not getattr(cfg, "gated_mlp", False),
+        not getattr(cfg, "parallel_attn_mlp", False),
+        getattr(cfg, "n_key_value_heads", None) in (None, cfg.n_heads),
+        not getattr(cfg, "use_attention_sinks", False),
+        getattr(cfg, "clip_qkv", None) is None,
+        (getattr(cfg, "attn_scores_soft_cap", -1.0) or -1.0) <= 0,
+        (getattr(cfg, "output_logits_soft_cap", -1.0) or -1.0) <= 0,
+        getattr(cfg, "original_architecture", None) is None,
+        not getattr(cfg, "use_logn_attn", False),
+        getattr(cfg, "num_experts", None) is None,
+    )
+    if not all(checks):
+        return False
+    block = model.blocks[0]
+    if type(block.attn).__name__ != "Attention" or type(block.mlp).__name__ != "MLP":
+        return False
+    return _only_attn_rate_hooks(model)
+
+
+def attention_rate(model: HookedTransformer) -> float:
+    """The attention-rate knob installed on ``model`` (1.0 when none), read from its hook."""
+    for handle in model.blocks[0].attn.hook_pattern.fwd_hooks:
+        fn = getattr(handle, "user_hook", None) or getattr(handle, "hook", None)
+        rate = getattr(getattr(fn, "func", fn), "attn_rate", None)
+        if rate is not None:
+            return float(rate)
+    return model_attn_rate(model)
+
+
+def _mix_uniform(pattern: Tensor, rate: float) -> Tensor:
+    """``rate · softmax + (1 − rate) · uniform`` over the three visible positions."""
+    return pattern if rate >= 1.0 else rate * pattern + (1.0 - rate) / 3.0
+
+
+def _mlp_unembed(
+    model: HookedTransformer, resid_mid: Float[Tensor, "batch d_model"]
+) -> Float[Tensor, "batch d_vocab_out"]:
+    """MLP and unembedding of the final position (fused ``addmm`` with every bias)."""
+    mlp = model.blocks[0].mlp
+    post = mlp.act_fn(torch.addmm(mlp.b_in, resid_mid, mlp.W_in))  # [batch, d_mlp]
+    resid_post = torch.addmm(resid_mid + mlp.b_out, post, mlp.W_out)
+    return torch.addmm(model.unembed.b_U, resid_post, model.unembed.W_U)
+
+
+def _final_logits_constant_query(
+    model: HookedTransformer, tokens: Int[Tensor, "batch 3"], eq_token: int
+) -> Float[Tensor, "batch d_vocab_out"]:
+    """Fast path when every input has the same final token (``=``): the query is a constant.
+
+    Then the attention score of position j ∈ {0, 1} is a table over the token there,
+    ``s_j[t, h] = q_h · k_j[t, h] / √d_head``, and position 2's key/value are constants, so the
+    whole attention layer costs one gather of ``[batch, 2, head, 1 + d_head]`` rows from a
+    ``2 × d_vocab`` table, a softmax over 3 and the ``W_O`` matmul.
+    """
+    attn = model.blocks[0].attn
+    W_E, W_pos = model.embed.W_E, model.pos_embed.W_pos[:3]
+    n_vocab = W_E.shape[0]
+
+    x_ab = W_pos[:2, None, :] + W_E[None, :, :]  # [pos=2, vocab, d_model]
+    x_eq = W_pos[2] + W_E[eq_token]  # [d_model] — residual stream of the final position
+    q = einsum(x_eq, attn.W_Q, "d, head d d_head -> head d_head") + attn.b_Q
+    k_eq = einsum(x_eq, attn.W_K, "d, head d d_head -> head d_head") + attn.b_K
+    v_eq = einsum(x_eq, attn.W_V, "d, head d d_head -> head d_head") + attn.b_V
+    k_ab = einsum(x_ab, attn.W_K, "pos tok d, head d d_head -> pos tok head d_head") + attn.b_K
+    v_ab = einsum(x_ab, attn.W_V, "pos tok d, head d d_head -> pos tok head d_head") + attn.b_V
+    s_ab = einsum(k_ab, q, "pos tok head d_head, head d_head -> pos tok head") / attn.attn_scale
+    s_eq = (k_eq * q).sum(-1) / attn.attn_scale  # [head]
+
+    # One table, one gather: row pos * vocab + token holds [score, value] of every head.
+    table = torch.cat([s_ab[..., None], v_ab], dim=-1).flatten(0, 1)  # [2*vocab, head, 1+d_head]
+    offsets = torch.arange(2, device=tokens.device) * n_vocab
+    rows = table[tokens[:, :2] + offsets]  # [batch, pos=2, head, 1+d_head]
+    scores = torch.cat([rows[..., 0], s_eq.expand(rows.shape[0], 1, -1)], dim=1)  # [b, 3, head]
+    pattern = _mix_uniform(torch.softmax(scores, dim=1), attention_rate(model))
+    z = (pattern[:, :2, :, None] * rows[..., 1:]).sum(1) + pattern[:, 2, :, None] * v_eq
+    resid_mid = torch.addmm(x_eq + attn.b_O, z.flatten(1), attn.W_O.flatten(0, 1))
+    return _mlp_unembed(model, resid_mid)
+
+
+def _final_logits_general(
+    model: HookedTransformer, tokens: Int[Tensor, "batch 3"]
+) -> Float[Tensor, "batch d_vocab_out"]:
+    """Fast path for arbitrary final tokens: per-(position, token) q/k/v tables, gathered."""
+    attn = model.blocks[0].attn
+    W_E, W_pos = model.embed.W_E, model.pos_embed.W_pos[:3]
+    n_vocab = W_E.shape[0]
+
+    x_table = (W_pos[:, None, :] + W_E[None, :, :]).flatten(0, 1)  # [pos*vocab, d_model]
+    W_QKV = torch.stack([attn.W_Q, attn.W_K, attn.W_V])  # [3, head, d_model, d_head]
+    b_QKV = torch.stack([attn.b_Q, attn.b_K, attn.b_V])  # [3, head, d_head]
+    qkv_table = einsum(x_table, W_QKV, "row d, qkv head d d_head -> row qkv head d_head") + b_QKV
+    offsets = torch.arange(3, device=tokens.device) * n_vocab
+    qkv = qkv_table[tokens + offsets]  # [batch, pos, qkv, head, d_head]
+    q, k, v = qkv[:, 2, 0], qkv[:, :, 1], qkv[:, :, 2]
+    scores = einsum(q, k, "batch head d_head, batch pos head d_head -> batch pos head")
+    pattern = _mix_uniform(torch.softmax(scores / attn.attn_scale, dim=1), attention_rate(model))
+    z = (pattern[..., None] * v).sum(1)  # [batch, head, d_head]
+    x_final = x_table[tokens[:, 2] + 2 * n_vocab]
+    resid_mid = x_final + torch.addmm(attn.b_O, z.flatten(1), attn.W_O.flatten(0, 1))
+    return _mlp_unembed(model, resid_mid)
+
+
+def final_logits(
+    model: HookedTransformer, tokens: Int[Tensor, "batch 3"]
+) -> Float[Tensor, "batch d_vocab_out"]:
+    """Logits at the final position (the ``=`` token), i.e. ``model(tokens)[:, -1]``.
+
+    Uses the tabulated fast path when :func:`supports_fast_path` holds and ``tokens`` has three
+    columns; otherwise the plain HookedTransformer forward. Differentiable either way.
+    """
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be a [batch, 3] tensor, got shape {tuple(tokens.shape)}")
+    if tokens.shape[1] == 3 and tokens.shape[0] > 0 and supports_fast_path(model):
+        last = tokens[:, 2]
+        first = int(last[0])
+        if bool((last == first).all()):
+            return _final_logits_constant_query(model, tokens, first)
+        return _final_logits_general(model, tokens)
+    return model(tokens)[:, -1]
+
+
+@torch.no_grad()
+def final_logits_batched(
+    model: HookedTransformer, tokens: Int[Tensor, "batch 3"], *, batch_size: int = 16384
+) -> Float[Tensor, "batch d_vocab_out"]:
+    """:func:`final_logits` without gradients, in chunks of ``batch_size`` rows (evaluation)."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    device = next(model.parameters()).device
+    tokens = tokens.to(device)
+    if tokens.shape[0] <= batch_size:
+        return final_logits(model, tokens)
+    return torch.cat(
+        [final_logits(model, chunk) for chunk in tokens.split(batch_size)],
+        dim=0,
+    )

@@ -1,0 +1,259 @@
+"""Logits over the whole input grid: loss, restricted / excluded logits, trig-identity fit.
+
+``L`` below is the final-position logit matrix for all p² inputs (rows ``a * p + b``) over the
+p residue classes, ``[p², p]``, in float64.
+
+* **Restricted logits** (§7): ``P_K(L) + mean_inputs(L)`` — every class column projected onto
+  the 2|K| sum directions ``cos/sin(w_k(a+b))`` of the key frequencies, the per-class mean added
+  back. Its loss over all inputs is the *restricted loss*.
+* **Excluded logits** (§7): ``L - P_K(L)``. Its loss on the training pairs is the *excluded loss*.
+* **Trig-identity decomposition** (§5): ``L ≈ Σ_k α_k cos(w_k(a + b - c))``. The features
+  ``f_k(a, b, c) = cos(w_k(a+b-c))`` are orthogonal over the p² × p table (``‖f_k‖² = p³/2`` for
+  ``2k ≠ p``) and each sums to zero over c for every input, so the least-squares α has the closed
+  form ``α_k = <L, f_k> / ‖f_k‖²`` and fitting to ``L`` or to ``L`` centred per input gives the
+  same α. Using ``cos(w(s-c)) = cos(ws)cos(wc) + sin(ws)sin(wc)`` with ``s = a + b``,
+  ``<L, f_k> = cos_sᵀ L cos_c + sin_sᵀ L sin_c``: only ``[p², 2|K|]`` and ``[2|K|, p]`` factors are
+  ever built, never a p² × p × |K| feature tensor, and the loss of the approximation is computed
+  in row chunks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from .fourier import project_onto_sum_directions, validate_freqs
+from .tasks import Task
+
+__all__ = [
+    "all_logits",
+    "loss_and_accuracy",
+    "restricted_logits",
+    "excluded_logits",
+    "trig_features",
+    "trig_logit_decomposition",
+    "trig_approx_logits",
+    "TrigDecomposition",
+]
+
+# Rows per chunk when evaluating the approximated logits (keeps extra memory ~ chunk × p).
+_CHUNK_ELEMENTS = 1 << 18
+
+
+@torch.no_grad()
+def all_logits(
+    model: HookedTransformer,
+    task: Task | None = None,
+    *,
+    fwd_hooks: Iterable = (),
+    dtype: torch.dtype = torch.float64,
+) -> Float[Tensor, "p_sq p"]:
+    """Final-position logits of the first p classes for all p² inputs (canonical order).
+
+    One forward pass (under ``fwd_hooks`` if given); returned in ``dtype`` (float64 default).
+    """
+    from .hooks import grid_tokens
+
+    tokens = grid_tokens(model, task)
+    p = model.cfg.d_vocab - 1
+    logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))[:, -1, :p]
+    return logits.to(dtype)
+
+
+def loss_and_accuracy(
+    logits: Float[Tensor, "batch n_classes"], labels: Int[Tensor, " batch"]
+) -> tuple[float, float]:
+    """Mean cross-entropy (computed in float64) and accuracy of ``logits`` against ``labels``."""
+    if logits.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"logits ({logits.shape[0]} rows) and labels ({labels.shape[0]}) must match"
+        )
+    if logits.shape[0] == 0:
+        raise ValueError("cannot compute a loss over an empty set of inputs")
+    labels = labels.to(logits.device)
+    loss = F.cross_entropy(logits.double(), labels).item()
+    acc = (logits.argmax(dim=-1) == labels).double().mean().item()
+    return loss, acc
+
+
+def _check_logit_matrix(logits: Tensor, p: int) -> None:
+    if logits.ndim != 2 or logits.shape[0] != p * p:
+        raise ValueError(
+            f"logits must be the all-inputs matrix [p², classes] = [{p * p}, ...], "
+            f"got shape {tuple(logits.shape)}"
+        )
+
+
+def restricted_logits(
+    logits: Float[Tensor, "p_sq n_classes"], p: int, freqs: Iterable[int]
+) -> Float[Tensor, "p_sq n_classes"]:
+    """``P_K(L) + mean over inputs of L``: only the key x+y components and the class constant."""
+    _check_logit_matrix(logits, p)
+    freqs = validate_freqs(freqs, p, field="key frequencies")
+    return project_onto_sum_directions(logits, p, freqs) + logits.mean(dim=0, keepdim=True)
+
+
+def excluded_logits(
+    logits: Float[Tensor, "p_sq n_classes"], p: int, freqs: Iterable[int]
+) -> Float[Tensor, "p_sq n_classes"]:
+    """``L - P_K(L)``: the logits with the key x+y components removed (no mean correction)."""
+    _check_logit_matrix(logits, p)
+    freqs = validate_freqs(freqs, p, field="key frequencies")
+    return logits - project_onto_sum_directions(logits, p, freqs)
+
+
+def trig_features(
+    p: int, freqs: Iterable[int], *, dtype: torch.dtype = torch.float64, device="cpu"
+) -> tuple[Float[Tensor, "p_sq two_k"], Float[Tensor, "two_k p"]]:
+    """Factors ``(A, B)`` with ``A @ diag(α ⊗ [1, 1]) @ B = Σ_k α_k cos(w_k(a+b-c))``.
+
+    ``A[ab] = [cos(w_k s), sin(w_k s), ...]`` with ``s = a + b``;
+    ``B = [cos(w_k c); sin(w_k c); ...]``.
+    """
+    freqs = validate_freqs(freqs, p)
+    w = 2 * math.pi * torch.tensor(freqs, dtype=torch.float64) / p
+    s = (torch.arange(p, dtype=torch.float64)[:, None] + torch.arange(p)[None, :]).reshape(-1)
+    c = torch.arange(p, dtype=torch.float64)
+    a_ang, b_ang = s[:, None] * w[None, :], w[:, None] * c[None, :]
+    A = torch.stack([torch.cos(a_ang), torch.sin(a_ang)], dim=-1).reshape(p * p, -1)
+    B = torch.stack([torch.cos(b_ang), torch.sin(b_ang)], dim=1).reshape(-1, p)
+    return A.to(dtype=dtype, device=device), B.to(dtype=dtype, device=device)
+
+
+@dataclass
+class TrigDecomposition:
+    """Least-squares fit ``L ≈ Σ_k α_k cos(w_k(a+b-c))`` over all inputs and the p classes.
+
+    ``fve`` is the fraction of the variance of the logits (centred per input: a per-input shift
+    does not change predictions) that the fit explains; ``fve_per_freq[k]`` splits it by k.
+    ``loss`` / ``accuracy`` are those of the original logits, ``approx_loss`` /
+    ``approx_accuracy`` those of the approximation, over all p² inputs.
+    """
+
+    p: int
+    freqs: list[int]
+    alpha: dict[int, float]
+    fve: float
+    fve_per_freq: dict[int, float] = field(default_factory=dict)
+    loss: float = float("nan")
+    accuracy: float = float("nan")
+    approx_loss: float = float("nan")
+    approx_accuracy: float = float("nan")
+
+    def __str__(self) -> str:
+        lines = [
+            f"trig-identity fit  L ≈ Σ_k α_k cos(w_k(a+b−c))  (p = {self.p}, K = {self.freqs})",
+            f"  fraction of logit variance explained: {self.fve:.4f}",
+            f"  loss all inputs: original {self.loss:.3e} (acc {self.accuracy:.4f}), "
+            f"approximation {self.approx_loss:.3e} (acc {self.approx_accuracy:.4f})",
+        ]
+        for k in self.freqs:
+            lines.append(f"  k = {k:3d}: α = {self.alpha[k]:9.4f}   FVE {self.fve_per_freq[k]:.4f}")
+        return "\n".join(lines)
+
+
+def _chunked_loss(
+    chunk_logits: Callable[[slice], Tensor], n_rows: int, n_classes: int, labels: Tensor
+) -> tuple[float, float]:
+    """Cross-entropy and accuracy of logits produced ``chunk_logits(rows)`` slice by slice.
+
+    Keeps the temporaries of ``log_softmax`` at ``chunk × classes`` instead of ``p² × p``.
+    """
+    rows = max(1, _CHUNK_ELEMENTS // max(n_classes, 1))
+    total, correct = 0.0, 0
+    for start in range(0, n_rows, rows):
+        sl = slice(start, min(start + rows, n_rows))
+        chunk = chunk_logits(sl).double()
+        total += F.cross_entropy(chunk, labels[sl], reduction="sum").item()
+        correct += int((chunk.argmax(dim=-1) == labels[sl]).sum())
+    return total / n_rows, correct / n_rows
+
+
+@torch.no_grad()
+def trig_logit_decomposition(
+    model_or_logits: HookedTransformer | Float[Tensor, "p_sq n_classes"],
+    task: Task | None = None,
+    freqs: Iterable[int] | None = None,
+) -> TrigDecomposition:
+    """Least-squares ``α_k`` of ``L ≈ Σ_k α_k cos(w_k(a+b-c))`` (closed form, see module doc).
+
+    ``model_or_logits``: a compatible model (its logits are computed over the whole grid) or an
+    all-inputs logit matrix ``[p², ≥p]`` (only the first p classes are used). ``freqs`` defaults
+    to the model's key frequencies (:func:`tl_grokking.fourier.key_frequencies`). Memory beyond
+    ``L`` is ``O(p² |K| + chunk · p)``.
+    """
+    if isinstance(model_or_logits, Tensor):
+        n = model_or_logits.shape[0]
+        p = math.isqrt(n)
+        if p * p != n or model_or_logits.ndim != 2 or model_or_logits.shape[1] < p:
+            raise ValueError(
+                "logits must be an all-inputs matrix [p², ≥p], got shape "
+                f"{tuple(model_or_logits.shape)}"
+            )
+        if task is not None and task.p != p:
+            raise ValueError(f"logits are for p = {p} but the task has p = {task.p}")
+        L = model_or_logits[:, :p].double()
+        if freqs is None:
+            raise ValueError("freqs is required when passing logits instead of a model")
+    else:
+        from .fourier import key_frequencies
+
+        L = all_logits(model_or_logits, task)
+        p = L.shape[1]
+        if freqs is None:
+            freqs = key_frequencies(model_or_logits, task).keys
+    freqs = validate_freqs(freqs, p, field="freqs")
+    A, B = trig_features(p, freqs, dtype=L.dtype, device=L.device)  # [p², 2K], [2K, p]
+    # <L, f_k> = cos_s^T L cos_c + sin_s^T L sin_c, via the [p², 2K] product L @ B^T.
+    LB = L @ B.T
+    inner = (A * LB).sum(dim=0).reshape(-1, 2).sum(dim=1)  # [K]
+    norms_sq = torch.tensor(
+        [p**3 if 2 * k == p else p**3 / 2 for k in freqs], dtype=L.dtype, device=L.device
+    )
+    alpha = inner / norms_sq
+    # ‖L − row means‖² without a p² × p temporary.
+    centred_sq = torch.linalg.vector_norm(L).square() - p * L.mean(dim=1).square().sum()
+    explained = alpha.square() * norms_sq
+    fve_k = explained / centred_sq if centred_sq > 0 else torch.zeros_like(explained)
+    labels = _labels(task, p, L.device)
+    loss, acc = _chunked_loss(lambda rows: L[rows], p * p, p, labels)
+    weighted_B = B * alpha.repeat_interleave(2)[:, None]
+    approx_loss, approx_acc = _chunked_loss(lambda rows: A[rows] @ weighted_B, p * p, p, labels)
+    return TrigDecomposition(
+        p=p,
+        freqs=freqs,
+        alpha={k: float(a) for k, a in zip(freqs, alpha, strict=True)},
+        fve=float(fve_k.sum()),
+        fve_per_freq={k: float(v) for k, v in zip(freqs, fve_k, strict=True)},
+        loss=loss,
+        accuracy=acc,
+        approx_loss=approx_loss,
+        approx_accuracy=approx_acc,
+    )
+
+
+def _labels(task: Task | None, p: int, device) -> Tensor:
+    if task is None:
+        from .tasks import ModularAddition
+
+        task = ModularAddition(p)
+    return task.labels().to(device)
+
+
+def trig_approx_logits(
+    p: int, alpha: dict[int, float] | TrigDecomposition
+) -> Float[Tensor, "p_sq p"]:
+    """The approximated logit matrix ``Σ_k α_k cos(w_k(a+b-c))`` as a ``[p², p]`` tensor."""
+    if isinstance(alpha, TrigDecomposition):
+        alpha = alpha.alpha
+    freqs = sorted(alpha)
+    A, B = trig_features(p, freqs)
+    weights = torch.tensor([alpha[k] for k in freqs], dtype=torch.float64).repeat_interleave(2)
+    return A @ (B * weights[:, None])

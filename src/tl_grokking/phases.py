@@ -1,0 +1,310 @@
+"""Automatic phase boundaries of a grokking run (Nanda et al. 2023, §5.2; PAPER_NOTES §8).
+
+The paper splits training into **memorisation** (train loss collapses, test loss rises),
+**circuit formation** (test loss stays high while the Fourier circuit grows: excluded loss rises,
+restricted loss and weight norm fall) and **cleanup** (test loss falls sharply — the visible
+grokking —, the Gini coefficients rise, the memorising components are removed). On the main run
+the boundaries are ≈ 1.4k / 9.4k / 14k epochs.
+
+:func:`detect_phases` places the three boundaries deterministically from the progress measures
+(:class:`tl_grokking.progress.ProgressMeasures` or any mapping of columns). All losses are read on
+a log10 scale; every rule is a fraction of a curve's own range, so nothing depends on p, the
+run length or the checkpoint interval. The rules (constants in :class:`PhaseRule`):
+
+1. **Grokking cliff.** ``τ = log10 test_loss``. ``τ_peak`` is its maximum, ``τ_end`` its minimum
+   after the peak. If ``τ_peak - τ_end`` is below ``min_drop_decades`` the run did not grok and
+   only the memorisation boundary is given. ``τ_plat`` is the median of ``τ`` from the peak to
+   the first epoch at which ``τ`` has fallen half-way from the peak to ``τ_end`` (the plateau).
+2. **Circuit formation ends / cleanup starts** where the sharp fall starts: take the epochs
+   ``e1`` and ``e2`` at which ``τ`` last crosses ``τ_plat - f·(τ_plat - τ_end)`` downwards for
+   ``f = onset_fractions`` (default 0.1 and 0.5) before the fall completes, and extrapolate the
+   line through them back to the plateau level: ``e1 - (e2 - e1)·f1/(f2 - f1)``.
+3. **Cleanup ends** when the Gini coefficients of W_E and W_L have completed ``gini_fraction``
+   of their rise from the cleanup start to their maximum (the later of the two); without Gini
+   columns, when ``τ`` has completed ``gini_fraction`` of its fall from ``τ_plat`` to ``τ_end``.
+4. **Memorisation ends** when ``ℓ = log10 train_loss`` has completed ``mem_fraction`` of its fall
+   from the first checkpoint to its minimum before the cleanup starts (whole run if no grokking).
+
+Boundaries are checkpoint epochs and, by construction,
+``first epoch ≤ memorisation end ≤ circuit-formation end ≤ cleanup end ≤ last epoch`` (the
+memorisation floor is taken before the cleanup start; the onset is never before the test-loss
+peak; the cleanup end is searched from the cleanup start). See ``docs/progress.md`` for the
+rationale.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["PhaseRule", "Phases", "detect_phases", "first_epoch_at_or_above"]
+
+
+@dataclass(frozen=True)
+class PhaseRule:
+    """The constants of :func:`detect_phases` (see the module docstring for the rules)."""
+
+    mem_fraction: float = 0.9
+    onset_fractions: tuple[float, float] = (0.1, 0.5)
+    gini_fraction: float = 0.9
+    min_drop_decades: float = 1.0
+    grok_acc: float = 0.99
+
+    def __post_init__(self) -> None:
+        for name in ("mem_fraction", "gini_fraction"):
+            value = getattr(self, name)
+            if not (0.0 < value < 1.0):
+                raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+        f1, f2 = self.onset_fractions
+        if not (0.0 < f1 < f2 < 1.0):
+            raise ValueError(f"onset_fractions must satisfy 0 < f1 < f2 < 1, got {(f1, f2)!r}")
+        if not self.min_drop_decades > 0:
+            raise ValueError(f"min_drop_decades must be > 0, got {self.min_drop_decades!r}")
+        if not (0.0 < self.grok_acc <= 1.0):
+            raise ValueError(f"grok_acc must be in (0, 1], got {self.grok_acc!r}")
+
+
+@dataclass(frozen=True)
+class Phases:
+    """Phase boundaries (checkpoint epochs) of one run.
+
+    ``memorization_end``, ``circuit_formation_end`` (= cleanup start) and ``cleanup_end`` are
+    ``None`` when they cannot be placed (e.g. a run that never groks has only the first).
+    ``test_acc_99_epoch`` is the first epoch with test accuracy ≥ ``rule.grok_acc``.
+    """
+
+    first_epoch: int
+    last_epoch: int
+    memorization_end: int | None
+    circuit_formation_end: int | None
+    cleanup_end: int | None
+    grokked: bool
+    test_acc_99_epoch: int | None
+    rule: PhaseRule = field(default_factory=PhaseRule)
+    notes: tuple[str, ...] = ()
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def boundaries(self) -> tuple[int | None, int | None, int | None]:
+        return (self.memorization_end, self.circuit_formation_end, self.cleanup_end)
+
+    def phases(self) -> list[dict[str, Any]]:
+        """``[{"name", "start", "end"}, ...]`` for the phases that could be placed."""
+        out = []
+        edges = [self.first_epoch, *self.boundaries]
+        names = ("memorization", "circuit_formation", "cleanup")
+        for name, start, end in zip(names, edges[:-1], edges[1:], strict=True):
+            if start is None or end is None:
+                break
+            out.append({"name": name, "start": start, "end": end})
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "first_epoch": self.first_epoch,
+            "last_epoch": self.last_epoch,
+            "memorization_end": self.memorization_end,
+            "circuit_formation_end": self.circuit_formation_end,
+            "cleanup_start": self.circuit_formation_end,
+            "cleanup_end": self.cleanup_end,
+            "grokked": self.grokked,
+            "test_acc_99_epoch": self.test_acc_99_epoch,
+            "phases": self.phases(),
+            "rule": {
+                k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.rule).items()
+            },
+            "notes": list(self.notes),
+            "diagnostics": self.diagnostics,
+        }
+
+    def __str__(self) -> str:
+        def fmt(e: int | None) -> str:
+            return "—" if e is None else str(e)
+
+        lines = [
+            f"phases over epochs {self.first_epoch}–{self.last_epoch}: "
+            f"memorisation ends {fmt(self.memorization_end)}, circuit formation ends "
+            f"{fmt(self.circuit_formation_end)}, cleanup ends {fmt(self.cleanup_end)}",
+            f"test accuracy ≥ {self.rule.grok_acc:.0%} first at epoch "
+            f"{fmt(self.test_acc_99_epoch)}",
+        ]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Curve helpers (plain Python: a run has at most a few thousand checkpoints)
+# ---------------------------------------------------------------------------------------------
+
+
+def _log10(values: Sequence[float]) -> list[float]:
+    """log10 of losses; non-positive values are floored at 1e-300, NaN stays NaN."""
+    return [math.log10(max(v, 1e-300)) if not math.isnan(v) else math.nan for v in values]
+
+
+def _interp_epoch(epochs: Sequence[int], y: Sequence[float], i: int, level: float) -> float:
+    """Epoch between checkpoints ``i - 1`` and ``i`` where the line through them meets ``level``."""
+    if i == 0 or y[i] == y[i - 1]:
+        return float(epochs[i])
+    t = (y[i - 1] - level) / (y[i - 1] - y[i])
+    t = min(max(t, 0.0), 1.0)
+    return epochs[i - 1] + t * (epochs[i] - epochs[i - 1])
+
+
+def _first_at_or_below(y: Sequence[float], level: float, start: int = 0) -> int | None:
+    return next((i for i in range(start, len(y)) if y[i] <= level), None)
+
+
+def _first_at_or_above(y: Sequence[float], level: float, start: int = 0) -> int | None:
+    return next((i for i in range(start, len(y)) if y[i] >= level), None)
+
+
+def _snap(epochs: Sequence[int], x: float) -> int:
+    """The checkpoint epoch nearest to ``x`` (ties to the earlier)."""
+    return min(epochs, key=lambda e: (abs(e - x), e))
+
+
+def first_epoch_at_or_above(
+    epochs: Sequence[int], values: Sequence[float], level: float
+) -> int | None:
+    """First epoch whose value is ≥ ``level`` (e.g. test accuracy ≥ 0.99), or ``None``."""
+    i = _first_at_or_above(values, level)
+    return None if i is None else int(epochs[i])
+
+
+def _columns(measures: Any) -> Mapping[str, Sequence[float]]:
+    columns = getattr(measures, "columns", measures)
+    if not isinstance(columns, Mapping):
+        raise ValueError(
+            "measures must be a ProgressMeasures or a mapping of column name -> values, "
+            f"got {type(measures).__name__}"
+        )
+    return columns
+
+
+# ---------------------------------------------------------------------------------------------
+# The detector
+# ---------------------------------------------------------------------------------------------
+
+
+def detect_phases(measures: Any, rule: PhaseRule | None = None) -> Phases:
+    """Memorisation / circuit-formation / cleanup boundaries from the progress measures.
+
+    ``measures`` needs the columns ``epoch``, ``train_loss``, ``test_loss`` and ``test_acc``;
+    ``gini_W_E`` / ``gini_W_L`` are used when present. The rules are in the module docstring.
+    """
+    rule = rule or PhaseRule()
+    cols = _columns(measures)
+    missing = [c for c in ("epoch", "train_loss", "test_loss", "test_acc") if c not in cols]
+    if missing:
+        raise ValueError(
+            f"measures lack the columns {missing} needed to detect phases "
+            "(a run measured without a train/test split has no train/test loss)"
+        )
+    epochs = [int(e) for e in cols["epoch"]]
+    n = len(epochs)
+    if n < 3:
+        raise ValueError(f"need at least 3 checkpoints to detect phases, got {n}")
+    if any(b <= a for a, b in zip(epochs, epochs[1:], strict=False)):
+        raise ValueError("epochs must be strictly increasing")
+    train = _log10([float(v) for v in cols["train_loss"]])
+    test = _log10([float(v) for v in cols["test_loss"]])
+    if any(math.isnan(v) for v in train + test):
+        raise ValueError("train_loss / test_loss contain NaN; phases need finite losses")
+    test_acc = [float(v) for v in cols["test_acc"]]
+    notes: list[str] = []
+    diag: dict[str, Any] = {}
+    acc99 = first_epoch_at_or_above(epochs, test_acc, rule.grok_acc)
+
+    # 1. the grokking cliff of the log test loss
+    i_peak = max(range(n), key=lambda i: test[i])
+    tau_peak = test[i_peak]
+    tau_end = min(test[i_peak:])
+    drop = tau_peak - tau_end
+    diag.update(test_loss_peak_epoch=epochs[i_peak], test_loss_drop_decades=drop)
+    grokked = drop >= rule.min_drop_decades and i_peak < n - 1
+    cf_end = cleanup_end = None
+    if grokked:
+        i_half = _first_at_or_below(test, tau_peak - drop / 2, i_peak)
+        assert i_half is not None  # tau_end itself is at or below the level
+        tau_plat = statistics.median(test[i_peak : max(i_half, i_peak + 1)])
+        span = tau_plat - tau_end
+        f1, f2 = rule.onset_fractions
+        level1, level2 = tau_plat - f1 * span, tau_plat - f2 * span
+        i2 = _first_at_or_below(test, level2, i_peak)
+        # the last downward crossing of level1 before the fall reaches level2 (one exists: the
+        # peak is above level1 and index i2 is below it)
+        i1 = max(i for i in range(i_peak + 1, i2 + 1) if test[i - 1] > level1 >= test[i])
+        e1 = _interp_epoch(epochs, test, i1, level1)
+        e2 = _interp_epoch(epochs, test, i2, level2)
+        onset = e1 - (e2 - e1) * f1 / (f2 - f1)
+        onset = max(onset, float(epochs[i_peak]))
+        cf_end = _snap(epochs, onset)
+        diag.update(
+            test_loss_plateau_log10=tau_plat,
+            test_loss_end_log10=tau_end,
+            onset_crossings=[e1, e2],
+            onset_extrapolated=onset,
+        )
+        cleanup_end = _cleanup_end(epochs, cols, test, cf_end, tau_plat, tau_end, rule, diag)
+
+    # 4. memorisation: the train loss has done most of its log-scale fall. The floor is taken
+    # up to the cleanup start, so this boundary is never after it.
+    stop = epochs.index(cf_end) + 1 if cf_end is not None else n
+    floor = min(train[:stop])
+    level = floor + (1 - rule.mem_fraction) * (train[0] - floor)
+    i_mem = _first_at_or_below(train, level) if train[0] > floor else 0
+    mem_end = epochs[i_mem] if i_mem is not None else None
+    diag.update(train_loss_floor_log10=floor)
+
+    if not grokked:
+        notes.append(
+            f"test loss falls by only {drop:.2f} decades after its peak "
+            f"(< {rule.min_drop_decades}); no grokking detected, so no circuit-formation or "
+            "cleanup boundary"
+        )
+    return Phases(
+        first_epoch=epochs[0],
+        last_epoch=epochs[-1],
+        memorization_end=mem_end,
+        circuit_formation_end=cf_end,
+        cleanup_end=cleanup_end,
+        grokked=grokked,
+        test_acc_99_epoch=acc99,
+        rule=rule,
+        notes=tuple(notes),
+        diagnostics=diag,
+    )
+
+
+def _cleanup_end(
+    epochs: list[int],
+    cols: Mapping[str, Sequence[float]],
+    test: list[float],
+    start: int,
+    tau_plat: float,
+    tau_end: float,
+    rule: PhaseRule,
+    diag: dict[str, Any],
+) -> int:
+    """Rule 3: Gini curves (or the test loss) have completed ``gini_fraction`` of their change."""
+    i0 = epochs.index(start)
+    ends = []
+    for name in ("gini_W_E", "gini_W_L"):
+        if name not in cols:
+            continue
+        g = [float(v) for v in cols[name]]
+        g0, g_max = g[i0], max(g[i0:])
+        if g_max <= g0:
+            continue
+        i = _first_at_or_above(g, g0 + rule.gini_fraction * (g_max - g0), i0)
+        ends.append(epochs[i])
+        diag[f"{name}_end"] = epochs[i]
+    if ends:
+        return max(ends)
+    i = _first_at_or_below(test, tau_end + (1 - rule.gini_fraction) * (tau_plat - tau_end), i0)
+    diag["test_loss_end"] = epochs[i]
+    return epochs[i]

@@ -1,0 +1,619 @@
+"""Progress measures over a training run (Nanda et al. 2023, §5; PAPER_NOTES §7).
+
+For every checkpoint of a run this computes, in float64:
+
+* ``train_loss`` / ``test_loss`` / ``train_acc`` / ``test_acc`` — cross-entropy and accuracy of
+  the final-position logits on the train / test pairs;
+* ``restricted_loss`` — cross-entropy over **all** p² pairs of the logits ``P_K(L) + mean_x L``,
+  where ``P_K`` projects every output column of ``L`` onto the 2|K| sum directions
+  ``cos(w_k(a+b))``, ``sin(w_k(a+b))`` of the key frequencies K (the mean over inputs restores
+  each class's constant term);
+* ``excluded_loss`` — cross-entropy over the **training** pairs of ``L - P_K(L)`` (no mean
+  correction), and ``excluded_loss_k<k>`` with only frequency k removed;
+* ``gini_W_E`` / ``gini_W_L`` — Gini coefficients (Hurley & Rickard 2009) of the norms of the
+  Fourier components of the embedding (``F W_E[:p]``, norm over d_model) and of the
+  neuron-to-logit map ``W_L = W_out W_U[:, :p]`` (transformed along its class axis, norm over
+  neurons). The constant component is included in both;
+* ``sum_sq_weights`` — the total sum of squared weights over all parameters.
+
+The key frequencies are fixed from the final checkpoint and reused for every earlier one
+(PAPER_NOTES §6), unless they are given explicitly.
+
+Speed: each checkpoint's logits on all p² inputs come from the fast final-position forward
+(:func:`tl_grokking.fastforward.final_logits`, float32, then cast to float64); the projection is a
+``[2|K|, p²] @ [p², p]`` matmul against sum directions built once per run (never a p³ cube); the
+Fourier basis is built once; the Gini coefficients of all checkpoints are computed in one batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from .fastforward import final_logits_batched
+from .fourier import key_frequencies, sum_directions, validate_freqs
+from .model import check_compatible, config_from_model, validate_device
+from .runs import atomic_write_text
+from .tasks import Task, make_task
+from .weights import embed_fourier_norms, unembed_fourier_norms
+
+__all__ = [
+    "ProgressMeasures",
+    "progress_measures",
+    "gini",
+    "sum_squared_weights",
+    "LogitMeasures",
+    "cheap_measures_callback",
+    "read_measures_csv",
+    "KEY_FREQ_FALLBACK_RULES",
+]
+
+#: Rules tried, in order, to fix the key frequencies from the final checkpoint when none are
+#: given: neuron clusters (the paper's definition), then W_E Fourier norms (the TL demo's).
+KEY_FREQ_FALLBACK_RULES = ("clusters", "embed")
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight-based measures
+# ---------------------------------------------------------------------------------------------
+
+
+def gini(x: Float[Tensor, "... n"]) -> Float[Tensor, "..."]:
+    """Gini coefficient (Hurley & Rickard 2009) of nonnegative vectors along the last axis.
+
+    With ``c`` sorted ascending and ``i = 1..N``:
+    ``G = 1 - 2 * sum_i (c_i / ||c||_1) * (N - i + 1/2) / N``. ``G = 0`` for a constant vector,
+    ``1 - 1/N`` for a one-hot one. Batched over leading axes; computed in ``x``'s dtype.
+    """
+    if x.ndim == 0 or x.shape[-1] == 0:
+        raise ValueError(f"gini needs a non-empty last axis, got shape {tuple(x.shape)}")
+    if (x < 0).any():
+        raise ValueError("gini is defined for nonnegative vectors (norms); got negative entries")
+    n = x.shape[-1]
+    c = x.sort(dim=-1).values
+    total = c.sum(dim=-1, keepdim=True)
+    if (total == 0).any():
+        raise ValueError("gini is undefined for an all-zero vector")
+    i = torch.arange(1, n + 1, dtype=x.dtype, device=x.device)
+    weights = (n - i + 0.5) / n
+    return 1.0 - 2.0 * ((c / total) * weights).sum(dim=-1)
+
+
+def _fourier_norms(model: HookedTransformer) -> Float[Tensor, "2 p"]:
+    """Fourier-component norms of W_E (row 0) and W_L (row 1), constant included, float64."""
+    return torch.stack([embed_fourier_norms(model), unembed_fourier_norms(model)])
+
+
+def sum_squared_weights(model: HookedTransformer) -> float:
+    """Total sum of squared weights over all parameters (frozen zero biases included), float64."""
+    return float(sum(p.detach().to(torch.float64).pow(2).sum() for p in model.parameters()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Logit-based measures
+# ---------------------------------------------------------------------------------------------
+
+
+class LogitMeasures:
+    """Loss, accuracy, restricted and excluded loss of final-position logits, for one task.
+
+    Built once per run: it holds the labels, the split and the 2|K| unit sum directions
+    ``[cos k1, sin k1, cos k2, ...]`` over the lexicographic p² grid (float64), so each
+    checkpoint costs one ``[2|K|, p²] @ [p², p]`` matmul plus the cross-entropies.
+
+    ``train_indices`` are row indices into ``task.pairs()``; without them only the all-pairs
+    ``loss``/``acc`` and the restricted loss are computed (the excluded loss is defined on the
+    training pairs).
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        key_freqs: Sequence[int] = (),
+        train_indices: Int[Tensor, " n_train"] | None = None,
+        *,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.task = task
+        self.p = task.p
+        self.device = torch.device(device)
+        n = task.pairs().shape[0]
+        self.labels = task.labels().to(self.device)
+        self.key_freqs = validate_freqs(key_freqs, self.p, field="key_freqs")
+        if self.key_freqs and not task.is_full_grid:
+            raise ValueError(
+                f"key_freqs: restricted / excluded losses need a task defined on the full p² "
+                f"grid; task {task.name!r} is not"
+            )
+        if train_indices is None:
+            self.train_idx = self.test_idx = None
+        else:
+            train_idx = torch.as_tensor(train_indices, dtype=torch.long).reshape(-1)
+            if train_idx.numel() == 0 or train_idx.min() < 0 or train_idx.max() >= n:
+                raise ValueError(
+                    f"train_indices must be non-empty row indices into task.pairs() (0..{n - 1})"
+                )
+            if train_idx.unique().numel() != train_idx.numel():
+                raise ValueError("train_indices must not contain duplicates")
+            mask = torch.ones(n, dtype=torch.bool)
+            mask[train_idx] = False
+            self.train_idx = train_idx.to(self.device)
+            self.test_idx = mask.nonzero().reshape(-1).to(self.device)
+        # [2|K|, p²] unit sum directions; the rows of frequency k are self.freq_rows[k].
+        self.dirs = sum_directions(self.p, self.key_freqs, dtype=torch.float64, device=self.device)
+        self.freq_rows: dict[int, slice] = {}
+        row = 0
+        for k in self.key_freqs:
+            width = 1 if 2 * k == self.p else 2
+            self.freq_rows[k] = slice(row, row + width)
+            row += width
+        self.dirs_train = None if self.train_idx is None else self.dirs[:, self.train_idx]
+
+    @property
+    def column_names(self) -> list[str]:
+        names = []
+        if self.train_idx is None:
+            names += ["loss", "acc"]
+        else:
+            names += ["train_loss", "test_loss", "train_acc", "test_acc"]
+        if self.key_freqs:
+            names.append("restricted_loss")
+            if self.train_idx is not None:
+                names.append("excluded_loss")
+                names += [f"excluded_loss_k{k}" for k in self.key_freqs]
+        return names
+
+    def __call__(self, logits: Float[Tensor, "n_inputs p"]) -> dict[str, float]:
+        """All logit measures of one checkpoint; ``logits`` are cast to float64."""
+        n = self.labels.shape[0]
+        if logits.shape != (n, self.p):
+            raise ValueError(
+                f"logits must have shape (n_inputs, p) = ({n}, {self.p}), got {tuple(logits.shape)}"
+            )
+        L = logits.to(device=self.device, dtype=torch.float64)
+        out: dict[str, float] = {}
+        if self.train_idx is None:
+            out["loss"] = _ce(L, self.labels)
+            out["acc"] = _acc(L, self.labels)
+        else:
+            y_train, y_test = self.labels[self.train_idx], self.labels[self.test_idx]
+            L_train = L[self.train_idx]
+            out["train_loss"] = _ce(L_train, y_train)
+            out["test_loss"] = _ce(L[self.test_idx], y_test)
+            out["train_acc"] = _acc(L_train, y_train)
+            out["test_acc"] = _acc(L[self.test_idx], y_test)
+        if not self.key_freqs:
+            return out
+        coeffs = self.dirs @ L  # [2|K|, p]: each output column's sum-direction components
+        restricted = self.dirs.T @ coeffs + L.mean(dim=0, keepdim=True)
+        out["restricted_loss"] = _ce(restricted, self.labels)
+        if self.train_idx is not None:
+            excluded = L_train - self.dirs_train.T @ coeffs
+            out["excluded_loss"] = _ce(excluded, y_train)
+            for k, rows in self.freq_rows.items():
+                excluded_k = L_train - self.dirs_train[rows].T @ coeffs[rows]
+                out[f"excluded_loss_k{k}"] = _ce(excluded_k, y_train)
+        return out
+
+
+def _ce(logits: Float[Tensor, "n c"], labels: Int[Tensor, " n"]) -> float:
+    return float(F.cross_entropy(logits, labels))
+
+
+def _acc(logits: Float[Tensor, "n c"], labels: Int[Tensor, " n"]) -> float:
+    return float((logits.argmax(dim=-1) == labels).to(torch.float64).mean())
+
+
+def _final_logits_p(
+    model: HookedTransformer, tokens: Int[Tensor, "n 3"], p: int
+) -> Float[Tensor, "n p"]:
+    """Final-position logits of the p residue classes (an extra ``=`` logit is dropped)."""
+    return final_logits_batched(model, tokens)[:, :p]
+
+
+# ---------------------------------------------------------------------------------------------
+# Key frequencies
+# ---------------------------------------------------------------------------------------------
+
+
+def _key_freqs_of(model: HookedTransformer, task: Task) -> tuple[list[int], str]:
+    """Key frequencies of ``model`` by the first rule of :data:`KEY_FREQ_FALLBACK_RULES` that
+    finds any, and the rule's name."""
+    for rule in KEY_FREQ_FALLBACK_RULES:
+        freqs = key_frequencies(model, task, rule=rule).keys
+        if freqs:
+            return validate_freqs(freqs, task.p, field="key_freqs"), rule
+    return [], "none found"
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProgressMeasures:
+    """Per-checkpoint progress measures: a table with one row per epoch.
+
+    ``columns`` maps a column name (``"epoch"`` first) to its values; ``key_freqs`` are the
+    frequencies K used for the restricted / excluded losses and ``key_freq_rule`` says where
+    they came from (``"given"``, ``"clusters"``, ``"embed"``, ...).
+    """
+
+    columns: dict[str, list[float]]
+    key_freqs: list[int] = field(default_factory=list)
+    key_freq_rule: str = "given"
+    p: int | None = None
+
+    def __post_init__(self) -> None:
+        if "epoch" not in self.columns:
+            raise ValueError("columns must contain an 'epoch' column")
+        lengths = {name: len(values) for name, values in self.columns.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"all columns must have the same length, got {lengths}")
+
+    @property
+    def epochs(self) -> list[int]:
+        return [int(e) for e in self.columns["epoch"]]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.columns)
+
+    def __len__(self) -> int:
+        return len(self.columns["epoch"])
+
+    def __getitem__(self, name: str) -> list[float]:
+        if name not in self.columns:
+            raise KeyError(f"no column {name!r}; columns: {self.names}")
+        return self.columns[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.columns
+
+    def column(self, name: str) -> Float[Tensor, " n_epochs"]:
+        """One column as a float64 tensor."""
+        return torch.tensor(self[name], dtype=torch.float64)
+
+    def rows(self) -> list[dict[str, float]]:
+        """The table as one dict per checkpoint."""
+        names = self.names
+        table = zip(*self.columns.values(), strict=True)
+        return [dict(zip(names, values, strict=True)) for values in table]
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        """Write the table as CSV (header row, then one row per epoch), atomically."""
+        lines = [",".join(self.names)]
+        for row in zip(*self.columns.values(), strict=True):
+            lines.append(",".join(_fmt(v) for v in row))
+        path = Path(path)
+        atomic_write_text(path, "\n".join(lines) + "\n")
+        return path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key_freqs": list(self.key_freqs),
+            "key_freq_rule": self.key_freq_rule,
+            "p": self.p,
+            "columns": {k: list(v) for k, v in self.columns.items()},
+        }
+
+
+def _fmt(value: float) -> str:
+    """Integers as integers, floats with full (round-trip) precision."""
+    return str(value) if isinstance(value, int) else repr(float(value))
+
+
+def read_measures_csv(path: str | os.PathLike) -> ProgressMeasures:
+    """Read a table written by :meth:`ProgressMeasures.to_csv` (key frequencies are inferred
+    from the ``excluded_loss_k<k>`` column names; the rule is recorded as ``"from csv"``)."""
+    text = Path(path).read_text(encoding="utf-8").strip().splitlines()
+    if not text:
+        raise ValueError(f"{path} is empty; expected a header row of measure names")
+    names = text[0].split(",")
+    columns: dict[str, list[float]] = {name: [] for name in names}
+    for line_no, line in enumerate(text[1:], start=2):
+        values = line.split(",")
+        if len(values) != len(names):
+            raise ValueError(
+                f"{path}: line {line_no} has {len(values)} fields, expected {len(names)}"
+            )
+        for name, value in zip(names, values, strict=True):
+            columns[name].append(int(value) if name == "epoch" else float(value))
+    freqs = sorted(
+        int(n[len("excluded_loss_k") :]) for n in names if n.startswith("excluded_loss_k")
+    )
+    return ProgressMeasures(columns, key_freqs=freqs, key_freq_rule="from csv")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources of checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Source:
+    """Normalised checkpoint source: epochs, a task, the split and a model iterator."""
+
+    epochs: list[int]
+    task: Task
+    train_indices: Tensor | None
+    final_model: Callable[[], HookedTransformer]
+    iter_models: Callable[[], Iterator[tuple[int, HookedTransformer]]]
+
+
+def _shapes(state: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _check_same_shapes(
+    reference: Mapping[str, tuple[int, ...]], state: Mapping[str, Tensor], epoch: int, first: int
+) -> None:
+    shapes = _shapes(state)
+    diffs = [
+        f"{k}: {reference.get(k)} vs {shapes.get(k)}"
+        for k in sorted(set(reference) | set(shapes))
+        if reference.get(k) != shapes.get(k)
+    ]
+    if diffs:
+        raise ValueError(
+            f"checkpoints of different shapes: epoch {epoch} differs from epoch {first} in "
+            + "; ".join(diffs[:5])
+            + (f" (and {len(diffs) - 5} more)" if len(diffs) > 5 else "")
+        )
+
+
+def _from_loaded_run(run: Any, device: torch.device) -> _Source:
+    from .checkpoints import CheckpointShapeError
+
+    epochs = [int(e) for e in run.epochs]
+    if not epochs:
+        raise ValueError(
+            "the run has no checkpoints to measure (checkpoints/epoch_<N>.safetensors)"
+        )
+
+    def final_model() -> HookedTransformer:
+        return run.model(epochs[-1]).to(device)
+
+    def iter_models() -> Iterator[tuple[int, HookedTransformer]]:
+        # one model, reloaded per checkpoint: building a HookedTransformer costs more than
+        # loading a state dict into it
+        skeleton = run.model(epochs[-1]).to(device)
+        skeleton.eval()
+        reference = _shapes(skeleton.state_dict())
+        for epoch in epochs:
+            try:
+                state = run.state_dict(epoch)
+            except CheckpointShapeError as err:
+                raise CheckpointShapeError(
+                    f"checkpoints of different shapes (the run's shapes come from its final "
+                    f"checkpoint, epoch {epochs[-1]}): {err}"
+                ) from err
+            full = dict(skeleton.state_dict())
+            unknown = set(state) - set(full)
+            if unknown:
+                raise ValueError(
+                    f"checkpoints of different shapes: epoch {epoch} has parameters "
+                    f"{sorted(unknown)[:5]} that epoch {epochs[-1]} lacks"
+                )
+            full.update(state)
+            _check_same_shapes(reference, full, epoch, epochs[-1])
+            skeleton.load_state_dict(full)
+            yield epoch, skeleton
+
+    task = getattr(run, "task", None) or make_task("add", run.model_config.p)
+    return _Source(epochs, task, run.train_indices, final_model, iter_models)
+
+
+def _from_sequence(
+    items: Sequence[tuple[int, Any]],
+    task: Task | None,
+    train_indices: Tensor | None,
+    device: torch.device,
+) -> _Source:
+    pairs = []
+    for item in items:
+        if not (isinstance(item, tuple | list) and len(item) == 2):
+            raise ValueError(
+                "source must be a run directory, a LoadedRun or a sequence of "
+                f"(epoch, model or state dict) pairs; got an item {type(item).__name__}"
+            )
+        epoch, obj = item
+        if isinstance(epoch, bool) or int(epoch) != epoch or int(epoch) < 0:
+            raise ValueError(f"epoch must be a nonnegative integer, got {epoch!r}")
+        if not isinstance(obj, HookedTransformer | Mapping):
+            raise ValueError(
+                f"checkpoint for epoch {epoch} must be a HookedTransformer or a state dict, "
+                f"got {type(obj).__name__}"
+            )
+        pairs.append((int(epoch), obj))
+    if not pairs:
+        raise ValueError("source holds no checkpoints to measure")
+    pairs.sort(key=lambda item: item[0])
+    epochs = [e for e, _ in pairs]
+    if len(set(epochs)) != len(epochs):
+        raise ValueError(f"epochs must be distinct, got {epochs}")
+
+    def as_model(epoch: int, obj: Any) -> HookedTransformer:
+        if isinstance(obj, HookedTransformer):
+            return obj.to(device)
+        from .checkpoints import load_checkpoint
+
+        return load_checkpoint(obj, device=str(device))  # any known state-dict layout
+
+    def iter_models() -> Iterator[tuple[int, HookedTransformer]]:
+        reference = None
+        for epoch, obj in pairs:
+            model = as_model(epoch, obj)
+            params = {n: p for n, p in model.named_parameters()}
+            if reference is None:
+                reference = _shapes(params)
+            else:
+                _check_same_shapes(reference, params, epoch, epochs[0])
+            yield epoch, model
+
+    final = as_model(*pairs[-1])
+    if task is None:
+        task = make_task("add", config_from_model(final).p)
+    return _Source(epochs, task, train_indices, lambda: final, iter_models)
+
+
+def _normalise_source(
+    source: Any, task: Task | None, train_indices: Tensor | None, device: torch.device
+) -> _Source:
+    if isinstance(source, str | os.PathLike):
+        from .checkpoints import load_run
+
+        source = load_run(source)
+    if hasattr(source, "epochs") and hasattr(source, "state_dict") and hasattr(source, "model"):
+        src = _from_loaded_run(source, device)
+        if task is not None:
+            if task.p != src.task.p:
+                raise ValueError(f"task has p = {task.p} but the run has p = {src.task.p}")
+            src.task = task
+        if train_indices is not None:
+            src.train_indices = train_indices
+        return src
+    if isinstance(source, Iterable) and not isinstance(source, Mapping):
+        return _from_sequence(list(source), task, train_indices, device)
+    raise ValueError(
+        "source must be a run directory path, a LoadedRun or a sequence of "
+        f"(epoch, model or state dict) pairs; got {type(source).__name__}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+# ---------------------------------------------------------------------------------------------
+
+
+def progress_measures(
+    source: Any,
+    *,
+    task: Task | None = None,
+    key_freqs: Sequence[int] | None = None,
+    train_indices: Int[Tensor, " n_train"] | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> ProgressMeasures:
+    """Progress measures of Nanda et al. (2023) at every checkpoint of a run.
+
+    Args:
+        source: a run directory, a :class:`tl_grokking.checkpoints.LoadedRun`, or a sequence of
+            ``(epoch, HookedTransformer or state dict)``.
+        task: the task (default: the run's, or modular addition with the model's p).
+        key_freqs: the key frequencies K; default: fixed from the final checkpoint by the
+            neuron-cluster rule, falling back to the W_E rule if no cluster is found (the rule
+            used is recorded in ``.key_freq_rule``).
+        train_indices: rows of ``task.pairs()`` in the training set (default: the run's split).
+            Without a split, ``loss``/``acc`` over all pairs replace the train/test columns and
+            the excluded losses are omitted.
+        device: where the forward passes run.
+        progress: show a tqdm bar over checkpoints.
+
+    Returns:
+        :class:`ProgressMeasures` with columns ``epoch``, ``train_loss``, ``test_loss``,
+        ``train_acc``, ``test_acc``, ``restricted_loss``, ``excluded_loss``,
+        ``excluded_loss_k<k>`` per key frequency, ``gini_W_E``, ``gini_W_L``,
+        ``sum_sq_weights``.
+    """
+    from tqdm.auto import tqdm
+
+    dev = validate_device(device)
+    src = _normalise_source(source, task, train_indices, dev)
+    task = src.task
+    final = src.final_model()
+    check_compatible(final, task)
+    if key_freqs is not None:
+        freqs, rule = validate_freqs(key_freqs, task.p, field="key_freqs"), "given"
+    elif not task.is_full_grid:
+        freqs, rule = [], "none (task not on the full grid)"
+    else:
+        freqs, rule = _key_freqs_of(final, task)
+    del final
+
+    # Float64 analysis on the device, except MPS (no float64 there).
+    analysis_dev = torch.device("cpu") if dev.type == "mps" else dev
+    measure = LogitMeasures(task, freqs, src.train_indices, device=analysis_dev)
+    tokens = task.tokens().to(dev)
+
+    rows: list[dict[str, float]] = []
+    norms: list[Tensor] = []  # [2, p] per checkpoint: W_E and W_L Fourier-component norms
+    bar = tqdm(src.iter_models(), total=len(src.epochs), desc="checkpoints", disable=not progress)
+    for epoch, model in bar:
+        check_compatible(model, task)
+        logits = _final_logits_p(model, tokens, task.p)
+        row: dict[str, float] = {"epoch": epoch, **measure(logits)}
+        row["sum_sq_weights"] = sum_squared_weights(model)
+        norms.append(_fourier_norms(model).to(analysis_dev))
+        rows.append(row)
+    ginis = gini(torch.stack(norms)).cpu()  # [n_checkpoints, 2]
+
+    names = ["epoch", *measure.column_names, "gini_W_E", "gini_W_L", "sum_sq_weights"]
+    columns: dict[str, list[float]] = {name: [] for name in names}
+    for row, (g_e, g_l) in zip(rows, ginis.tolist(), strict=True):
+        row["gini_W_E"], row["gini_W_L"] = g_e, g_l
+        for name in names:
+            columns[name].append(row[name])
+    return ProgressMeasures(columns, key_freqs=freqs, key_freq_rule=rule, p=task.p)
+
+
+# ---------------------------------------------------------------------------------------------
+# During training
+# ---------------------------------------------------------------------------------------------
+
+
+def cheap_measures_callback(
+    task: Task,
+    key_freqs: Sequence[int] | None = None,
+    *,
+    train_indices: Int[Tensor, " n_train"] | None = None,
+    measure_every: int | None = None,
+) -> Callable[[int, HookedTransformer], dict[str, float]]:
+    """A trainer callback ``(epoch, model) -> dict`` logging the cheap progress measures.
+
+    Always: ``gini_W_E``, ``gini_W_L``, ``sum_sq_weights`` (weights only, microseconds). With
+    ``key_freqs``: also ``restricted_loss`` and, given ``train_indices``, ``excluded_loss`` and
+    ``excluded_loss_k<k>`` (one fast forward over all p² inputs). With ``measure_every``, epochs
+    that are not a multiple of it return ``{}`` (the trainer may also call it only every
+    ``measure_every`` epochs itself).
+    """
+    if measure_every is not None and (
+        isinstance(measure_every, bool) or int(measure_every) != measure_every or measure_every < 1
+    ):
+        raise ValueError(f"measure_every must be a positive integer or None, got {measure_every!r}")
+    freqs = validate_freqs(key_freqs, task.p, field="key_freqs") if key_freqs else []
+    state: dict[str, Any] = {}
+
+    def callback(epoch: int, model: HookedTransformer) -> dict[str, float]:
+        if measure_every is not None and epoch % int(measure_every):
+            return {}
+        dev = model.W_E.device
+        if state.get("device") != dev:  # built on first use, on the model's device
+            analysis_dev = torch.device("cpu") if dev.type == "mps" else dev
+            state["device"] = dev
+            state["measure"] = (
+                LogitMeasures(task, freqs, train_indices, device=analysis_dev) if freqs else None
+            )
+            state["tokens"] = task.tokens().to(dev)
+        g_e, g_l = gini(_fourier_norms(model)).tolist()
+        out = {"gini_W_E": g_e, "gini_W_L": g_l, "sum_sq_weights": sum_squared_weights(model)}
+        if state["measure"] is not None:
+            was_training = model.training
+            model.eval()
+            logits = _final_logits_p(model, state["tokens"], task.p)
+            model.train(was_training)
+            full = state["measure"](logits)
+            out.update({k: v for k, v in full.items() if "restricted" in k or "excluded" in k})
+        return out
+
+    return callback

@@ -1,0 +1,713 @@
+"""The self-contained HTML report of a training run (``tl-grokking report RUN_DIR``).
+
+One file, ``RUN_DIR/report.html``, that opens with no network: plotly.js is inlined once in the
+page head, every figure of :mod:`tl_grokking.plots` is a ``<div>`` drawing from that one copy,
+and the circuitsvis attention view uses the JavaScript bundle shipped inside the circuitsvis
+Python package (``circuitsvis/dist/cdn/iife.js``), inlined once, instead of the CDN import that
+``circuitsvis``' own HTML uses outside a notebook.
+
+Contents: the run's status (finished / still training, and why), summary numbers (epoch at
+99 % test accuracy, final losses, key frequencies by each rule, phase boundaries), the run's
+configuration, and the figures.  Progress measures come from ``measures.csv`` /
+``phases.json`` when ``tl-grokking analyze`` wrote them, and are computed otherwise.
+
+The page is built in memory and written atomically: on bad input (not a run directory, no
+checkpoints) a :class:`~tl_grokking.runs.RunDirError` is raised and nothing is written.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+
+from ._version import __version__
+from .runs import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    METRICS_FILE,
+    RESUME_FILE,
+    RunDirError,
+    atomic_write_text,
+    is_run_dir,
+    list_checkpoints,
+    read_json,
+    read_metrics,
+)
+
+__all__ = [
+    "REPORT_FILE",
+    "RunStatus",
+    "run_status",
+    "check_run_dir",
+    "build_report",
+    "write_report",
+    "external_urls",
+]
+
+REPORT_FILE = "report.html"
+MEASURES_FILE = "measures.csv"
+PHASES_FILE = "phases.json"
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #222;
+       background: #fafafa; }
+header { background: #203a5c; color: #fff; padding: 18px 32px; }
+header h1 { margin: 0 0 4px 0; font-size: 1.5em; }
+header p { margin: 0; opacity: 0.85; }
+main { max-width: 1280px; margin: 0 auto; padding: 12px 32px 48px 32px; }
+nav ol { columns: 2; font-size: 0.92em; }
+section { background: #fff; border: 1px solid #e3e3e3; border-radius: 6px; padding: 10px 18px;
+          margin: 18px 0; }
+section h2 { font-size: 1.15em; margin: 6px 0; }
+p.caption { color: #444; font-size: 0.92em; margin: 4px 0 8px 0; max-width: 980px; }
+table.summary { border-collapse: collapse; font-size: 0.93em; }
+table.summary th { text-align: left; padding: 3px 18px 3px 0; color: #555; font-weight: 600;
+                   vertical-align: top; }
+table.summary td { padding: 3px 0; }
+.banner { padding: 10px 14px; border-radius: 6px; margin: 14px 0; font-weight: 600; }
+.banner.done { background: #e6f4ea; border: 1px solid #9ed3ab; }
+.banner.running { background: #fff4e0; border: 1px solid #f0c36d; }
+.banner.missing { background: #fdecea; border: 1px solid #f1a9a0; }
+pre.config { background: #f4f4f4; padding: 8px; font-size: 0.85em; overflow-x: auto; }
+.cv-example h3 { font-size: 0.95em; margin: 8px 0 0 0; }
+footer { color: #777; font-size: 0.85em; margin-top: 24px; }
+"""
+
+
+@dataclass
+class ReportSection:
+    """One block of the report: a heading, a caption and its body.
+
+    ``figure`` is a plotly figure, ``body_html`` any other HTML (tables, circuitsvis views,
+    notes); both may be given.  ``anchor`` is the section's id (default: from the title).
+    """
+
+    title: str
+    caption: str = ""
+    figure: go.Figure | None = None
+    body_html: str = ""
+    anchor: str = ""
+    kind: str = "figure"
+    scripts: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.anchor:
+            self.anchor = re.sub(r"[^a-z0-9]+", "-", self.title.lower()).strip("-") or "section"
+
+
+def figure_html(fig: go.Figure, div_id: str) -> str:
+    """A plotly figure as a ``<div>`` + ``<script>`` that draws from the page's plotly.js."""
+    height = fig.layout.height or 450
+    return fig.to_html(
+        full_html=False,
+        include_plotlyjs=False,
+        include_mathjax=False,
+        div_id=div_id,
+        default_height=f"{int(height)}px",
+        default_width="100%",
+        config={"displaylogo": False, "responsive": True},
+    )
+
+
+def _safe_inline_js(source: str) -> str:
+    """JavaScript made safe to inline in a ``<script>`` element: no ``</script`` terminators
+    (``<\\/`` is the same string in JS), no source-map comment pointing at a missing file."""
+    source = re.sub(r"</(script)", r"<\\/\1", source, flags=re.IGNORECASE)
+    return re.sub(r"^//# sourceMappingURL=.*$", "", source, flags=re.MULTILINE)
+
+
+def _plotly_js() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return _safe_inline_js(get_plotlyjs())
+
+
+def circuitsvis_bundle() -> str:
+    """The circuitsvis browser bundle (defines the global ``CircuitsVis``), read from the
+    installed package, ready to inline.  ``FileNotFoundError`` if the package ships none."""
+    import circuitsvis
+
+    path = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"circuitsvis {circuitsvis.__version__} ships no browser bundle at {path}; "
+            "the report cannot inline its attention view"
+        )
+    return _safe_inline_js(path.read_text(encoding="utf-8"))
+
+
+def _json_for_script(data: Any) -> str:
+    """JSON safe inside a ``<script>`` element (``<`` escaped)."""
+    return json.dumps(data).replace("<", "\\u003c")
+
+
+def circuitsvis_element(component: str, props: dict[str, Any], element_id: str) -> str:
+    """A ``<div>`` and the script that renders circuitsvis ``component`` into it (needs the
+    bundle from :func:`circuitsvis_bundle` earlier in the page)."""
+    from circuitsvis.utils.convert_props import convert_props
+
+    props_json = json.loads(convert_props(props))
+    return (
+        f'<div id="{element_id}" class="circuitsvis"></div>\n'
+        f"<script>CircuitsVis.render({json.dumps(element_id)}, CircuitsVis.{component}, "
+        f"{_json_for_script(props_json)});</script>"
+    )
+
+
+_URL_ATTR_RE = re.compile(
+    r"<(script|link|img|iframe|source|audio|video|embed|object)\b[^>]*?\b(src|href|data)\s*=\s*"
+    r"[\"']?([^\"'\s>]+)",
+    re.IGNORECASE,
+)
+_CSS_IMPORT_RE = re.compile(r"@import\s+(?:url\()?[\"']?([^\"')\s;]+)", re.IGNORECASE)
+_JS_IMPORT_RE = re.compile(r"\bimport\s*(?:[\w{}\s,*]+from\s*)?[\"']((?:https?:)?//[^\"']+)")
+
+
+def external_urls(page: str) -> list[str]:
+    """Every resource the page would fetch from another host: ``src``/``href``/``data`` of
+    script, link, img, iframe, ... elements, CSS ``@import`` and JS ``import ... from`` that
+    name an ``http(s):`` or protocol-relative URL.  A self-contained report returns ``[]``.
+
+    (Plain strings inside inlined libraries, e.g. the SVG namespace URI, are not fetches and
+    are not reported.)
+    """
+    found = [m.group(3) for m in _URL_ATTR_RE.finditer(page)]
+    found += _CSS_IMPORT_RE.findall(page)
+    found += _JS_IMPORT_RE.findall(page)
+    return [u for u in found if re.match(r"^(https?:)?//", u.strip(), re.IGNORECASE)]
+
+
+def _summary_table(rows: list[tuple[str, str]]) -> str:
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in rows)
+    return f'<table class="summary">{body}</table>'
+
+
+def render_report_html(
+    title: str,
+    sections: list[ReportSection],
+    *,
+    subtitle: str = "",
+    banner: tuple[str, str] | None = None,
+    summary: list[tuple[str, str]] | None = None,
+    config: dict[str, Any] | None = None,
+) -> str:
+    """Assemble a self-contained HTML page: plotly.js once in the head, each figure section a
+    ``<div class="plotly-graph-div">``, the circuitsvis bundle inlined once if any section
+    uses it.  ``banner`` is ``(kind, text)`` with kind ``done``/``running``/``missing``;
+    ``summary`` rows are ``(label, html)``.
+    """
+    uses_cv = any(s.kind == "circuitsvis" for s in sections)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{_CSS}</style>",
+        f"<script>{_plotly_js()}</script>",
+    ]
+    if uses_cv:
+        parts.append(f"<script>{circuitsvis_bundle()}</script>")
+    parts += ["</head><body>", f"<header><h1>{html.escape(title)}</h1>"]
+    if subtitle:
+        parts.append(f"<p>{html.escape(subtitle)}</p>")
+    parts.append("</header><main>")
+    if banner is not None:
+        kind, text = banner
+        parts.append(f'<div class="banner {kind}" id="status">{text}</div>')
+    if summary:
+        parts.append('<section id="summary"><h2>Summary</h2>' + _summary_table(summary))
+        if config is not None:
+            cfg = html.escape(json.dumps(config, indent=2, sort_keys=True))
+            parts.append(
+                "<details><summary>run configuration</summary>"
+                f'<pre class="config">{cfg}</pre></details>'
+            )
+        parts.append("</section>")
+    toc = "".join(f'<li><a href="#{s.anchor}">{html.escape(s.title)}</a></li>' for s in sections)
+    parts.append(f"<nav><h2>Contents</h2><ol>{toc}</ol></nav>")
+    for i, sec in enumerate(sections):
+        parts.append(f'<section id="{sec.anchor}" class="report-{sec.kind}">')
+        parts.append(f"<h2>{html.escape(sec.title)}</h2>")
+        if sec.caption:
+            parts.append(f'<p class="caption">{sec.caption}</p>')
+        if sec.figure is not None:
+            parts.append(figure_html(sec.figure, f"fig-{i}-{sec.anchor}"))
+        if sec.body_html:
+            parts.append(sec.body_html)
+        parts.append("</section>")
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts.append(
+        f"<footer>Generated by tl-grokking {html.escape(__version__)} on {stamp}. "
+        "Self-contained: opens without a network connection.</footer>"
+    )
+    parts.append("</main></body></html>")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's state
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """Whether a run directory holds a finished run, and how far it got.
+
+    ``finished`` is true when the last checkpoint is at ``config.epochs``, or when the run
+    stopped early (``early_stop_acc`` reached for ``early_stop_patience`` logged epochs in a row,
+    ending at the last checkpoint).  Otherwise the run is still training, or was interrupted
+    (``tl-grokking train --resume`` continues it); ``notes`` say what was seen.
+    """
+
+    epochs_configured: int | None
+    last_checkpoint_epoch: int
+    last_logged_epoch: int | None
+    resume_epoch: int | None
+    finished: bool
+    stopped_early: bool
+    notes: tuple[str, ...] = ()
+
+    @property
+    def message(self) -> str:
+        if self.finished and self.stopped_early:
+            return (
+                f"Finished: stopped early at epoch {self.last_checkpoint_epoch} of "
+                f"{self.epochs_configured} (early-stop accuracy reached)."
+            )
+        if self.finished:
+            return f"Finished: trained all {self.epochs_configured} epochs."
+        return (
+            "Still training (or interrupted): "
+            + "; ".join(self.notes)
+            + ". This report shows the run up to its last checkpoint."
+        )
+
+
+def _resume_epoch(run_dir: Path) -> int | None:
+    from safetensors import safe_open
+
+    path = run_dir / RESUME_FILE
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        return int(meta["epoch"])
+    except Exception:  # unreadable (e.g. being replaced right now): epoch unknown
+        return None
+
+
+def check_run_dir(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Raise :class:`~tl_grokking.runs.RunDirError` unless ``run_dir`` is a run directory with
+    at least one checkpoint; return its checkpoints."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise RunDirError(f"run directory {run_dir} does not exist")
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} is not a directory; expected a run directory")
+    if not is_run_dir(run_dir):
+        raise RunDirError(
+            f"{run_dir} is not a run directory: no {CONFIG_FILE} "
+            f"(expected {CONFIG_FILE}, {METRICS_FILE}, {CHECKPOINT_DIR}/epoch_<N>.safetensors)"
+        )
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise RunDirError(
+            f"{run_dir} has no checkpoints ({CHECKPOINT_DIR}/epoch_<N>.safetensors); "
+            "nothing to report yet"
+        )
+    return found
+
+
+def run_status(run_dir: str | os.PathLike) -> RunStatus:
+    """The :class:`RunStatus` of a run directory (``RunDirError`` if it is not one)."""
+    run_dir = Path(run_dir)
+    found = check_run_dir(run_dir)
+    config = read_json(run_dir / CONFIG_FILE)
+    if not isinstance(config, dict):
+        raise RunDirError(f"{run_dir / CONFIG_FILE} must hold a JSON object")
+    metrics = read_metrics(run_dir)
+    epochs_cfg = config.get("epochs")
+    epochs_cfg = int(epochs_cfg) if isinstance(epochs_cfg, int | float) else None
+    last_ckpt = found[-1][0]
+    logged = [int(r["epoch"]) for r in metrics if "epoch" in r]
+    last_logged = max(logged) if logged else None
+    resume = _resume_epoch(run_dir)
+
+    finished = epochs_cfg is not None and last_ckpt >= epochs_cfg
+    stopped_early = False
+    acc, patience = config.get("early_stop_acc"), int(config.get("early_stop_patience") or 1)
+    if not finished and acc is not None and last_logged == last_ckpt:
+        tail = [r for r in metrics if r.get("epoch", -1) <= last_ckpt][-patience:]
+        if len(tail) == patience and all(r.get("test_acc", 0.0) >= acc for r in tail):
+            finished = stopped_early = True
+    notes: list[str] = []
+    if not finished:
+        if epochs_cfg is not None:
+            notes.append(f"last checkpoint at epoch {last_ckpt} of {epochs_cfg}")
+        else:
+            notes.append(f"last checkpoint at epoch {last_ckpt}; config has no epoch count")
+        if last_logged is not None and last_logged > last_ckpt:
+            notes.append(f"metrics already reach epoch {last_logged}")
+        if resume is not None and resume > last_ckpt:
+            notes.append(f"{RESUME_FILE} (epoch {resume}) is newer than the last checkpoint")
+    return RunStatus(
+        epochs_configured=epochs_cfg,
+        last_checkpoint_epoch=last_ckpt,
+        last_logged_epoch=last_logged,
+        resume_epoch=resume,
+        finished=finished,
+        stopped_early=stopped_early,
+        notes=tuple(notes),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the report of a run
+# ---------------------------------------------------------------------------------------------
+
+_CAPTIONS = {
+    "loss": (
+        "Cross-entropy on the training pairs and on the held-out pairs, log scale. Grokking: "
+        "train loss collapses early (memorisation) while test loss stays high, then test loss "
+        "falls late. Shaded: the phases memorisation, circuit formation and cleanup."
+    ),
+    "measures": (
+        "The paper's progress measures at every checkpoint. <b>Restricted loss</b> keeps only "
+        "the key-frequency components cos/sin(w_k(a+b)) of the logits (plus their mean); it "
+        "falls during circuit formation, long before test loss. <b>Excluded loss</b> removes "
+        "them and is measured on the training pairs; it rises as the memorising solution is "
+        "replaced. The Gini coefficients of the Fourier norms of W_E and W_L rise when the "
+        "weights become sparse in frequency (cleanup); the total sum of squared weights falls "
+        "throughout, driven by weight decay."
+    ),
+    "embed": (
+        "Norm of each component of the embedding W_E (number tokens only) in the cos-first "
+        "Fourier basis. A grokked model embeds each token through a handful of key "
+        "frequencies: cos(w_k a) and sin(w_k a) for k in the key set."
+    ),
+    "unembed": (
+        "W_L = W_out W_U maps MLP neurons to the p logits. In the Fourier basis of the output "
+        "class c it is non-zero only at the key frequencies: the model reads cos(w_k c) and "
+        "sin(w_k c). Neurons are grouped by their cluster frequency."
+    ),
+    "clusters": (
+        "Each neuron's final-position activation over all p² inputs, centred and transformed "
+        "with the 2-D Fourier basis, is mostly in the 3×3 block {const, cos k, sin k}² of one "
+        "frequency k. Neurons whose best frequency explains at least the threshold fraction of "
+        "their variance form that frequency's cluster."
+    ),
+    "fve": (
+        "Distribution of the fraction of variance explained by each neuron's best frequency. "
+        "A grokked model has most neurons near 1."
+    ),
+    "neurons": (
+        "Final-position MLP activations over the (a, b) grid for the neurons with the largest "
+        "activation variance in each cluster: periodic patterns of frequency k in a, b and "
+        "a + b."
+    ),
+    "attention": (
+        "Attention weight from the '=' position to the a token and to the b token for every "
+        "input, per head (the rest goes to '=' itself). Heads attend to a and b with weights "
+        "that vary periodically with a and b, which lets the MLP form products of cos/sin terms."
+    ),
+    "circuitsvis": (
+        "Full attention patterns of a few inputs (circuitsvis; hover a head to enlarge it)."
+    ),
+    "alpha": (
+        "Fitting the logits with the trig identity logit(a, b, c) ≈ Σ_k α_k cos(w_k(a + b − c)) "
+        "over the key frequencies: each key frequency contributes a cosine 'vote' that peaks at "
+        "c = a + b mod p."
+    ),
+    "ablation": (
+        "Loss of the model under the paper's ablations: keeping only the key-frequency "
+        "components, removing them, replacing neurons by their frequency block, zeroing the "
+        "attention. Computed on all p² inputs unless the row says otherwise."
+    ),
+}
+
+
+def _fmt_num(x: Any) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
+            return f"{x:.3e}"
+        return f"{x:.4g}"
+    return html.escape(str(x))
+
+
+def _first_epoch_at(metrics: list[dict[str, Any]], key: str, level: float) -> int | None:
+    return next(
+        (int(r["epoch"]) for r in metrics if r.get(key) is not None and r[key] >= level), None
+    )
+
+
+def _freq_list(found: Any) -> list[int]:
+    """Frequencies from whatever a key-frequency rule returns (a list, or an object with
+    ``.freqs``)."""
+    return sorted(int(k) for k in getattr(found, "freqs", found))
+
+
+@dataclass
+class _Measures:
+    table: Any  # ProgressMeasures
+    phases: Any | None  # phases.json content or a Phases
+    source: str
+    phase_note: str = ""
+
+
+def _load_or_compute_measures(run_dir: Path, run: Any, *, device: str, progress: bool) -> _Measures:
+    """``measures.csv`` + ``phases.json`` written by ``tl-grokking analyze`` when present,
+    otherwise computed here (in memory: the report writes no analysis file)."""
+    from .phases import detect_phases
+    from .progress import progress_measures, read_measures_csv
+
+    csv_path, phases_path = run_dir / MEASURES_FILE, run_dir / PHASES_FILE
+    if csv_path.is_file():
+        table = read_measures_csv(csv_path)
+        source = f"{MEASURES_FILE} (from tl-grokking analyze)"
+    else:
+        table = progress_measures(run, device=device, progress=progress)
+        source = "computed for this report (tl-grokking analyze stores them)"
+    if phases_path.is_file():
+        return _Measures(table, read_json(phases_path), source)
+    try:
+        return _Measures(table, detect_phases(table), source)
+    except ValueError as err:  # too few checkpoints, no split, ...
+        return _Measures(table, None, source, phase_note=f"phases not detected: {err}")
+
+
+def _phase_summary(spans: list[tuple[str, float, float]]) -> str:
+    if not spans:
+        return "not detected"
+    names = {"memorization": "memorisation", "circuit_formation": "circuit formation"}
+    return "; ".join(f"{names.get(n, n.replace('_', ' '))} {s:g}–{e:g}" for n, s, e in spans)
+
+
+def build_report(
+    run_dir: str | os.PathLike,
+    *,
+    device: str = "cpu",
+    progress: bool = False,
+    examples: list[tuple[int, int]] | None = None,
+) -> str:
+    """The HTML of the report of ``run_dir`` (nothing is written; see :func:`write_report`).
+
+    Raises :class:`~tl_grokking.runs.RunDirError` if ``run_dir`` is not a run directory or has
+    no checkpoint.  The model analysed is the last checkpoint.  ``examples`` are the (a, b)
+    inputs of the circuitsvis attention view.
+    """
+    from . import plots
+    from .ablations import ablation_table
+    from .checkpoints import load_run
+    from .fourier import key_frequencies
+    from .logits import trig_logit_decomposition
+
+    run_dir = Path(run_dir)
+    status = run_status(run_dir)
+    config = read_json(run_dir / CONFIG_FILE)
+    run = load_run(run_dir)
+    task = run.task
+    epoch = run.final_epoch
+    model = run.model(epoch, device=device)
+    model.eval()
+    metrics = [r for r in read_metrics(run_dir) if "epoch" in r]
+
+    keys = key_frequencies(model, task, rule="all")
+    clusters = keys.clusters
+    measures = _load_or_compute_measures(run_dir, run, device=device, progress=progress)
+    spans = plots.phase_spans(measures.phases)
+    key_freqs = list(keys.keys) or list(getattr(measures.table, "key_freqs", []) or [])
+
+    sections: list[ReportSection] = [
+        ReportSection("Loss curves", _CAPTIONS["loss"], plots.loss_curves(metrics, phases=spans)),
+        ReportSection(
+            "Progress measures",
+            _CAPTIONS["measures"]
+            + f" Key frequencies used: {html.escape(str(getattr(measures.table, 'key_freqs', '')))}"
+            f" ({html.escape(str(getattr(measures.table, 'key_freq_rule', '')))}); "
+            f"source: {html.escape(measures.source)}.",
+            plots.progress_measures_panel(measures.table, phases=spans),
+        ),
+        ReportSection(
+            "Embedding W_E in the Fourier basis",
+            _CAPTIONS["embed"],
+            plots.embedding_fourier_norms(model, task, key_freqs=key_freqs),
+        ),
+        ReportSection(
+            "Neuron-logit map W_L in the Fourier basis",
+            _CAPTIONS["unembed"],
+            plots.unembed_fourier_heatmap(model, task, clusters=clusters),
+        ),
+        ReportSection(
+            "Neuron clusters", _CAPTIONS["clusters"], plots.neuron_cluster_sizes(clusters)
+        ),
+        ReportSection(
+            "Fraction of variance explained", _CAPTIONS["fve"], plots.fve_histogram(clusters)
+        ),
+        ReportSection(
+            "Neuron activations",
+            _CAPTIONS["neurons"],
+            plots.neuron_activation_grids(model, task, clusters),
+        ),
+        ReportSection(
+            "Attention to a and b", _CAPTIONS["attention"], plots.attention_to_operands(model, task)
+        ),
+        _circuitsvis_section(model, task, examples),
+    ]
+    decomposition = None
+    if key_freqs:
+        decomposition = trig_logit_decomposition(model, task, key_freqs)
+        sections.append(
+            ReportSection(
+                "Trig-identity logits",
+                _CAPTIONS["alpha"],
+                plots.trig_identity_coefficients(decomposition),
+            )
+        )
+        table = ablation_table(
+            model, task, key_freqs=key_freqs, train_indices=run.train_indices, clusters=clusters
+        )
+        sections.append(
+            ReportSection("Ablations", _CAPTIONS["ablation"], plots.ablation_table_figure(table))
+        )
+    else:
+        sections.append(
+            ReportSection(
+                "Trig-identity logits and ablations",
+                kind="note",
+                body_html="<p>No key frequency found (no neuron cluster): the model has not "
+                "formed the Fourier circuit, so the trig-identity fit and the ablations are "
+                "skipped.</p>",
+            )
+        )
+
+    last = metrics[-1] if metrics else {}
+    grok = _first_epoch_at(metrics, "test_acc", 0.99)
+    rule_rows = ", ".join(f"{html.escape(r)}: {v}" for r, v in keys.by_rule.items())
+    summary = [
+        ("run directory", html.escape(str(run_dir))),
+        ("task", html.escape(f"(a {task.symbol} b) mod {task.p}  [{task.name}]")),
+        (
+            "training fraction / seed",
+            f"{_fmt_num(config.get('frac_train'))} / {_fmt_num(config.get('seed'))}",
+        ),
+        (
+            "optimiser",
+            f"AdamW lr {_fmt_num(config.get('lr'))}, "
+            f"weight decay {_fmt_num(config.get('weight_decay'))}",
+        ),
+        (
+            "model",
+            html.escape(
+                f"d_model {run.model_config.d_model}, {run.model_config.n_heads} heads × "
+                f"{run.model_config.d_head}, d_mlp {run.model_config.d_mlp}, "
+                f"{run.model_config.act_fn}"
+            ),
+        ),
+        (
+            "epochs",
+            f"{_fmt_num(status.last_logged_epoch)} logged of {_fmt_num(status.epochs_configured)} "
+            f"configured; {len(run.epochs)} checkpoints; figures of the model use epoch {epoch}",
+        ),
+        ("epoch at 99 % test accuracy", _fmt_num(grok) if grok is not None else "not reached"),
+        (
+            f"final losses (epoch {_fmt_num(last.get('epoch'))})",
+            f"train {_fmt_num(last.get('train_loss'))}, test {_fmt_num(last.get('test_loss'))}; "
+            f"accuracy train {_fmt_num(last.get('train_acc'))}, "
+            f"test {_fmt_num(last.get('test_acc'))}",
+        ),
+        (
+            "key frequencies",
+            f"<b>{key_freqs}</b> (by rule: {rule_rows}; rules "
+            f"{'agree' if keys.agree else 'disagree'})",
+        ),
+        (
+            "neuron clusters",
+            html.escape(
+                f"{sum(clusters.sizes.values())} of {clusters.freq.shape[0]} neurons clustered "
+                f"(FVE ≥ {clusters.threshold:g}); sizes {clusters.sizes}"
+            ),
+        ),
+        (
+            "phase boundaries (epochs)",
+            html.escape(measures.phase_note or _phase_summary(spans)),
+        ),
+    ]
+    if decomposition is not None:
+        summary.append(
+            (
+                "trig-identity fit",
+                f"explains {100 * decomposition.fve:.1f} % of logit variance; loss "
+                f"{_fmt_num(decomposition.loss)} → {_fmt_num(decomposition.approx_loss)} "
+                "with the approximation",
+            )
+        )
+    banner = ("done" if status.finished else "running", html.escape(status.message))
+    return render_report_html(
+        f"Grokking report — {run_dir.name}",
+        sections,
+        subtitle=f"(a {task.symbol} b) mod {task.p} — the analysis of Nanda et al. (2023), "
+        "'Progress measures for grokking via mechanistic interpretability'",
+        banner=banner,
+        summary=summary,
+        config=config,
+    )
+
+
+def _circuitsvis_section(
+    model: Any, task: Any, examples: list[tuple[int, int]] | None
+) -> ReportSection:
+    from .plots import attention_examples
+
+    n_heads = model.cfg.n_heads
+    body = []
+    for i, (tokens, pattern) in enumerate(attention_examples(model, task, examples)):
+        body.append(f'<div class="cv-example"><h3>input {html.escape(" ".join(tokens))}</h3>')
+        body.append(
+            circuitsvis_element(
+                "AttentionHeads",
+                {
+                    "attention": pattern,
+                    "tokens": tokens,
+                    "attentionHeadNames": [f"head {h}" for h in range(n_heads)],
+                    "maskUpperTri": True,
+                },
+                f"circuitsvis-{i}",
+            )
+        )
+        body.append("</div>")
+    return ReportSection(
+        "Attention patterns of example inputs",
+        _CAPTIONS["circuitsvis"],
+        body_html="\n".join(body),
+        kind="circuitsvis",
+    )
+
+
+def write_report(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    device: str = "cpu",
+    progress: bool = False,
+    examples: list[tuple[int, int]] | None = None,
+) -> Path:
+    """Build the report of ``run_dir`` and write it atomically to ``out`` (default
+    ``RUN_DIR/report.html``); returns the path.  On any error nothing is written."""
+    page = build_report(run_dir, device=device, progress=progress, examples=examples)
+    path = Path(out) if out is not None else Path(run_dir) / REPORT_FILE
+    atomic_write_text(path, page)
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)  # a page to share: the temp file was private (0600)
+    return path

@@ -1,0 +1,65 @@
+"""Shared fixtures. Owned by the training helper; other helpers may append fixtures at the end.
+
+``small_run`` trains, once per test session, a small modular-addition model that really groks
+(memorises by epoch ~100 with test accuracy ~0.56, then generalises: test accuracy 1.0 from
+epoch ~750 on). ``SMALL_RUN_CONFIG`` holds its settings (``TrainConfig`` keyword arguments).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tl_grokking.model import make_model
+from tl_grokking.runs import checkpoint_path
+from tl_grokking.training import TrainConfig, load_train_config, train
+
+#: Settings of the session-wide small grokking run (``TrainConfig(**SMALL_RUN_CONFIG)``).
+#: p = 29, 60 % train: memorised at epoch ~100, test accuracy >= 0.99 from epoch ~750.
+SMALL_RUN_CONFIG: dict = {
+    "task": "add",
+    "p": 29,
+    "frac_train": 0.6,
+    "seed": 0,
+    "epochs": 1000,
+    "lr": 3e-3,
+    "weight_decay": 1.0,
+    "d_model": 64,
+    "n_heads": 4,
+    "d_mlp": 128,
+    "log_every": 50,
+    "checkpoint_every": 50,
+}
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> Path:
+    """Run directory of the small grokking run (21 checkpoints: epochs 0, 50, ..., 1000)."""
+    run_dir = tmp_path_factory.mktemp("small_run")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: one thread is faster and bit-reproducible
+    try:
+        train(TrainConfig(**SMALL_RUN_CONFIG), run_dir, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def small_task(small_run):
+    """The :class:`~tl_grokking.tasks.Task` of ``small_run`` (modular addition, p = 29)."""
+    return load_train_config(small_run).make_task()
+
+
+@pytest.fixture(scope="session")
+def small_model(small_run):
+    """The final (epoch 1000) HookedTransformer of ``small_run``, in eval mode."""
+    config = load_train_config(small_run)
+    model = make_model(config.model_config(), seed=config.seed)
+    from tl_grokking.runs import load_safetensors
+
+    model.load_state_dict(load_safetensors(checkpoint_path(small_run, config.epochs)))
+    model.eval()
+    return model

@@ -1,0 +1,169 @@
+"""The ablation table: each row against an independent hook-based or logit-level computation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tl_grokking.ablations import (
+    ablation_table,
+    cluster_block_hooks,
+    mlp_readout,
+    replace_by_cluster_blocks,
+)
+from tl_grokking.fourier import NeuronClusters, project_grid
+from tl_grokking.hooks import evaluate, grid_activations, mean_ablate, zero_ablate
+from tl_grokking.logits import all_logits, excluded_logits, loss_and_accuracy, restricted_logits
+from tl_grokking.model import ModelConfig, make_model
+from tl_grokking.tasks import ModularAddition
+
+FIXTURE = (
+    Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paper_original_format_no_wd.pth"
+)
+P = 13
+D_MLP = 30
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = make_model(ModelConfig(p=P, d_model=24, n_heads=2, d_mlp=D_MLP, d_vocab_out=P + 1), seed=7)
+    with torch.no_grad():
+        m.blocks[0].mlp.b_in.normal_(0, 0.2, generator=torch.Generator().manual_seed(2))
+        m.blocks[0].mlp.b_out.normal_(0, 0.2, generator=torch.Generator().manual_seed(3))
+    return m
+
+
+@pytest.fixture(scope="module")
+def clusters():
+    """Hand-made clusters: neurons 0-7 at k = 2, 8-13 at k = 5, the rest unclustered."""
+    freq = torch.full((D_MLP,), 1)
+    freq[:8], freq[8:14] = 2, 5
+    fve = torch.full((D_MLP,), 0.2, dtype=torch.float64)
+    fve[:14] = 0.9
+    return NeuronClusters(
+        p=P, threshold=0.85, freq=freq, fve=fve, fve_all=torch.zeros(P // 2, D_MLP)
+    )
+
+
+@pytest.fixture(scope="module")
+def table(model, clusters):
+    task = ModularAddition(P)
+    train, _ = task.split(0.4, seed=1)
+    return ablation_table(model, task, key_freqs=[2, 5], train_indices=train, clusters=clusters)
+
+
+def test_logit_rows_match_logit_functions(model, table):
+    task = ModularAddition(P)
+    train, _ = task.split(0.4, seed=1)
+    L = all_logits(model, task)
+    labels = task.labels()
+    full = loss_and_accuracy(L, labels)
+    assert table["full model"].loss == pytest.approx(full[0], rel=1e-9)
+    assert table["full model"].accuracy == pytest.approx(full[1])
+    r = loss_and_accuracy(restricted_logits(L, P, [2, 5]), labels)
+    assert table["restricted logits (key x+y)"].loss == pytest.approx(r[0], rel=1e-9)
+    for k in (2, 5):
+        row = table[f"excluded k = {k}"]
+        e = loss_and_accuracy(excluded_logits(L, P, [k])[train], labels[train])
+        assert (row.loss, row.subset) == (pytest.approx(e[0], rel=1e-9), "train")
+    e = loss_and_accuracy(excluded_logits(L, P, [2, 5])[train], labels[train])
+    assert table["excluded logits (all keys)"].loss == pytest.approx(e[0], rel=1e-9)
+
+
+def test_neuron_rows_match_hooked_forward_passes(model, clusters, table):
+    task = ModularAddition(P)
+    for drop, name in [
+        (False, "neurons -> own 3x3 block"),
+        (True, "neurons -> own 3x3 block + unclustered dropped"),
+    ]:
+        hooked = evaluate(model, task, cluster_block_hooks(model, clusters, drop_unclustered=drop))
+        assert table[name].loss == pytest.approx(hooked["all_loss"], rel=1e-5)
+        assert table[name].accuracy == pytest.approx(hooked["all_acc"])
+    for k, n in [(2, 8), (5, 6)]:
+        hooked = evaluate(model, task, zero_ablate(model, "mlp_post", clusters.neurons(k)))
+        row = table[f"cluster k = {k} removed ({n} neurons)"]
+        assert row.loss == pytest.approx(hooked["all_loss"], rel=1e-5)
+    attn = evaluate(model, task, zero_ablate(model, "attn_z"))
+    assert table["attention zero-ablated"].loss == pytest.approx(attn["all_loss"], rel=1e-6)
+
+
+def test_mean_ablation_variant(model, clusters):
+    task = ModularAddition(P)
+    t = ablation_table(model, task, key_freqs=[2], clusters=clusters, neuron_ablation="mean")
+    hooked = evaluate(model, task, mean_ablate(model, "mlp_post", clusters.neurons(5)))
+    assert t["cluster k = 5 removed (6 neurons)"].loss == pytest.approx(
+        hooked["all_loss"], rel=1e-5
+    )
+    assert t["excluded k = 2"].subset == "all"  # no split given: measured on all inputs
+    with pytest.raises(ValueError, match="neuron_ablation"):
+        ablation_table(model, task, clusters=clusters, neuron_ablation="noise")
+
+
+def test_block_replacement_and_readout(model, clusters):
+    task = ModularAddition(P)
+    names = ["blocks.0.hook_resid_mid", "blocks.0.mlp.hook_post", "unembed.hook_out"]
+    acts = grid_activations(model, task, names)
+    post = acts[names[1]].double()
+    # the affine readout reproduces the model's logits (first p classes)
+    torch.testing.assert_close(
+        mlp_readout(model, acts[names[0]].double(), post),
+        acts[names[2]][:, :P].double(),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+    replaced = replace_by_cluster_blocks(post, clusters)
+    torch.testing.assert_close(replaced[:, 14:], post[:, 14:])  # unclustered kept
+    expected = project_grid(post[:, :8], P, [2], basis="block", mode="keep")
+    torch.testing.assert_close(replaced[:, :8], expected)
+    dropped = replace_by_cluster_blocks(post, clusters, drop_unclustered=True)
+    assert dropped[:, 14:].abs().max() == 0
+
+
+def test_table_str_is_aligned(table):
+    text = str(table)
+    lines = text.splitlines()
+    assert "key frequencies [2, 5]" in lines[0]
+    body = lines[3:]
+    assert len(body) == len(table.rows)
+    assert len({len(line) for line in body}) == 1  # aligned columns
+    assert table.to_dict()["rows"][0]["name"] == "full model"
+    with pytest.raises(KeyError, match="no ablation row"):
+        table["nope"]
+
+
+def test_fixture_ablation_table():
+    if not FIXTURE.exists():
+        pytest.skip(f"fixture checkpoint not found at {FIXTURE}")
+    from tl_grokking.checkpoints import load_checkpoint
+
+    model = load_checkpoint(FIXTURE)
+    t = ablation_table(model)
+    assert t.key_freqs == [36, 52]
+    full = t["full model"]
+    assert 5e-8 < full.loss < 5e-7 and full.accuracy == 1.0
+    assert t["restricted logits (key x+y)"].loss < full.loss
+    assert t["attention zero-ablated"].loss > 10
+    assert t["cluster k = 36 removed (181 neurons)"].loss > 1.0
+    assert t["excluded k = 36"].loss > 1.0
+    # this no-weight-decay model still relies on its unclustered neurons
+    block = t["neurons -> own 3x3 block"].loss
+    assert full.loss < block < t["neurons -> own 3x3 block + unclustered dropped"].loss
+
+
+def test_small_grokked_model_table(small_model, small_task, small_run):
+    from tl_grokking.training import load_train_config
+
+    config = load_train_config(small_run)
+    train, _ = small_task.split(config.frac_train, config.seed)
+    t = ablation_table(small_model, small_task, train_indices=train)
+    full = t["full model"]
+    assert full.accuracy == 1.0
+    # the paper's picture: the key x+y components alone do better than the full logits ...
+    assert t["restricted logits (key x+y)"].loss < full.loss
+    # ... and removing them ruins the training set, which the full model fits
+    train_full = [r for r in t.rows if r.name == "full model" and r.subset == "train"][0]
+    assert t["excluded logits (all keys)"].loss > 1000 * train_full.loss
+    assert t["neurons -> own 3x3 block"].accuracy == 1.0
+    assert t["attention zero-ablated"].loss > 1.0

@@ -1,0 +1,150 @@
+"""Crash safety of a training run: SIGKILL mid-run, check the run directory, resume bit-exactly.
+
+Also: the trainer refuses an unusable output directory without writing anything.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tl_grokking.checkpoints import load_checkpoint, load_run
+from tl_grokking.cli import main
+from tl_grokking.runs import list_checkpoints, load_safetensors, read_metrics
+from tl_grokking.training import TrainConfig, train
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
+
+# Tiny, so that the whole test stays well under 30 s even on a loaded 2-core machine.
+CONFIG = dict(
+    p=17, d_model=16, n_heads=2, d_mlp=32, frac_train=0.5, seed=0, weight_decay=1.0,
+    epochs=300, log_every=10, checkpoint_every=10,
+)  # fmt: skip
+
+FLAGS = [f"--{name.replace('_', '-')}={value}" for name, value in CONFIG.items()] + [
+    "--no-progress"
+]
+
+# The killed run is the `tl-grokking train` command in its own interpreter (one thread, as the
+# in-process resume below). `python -m tl_grokking.cli` has no __main__, so call main() directly.
+CLI = "import sys; from tl_grokking.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def _start_training(run_dir: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with open(log, "wb") as stderr:  # a file, not a pipe: a full pipe would block the child
+        return subprocess.Popen(
+            [sys.executable, "-c", CLI, "train", f"--out={run_dir}", *FLAGS],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+
+
+def _kill_after_checkpoints(
+    proc: subprocess.Popen, run_dir: Path, log: Path, n: int, timeout: float
+) -> int:
+    """Poll until ``n`` checkpoints past epoch 0 exist, then SIGKILL; return the last epoch seen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before the kill (rc {proc.returncode}): "
+                        f"{log.read_text()[-2000:]}")  # fmt: skip
+        found = [e for e, _ in list_checkpoints(run_dir) if e > 0]
+        if len(found) >= n:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            return max(found)
+        time.sleep(0.005)
+    proc.kill()
+    pytest.fail(f"no {n} checkpoints within {timeout} s")
+
+
+def _one_thread(fn, *args, **kwargs):
+    """Run ``fn`` with one intra-op thread, like the subprocess (bit-identity needs it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path):
+    killed, reference = tmp_path / "killed", tmp_path / "reference"
+    log = tmp_path / "stderr.txt"
+    proc = _start_training(killed, log)
+    seen = _kill_after_checkpoints(proc, killed, log, n=3, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert seen < CONFIG["epochs"]
+
+    # --- the directory the crash left is consistent --------------------------------------
+    listed = list_checkpoints(killed)
+    on_disk = sorted(p.name for p in (killed / "checkpoints").iterdir())
+    assert [p.name for _, p in listed] == sorted(
+        n for n in on_disk if n.startswith("epoch_") and n.endswith(".safetensors")
+    )  # anything else (an interrupted write's temp file) is not listed as a checkpoint
+    assert all(n.startswith(".") and n.endswith(".tmp") for n in set(on_disk) - {
+        p.name for _, p in listed
+    })  # fmt: skip
+    for epoch, path in listed:
+        model = load_checkpoint(path)  # every listed checkpoint is complete and valid
+        assert model.cfg.d_vocab == CONFIG["p"] + 1, epoch
+    run = load_run(killed)
+    assert run.epochs == [e for e, _ in listed]
+    metrics = read_metrics(killed)
+    epochs_logged = [m["epoch"] for m in metrics]
+    assert epochs_logged == sorted(set(epochs_logged)) and epochs_logged[0] == 0
+    assert load_checkpoint(killed / "resume.safetensors") is not None
+
+    # --- resume to the end; compare with an uninterrupted run -----------------------------
+    assert _one_thread(main, ["train", f"--out={killed}", "--resume", *FLAGS]) == 0
+    assert _one_thread(main, ["train", f"--out={reference}", *FLAGS]) == 0
+    final = CONFIG["epochs"]
+    resumed_ckpts, reference_ckpts = list_checkpoints(killed), list_checkpoints(reference)
+    assert [e for e, _ in resumed_ckpts] == [e for e, _ in reference_ckpts]
+    assert resumed_ckpts[-1][0] == final
+    for (epoch, a), (_, b) in zip(resumed_ckpts, reference_ckpts, strict=True):
+        ta, tb = load_safetensors(a), load_safetensors(b)
+        assert ta.keys() == tb.keys()
+        for key in ta:
+            assert torch.equal(ta[key], tb[key]), f"epoch {epoch}: {key} differs"
+    # the metrics history is the same too (wall-clock fields aside)
+    strip = ("elapsed",)
+    got = [{k: v for k, v in m.items() if k not in strip} for m in read_metrics(killed)]
+    want = [{k: v for k, v in m.items() if k not in strip} for m in read_metrics(reference)]
+    assert got == want
+
+
+SMALL = TrainConfig(**{**CONFIG, "epochs": 2, "log_every": 1, "checkpoint_every": 1})
+
+
+def test_output_path_under_a_file_is_refused(tmp_path):
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("not a directory")
+    with pytest.raises(OSError):
+        train(SMALL, blocker / "run", progress=False)
+    with pytest.raises(OSError):  # FileExistsError: the run directory itself is a file
+        train(SMALL, blocker, progress=False)
+    assert blocker.read_text() == "not a directory"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.txt"]
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root can write anywhere")
+def test_read_only_output_directory_is_refused(tmp_path):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o500)
+    try:
+        with pytest.raises(OSError):
+            train(SMALL, parent / "run", progress=False)
+        assert list(parent.iterdir()) == []
+    finally:
+        parent.chmod(0o700)

@@ -1,0 +1,148 @@
+"""The fast final-position forward equals HookedTransformer's forward, values and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from tl_grokking.fastforward import (
+    attention_rate,
+    final_logits,
+    final_logits_batched,
+    supports_fast_path,
+)
+from tl_grokking.model import ModelConfig, make_model
+from tl_grokking.tasks import make_task
+
+# (p, d_model, n_heads, d_head, d_mlp, act_fn, d_vocab_out, attn_rate)
+CONFIGS = [
+    (17, 32, 4, None, 64, "relu", None, 1.0),
+    (23, 24, 3, 5, 40, "gelu", 24, 1.0),  # d_head != d_model / n_heads, p + 1 outputs
+    (19, 16, 2, 12, 48, "gelu_new", None, 0.3),  # attention-rate knob
+    (13, 20, 5, 3, 30, "silu", 14, 0.0),  # uniform attention
+    (29, 40, 1, 7, 56, "relu", None, 0.75),
+]
+
+
+def _random_model(cfg: tuple, seed: int) -> HookedTransformer:
+    p, d_model, n_heads, d_head, d_mlp, act_fn, d_vocab_out, rate = cfg
+    config = ModelConfig(
+        p=p,
+        d_model=d_model,
+        n_heads=n_heads,
+        d_head=d_head,
+        d_mlp=d_mlp,
+        act_fn=act_fn,
+        d_vocab_out=d_vocab_out,
+        trainable_biases="all",
+        attn_rate=rate,
+    )
+    model = make_model(config, seed=seed)
+    gen = torch.Generator().manual_seed(1000 + seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            scale = 0.5 if name.rsplit(".", 1)[-1].startswith("b_") else 0.3
+            param.add_(scale * torch.randn(param.shape, generator=gen))  # nonzero biases too
+    return model
+
+
+def _grads(model: HookedTransformer, logits: torch.Tensor, weights: torch.Tensor) -> dict:
+    model.zero_grad(set_to_none=True)
+    (logits.double() * weights).sum().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"p{c[0]}-{c[5]}-rate{c[7]}")
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("final_token", ["eq", "random"])
+def test_matches_hooked_forward_and_gradients(cfg, seed, final_token):
+    model = _random_model(cfg, seed)
+    assert supports_fast_path(model)
+    tokens = make_task("add", cfg[0]).tokens()
+    if final_token == "random":  # the general (non-constant query) path
+        gen = torch.Generator().manual_seed(seed)
+        tokens[:, 2] = torch.randint(0, cfg[0] + 1, (tokens.shape[0],), generator=gen)
+    reference = model(tokens)[:, -1]
+    fast = final_logits(model, tokens)
+    assert fast.shape == reference.shape == (tokens.shape[0], model.cfg.d_vocab_out)
+    scale = reference.abs().max().item()
+    torch.testing.assert_close(fast, reference, atol=2e-6 * max(scale, 1.0), rtol=1e-5)
+
+    weights = torch.randn(reference.shape, generator=torch.Generator().manual_seed(7)).double()
+    g_ref = _grads(model, model(tokens)[:, -1], weights)
+    g_fast = _grads(model, final_logits(model, tokens), weights)
+    assert set(g_ref) == set(g_fast) and len(g_ref) == len(list(model.parameters())) - 0
+    for name in g_ref:
+        gscale = max(g_ref[name].abs().max().item(), 1.0)
+        torch.testing.assert_close(
+            g_fast[name], g_ref[name], atol=5e-5 * gscale, rtol=1e-4, msg=f"grad of {name}"
+        )
+
+
+def test_attention_rate_extremes_have_closed_forms():
+    """rate 0: every head attends 1/3 to each position, so the head output is the mean value."""
+    model = _random_model((13, 20, 5, 3, 30, "relu", None, 0.0), seed=3)
+    tokens = make_task("add", 13).tokens()[:50]
+    _, cache = model.run_with_cache(tokens)
+    pattern = cache["blocks.0.attn.hook_pattern"][:, :, -1]  # [batch, head, key]
+    torch.testing.assert_close(pattern, torch.full_like(pattern, 1 / 3))
+    torch.testing.assert_close(final_logits(model, tokens), cache["unembed.hook_out"][:, -1])
+    assert attention_rate(model) == 0.0
+
+
+def test_attention_rate_read_from_hook_without_config_attribute():
+    model = _random_model((17, 32, 4, None, 64, "relu", None, 0.4), seed=0)
+    del model.tl_grokking_config  # as for a model built elsewhere with the hook installed
+    assert attention_rate(model) == pytest.approx(0.4)
+    tokens = make_task("add", 17).tokens()
+    torch.testing.assert_close(final_logits(model, tokens), model(tokens)[:, -1])
+
+
+def test_user_hooks_fall_back_to_plain_forward():
+    model = _random_model((17, 32, 4, None, 64, "relu", None, 1.0), seed=0)
+    tokens = make_task("add", 17).tokens()
+
+    def kill_neurons(act, hook):
+        act[..., :32] = 0.0
+        return act
+
+    with model.hooks(fwd_hooks=[("blocks.0.mlp.hook_post", kill_neurons)]):
+        assert not supports_fast_path(model)
+        hooked = final_logits(model, tokens)
+        expected = model(tokens)[:, -1]
+    assert supports_fast_path(model)
+    assert torch.equal(hooked, expected)
+    assert not torch.allclose(hooked, final_logits(model, tokens))  # the hook did act
+
+
+def test_outside_family_uses_plain_forward():
+    cfg = HookedTransformerConfig(
+        n_layers=1,
+        d_model=16,
+        n_ctx=3,
+        d_head=4,
+        n_heads=4,
+        d_mlp=32,
+        d_vocab=18,
+        d_vocab_out=17,
+        act_fn="relu",
+        normalization_type="LN",
+    )
+    torch.manual_seed(0)
+    model = HookedTransformer(cfg)
+    assert not supports_fast_path(model)
+    tokens = make_task("add", 17).tokens()
+    assert torch.equal(final_logits(model, tokens), model(tokens)[:, -1])
+
+
+def test_batched_evaluation_matches_and_has_no_grad():
+    model = _random_model((23, 24, 3, 5, 40, "gelu", 24, 1.0), seed=1)
+    tokens = make_task("add", 23).tokens()
+    chunked = final_logits_batched(model, tokens, batch_size=100)
+    assert not chunked.requires_grad
+    torch.testing.assert_close(chunked, final_logits(model, tokens).detach())
+    with pytest.raises(ValueError, match="batch_size"):
+        final_logits_batched(model, tokens, batch_size=0)
+    with pytest.raises(ValueError, match="tokens"):
+        final_logits(model, tokens[:, 0])

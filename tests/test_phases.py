@@ -1,0 +1,192 @@
+"""Phase boundaries: the documented rules on synthetic curves with hand-derived answers, clamping,
+runs that never grok, bad input, and ordering on a real (small) run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from tl_grokking.phases import PhaseRule, Phases, detect_phases, first_epoch_at_or_above
+from tl_grokking.progress import progress_measures
+
+
+@pytest.fixture(scope="module")
+def small_measures(small_run):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model: one thread avoids OpenMP contention
+    try:
+        return progress_measures(small_run, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _ramp(e: float, e0: float, e1: float, y0: float, y1: float) -> float:
+    """y0 before e0, y1 after e1, linear in between."""
+    if e <= e0:
+        return y0
+    if e >= e1:
+        return y1
+    return y0 + (y1 - y0) * (e - e0) / (e1 - e0)
+
+
+def paper_like(step: int = 100, last: int = 20_000, wiggle: float = 0.0) -> dict[str, list]:
+    """Curves shaped like the paper's main run, with boundaries 1.4k / 9.4k / ~14k.
+
+    log10 train loss: 0.5 -> -7 linearly over 0..1400, then flat.
+    log10 test loss: 0.5 -> 1.3 over 0..1400, flat to 9400, falls linearly to -6 by 11000.
+    Gini W_E: 0.1 until 9400, rises linearly to 0.8 by 14000; Gini W_L to 0.9 by 12600.
+    """
+    epochs = list(range(0, last + 1, step))
+    cols: dict[str, list] = {"epoch": epochs}
+    tr, te = [], []
+    for i, e in enumerate(epochs):
+        w = wiggle * math.sin(1.7 * i)  # deterministic noise, in decades
+        tr.append(10 ** (_ramp(e, 0, 1400, 0.5, -7.0) + w))
+        te.append(10 ** (_ramp(e, 0, 1400, 0.5, 1.3) + _ramp(e, 9400, 11000, 0, -7.3) + w))
+    cols["train_loss"], cols["test_loss"] = tr, te
+    cols["test_acc"] = [_ramp(e, 9400, 10400, 0.01, 1.0) for e in epochs]
+    cols["gini_W_E"] = [_ramp(e, 9400, 14000, 0.1, 0.8) for e in epochs]
+    cols["gini_W_L"] = [_ramp(e, 9400, 12600, 0.1, 0.9) for e in epochs]
+    return cols
+
+
+def test_rules_on_paper_like_curves_give_hand_derived_boundaries():
+    ph = detect_phases(paper_like())
+    # Memorisation: level = floor + 0.1 (start - floor) = -7 + 0.75 -> reached at 1260;
+    # first checkpoint at or below it is 1300 (1200 is at -5.93).
+    assert ph.memorization_end == 1300
+    # Cleanup start: plateau 1.3, end -6; level1 (10 %) is crossed at 9560, level2 (50 %) at
+    # 10200; the line through them meets the plateau at 9560 - 640 * 0.1 / 0.4 = 9400.
+    assert ph.diagnostics["onset_crossings"] == pytest.approx([9560, 10200], abs=1e-6)
+    assert ph.circuit_formation_end == 9400
+    # Cleanup end: Gini W_E completes 90 % of its rise at 9400 + 0.9 * 4600 = 13540 -> 13600;
+    # Gini W_L at 9400 + 0.9 * 3200 = 12280 -> 12300; the later one wins.
+    assert ph.diagnostics["gini_W_E_end"] == 13600
+    assert ph.diagnostics["gini_W_L_end"] == 12300
+    assert ph.cleanup_end == 13600
+    assert ph.test_acc_99_epoch == 10400  # ramp reaches 0.99 at 10389.9 -> next checkpoint
+    assert ph.grokked and not ph.notes
+    assert [p["name"] for p in ph.phases()] == ["memorization", "circuit_formation", "cleanup"]
+    assert ph.phases()[1] == {"name": "circuit_formation", "start": 1300, "end": 9400}
+
+
+def test_rules_are_robust_to_wiggles_and_a_spike():
+    cols = paper_like(wiggle=0.05)
+    i = cols["epoch"].index(5000)
+    cols["test_loss"][i] *= 30  # a one-checkpoint spike on the plateau (1.5 decades)
+    ph = detect_phases(cols)
+    assert abs(ph.memorization_end - 1300) <= 100
+    assert abs(ph.circuit_formation_end - 9400) <= 200
+    assert abs(ph.cleanup_end - 13600) <= 100
+
+
+def test_cleanup_end_falls_back_to_test_loss_without_gini():
+    cols = paper_like()
+    del cols["gini_W_E"], cols["gini_W_L"]
+    ph = detect_phases(cols)
+    # log test loss completes 90 % of its fall from 1.3 to -6 (level -5.27) at
+    # 9400 + 0.9 * 1600 = 10840 -> first checkpoint at or below: 10900.
+    assert ph.cleanup_end == 10900
+    assert ph.diagnostics["test_loss_end"] == 10900
+
+
+def test_boundaries_scale_with_the_run():
+    """The rules use only fractions of each curve's range: stretching time stretches them."""
+    base = detect_phases(paper_like())
+    stretched = paper_like()
+    stretched["epoch"] = [3 * e for e in stretched["epoch"]]
+    ph = detect_phases(stretched)
+    assert ph.boundaries == tuple(3 * b for b in base.boundaries)
+
+
+def test_run_that_never_groks_has_only_memorisation():
+    cols = paper_like(last=9000)  # stops before the cliff
+    ph = detect_phases(cols)
+    assert not ph.grokked
+    assert ph.memorization_end == 1300
+    assert ph.circuit_formation_end is None and ph.cleanup_end is None
+    assert ph.test_acc_99_epoch is None
+    assert any("no grokking" in n for n in ph.notes)
+    assert [p["name"] for p in ph.phases()] == ["memorization"]
+
+
+def test_early_grokking_keeps_the_boundaries_ordered():
+    """Train loss still falling when the test loss falls: memorisation ends at the cleanup start
+    at the latest (its floor is taken before the cleanup start)."""
+    epochs = list(range(0, 3001, 50))
+    cols = {
+        "epoch": epochs,
+        "train_loss": [10 ** _ramp(e, 0, 3000, 0.5, -7) for e in epochs],
+        "test_loss": [
+            10 ** (_ramp(e, 0, 200, 0.5, 1.0) + _ramp(e, 400, 800, 0, -6)) for e in epochs
+        ],
+        "test_acc": [_ramp(e, 400, 800, 0.0, 1.0) for e in epochs],
+    }
+    ph = detect_phases(cols)
+    # floor up to 400 is -0.5 (log10); 90 % of the fall from 0.5 is reached at 360 -> 400
+    assert ph.memorization_end == ph.circuit_formation_end == 400
+    b = ph.boundaries
+    assert epochs[0] <= b[0] <= b[1] <= b[2] <= epochs[-1]
+
+
+def test_to_dict_is_json_and_round_trips_the_numbers():
+    ph = detect_phases(paper_like())
+    data = json.loads(json.dumps(ph.to_dict()))
+    assert data["memorization_end"] == 1300
+    assert data["circuit_formation_end"] == data["cleanup_start"] == 9400
+    assert data["cleanup_end"] == 13600
+    assert data["rule"]["onset_fractions"] == [0.1, 0.5]
+    assert "9400" in str(ph) and "13600" in str(ph)
+
+
+def test_custom_rule_changes_the_memorisation_boundary():
+    ph = detect_phases(paper_like(), PhaseRule(mem_fraction=0.5))
+    assert ph.memorization_end == 700  # half of the 0..1400 log-linear fall
+
+
+def test_first_epoch_at_or_above():
+    assert first_epoch_at_or_above([0, 10, 20], [0.1, 0.995, 1.0], 0.99) == 10
+    assert first_epoch_at_or_above([0, 10, 20], [0.1, 0.2, 0.3], 0.99) is None
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda c: c.pop("test_acc"), "test_acc"),
+        (lambda c: c.update({k: v[:2] for k, v in c.items()}), "at least 3"),
+        (lambda c: c["epoch"].__setitem__(3, 0), "increasing"),
+        (lambda c: c["train_loss"].__setitem__(3, float("nan")), "NaN"),
+    ],
+)
+def test_bad_measures_raise(mutate, match):
+    cols = paper_like()
+    mutate(cols)
+    with pytest.raises(ValueError, match=match):
+        detect_phases(cols)
+
+
+def test_bad_input_type_and_rule():
+    with pytest.raises(ValueError, match="mapping"):
+        detect_phases([1, 2, 3])
+    with pytest.raises(ValueError, match="onset_fractions"):
+        PhaseRule(onset_fractions=(0.5, 0.1))
+    with pytest.raises(ValueError, match="mem_fraction"):
+        PhaseRule(mem_fraction=1.0)
+
+
+def test_phases_of_the_small_run_are_ordered_and_inside(small_measures):
+    ph = detect_phases(small_measures)
+    assert isinstance(ph, Phases)
+    epochs = small_measures.epochs
+    assert ph.grokked, ph.diagnostics
+    b = ph.boundaries
+    assert all(x in epochs for x in b)
+    assert epochs[0] <= b[0] <= b[1] <= b[2] <= epochs[-1]
+    assert b[0] < b[2]
+    # the sharp test-loss fall happens inside [circuit-formation end, cleanup end]
+    i1, i2 = epochs.index(b[1]), epochs.index(b[2])
+    test = small_measures["test_loss"]
+    assert test[i2] < test[i1] / 10
