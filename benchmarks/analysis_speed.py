@@ -3,9 +3,11 @@
 Measures, after the model is loaded: neuron clusters, key frequencies by all three rules, the
 trig-identity decomposition of the logits and the full ablation table — once with each function
 doing its own forward pass ("separate calls"), once sharing one forward pass over the grid as
-``tl-grokking ablate`` does ("shared forward"). Memory is the resident set size (RSS) of this process,
-sampled every 2 ms by a background thread during the analysis; the reported delta is the peak
-minus the RSS just before. Target (p = 113, paper-size model, CPU): ≤ 10 s, ≤ 1 GB.
+``tl-grokking ablate`` does ("shared forward"). CPU time (user + system, all threads) is shown
+next to wall time because the wall time depends on what else runs on the machine. Memory is
+the resident set size (RSS) of this process, sampled every 2 ms by a background thread during
+the analysis; the reported delta is the peak minus the RSS just before. Target (p = 113,
+paper-size model, CPU): ≤ 10 s, ≤ 1 GB.
 
 Usage::
 
@@ -133,11 +135,14 @@ def main() -> None:
     for label, fn in (("separate calls", analysis), ("shared forward", analysis_shared)):
         for i in range(args.repeat):
             before = rss_bytes()
+            cpu0 = time.process_time()
             with torch.no_grad(), PeakRSS() as mem:
                 times = fn(model)
+            cpu = time.process_time() - cpu0
             steps = ", ".join(f"{k} {v:.2f}s" for k, v in times.items() if k != "total")
             print(
-                f"{label} run {i + 1}: total {times['total']:.2f} s  ({steps}); peak RSS "
+                f"{label} run {i + 1}: total {times['total']:.2f} s wall, {cpu:.2f} s CPU "
+                f"({steps}); peak RSS "
                 f"{mem.peak / 2**20:.0f} MiB, +{(mem.peak - before) / 2**20:.0f} MiB over "
                 f"{before / 2**20:.0f} MiB before"
             )

@@ -13,17 +13,19 @@ p = 113, ``shared/fixtures/paper_original_format_no_wd.pth``; a fresh paper-conf
 absent) with Gaussian noise whose scale shrinks over the "epochs", written as an ordinary run
 directory (``config.json`` + ``checkpoints/epoch_<N>.safetensors``) in a temporary folder.
 
-Each side runs in its own subprocess with ``torch.set_num_threads(2)``; its time is the wall time
-of the whole computation (loading the checkpoints included, imports excluded) and its peak
-memory is the subprocess's ``ru_maxrss`` (peak resident set of the whole process, so the
-Python + torch baseline, also printed, is included). The naive side is timed on the first
-``--naive-subset`` checkpoints and extrapolated linearly to all of them (it has no one-time cost
-worth separating), which the output says. The last line is ``ratio_vs_naive: X`` (naive time /
-our time for all checkpoints).
+Each side runs in its own subprocess with ``torch.set_num_threads(--threads)`` (default 2); its
+time is the wall time of the whole computation (loading the checkpoints included, imports
+excluded) and its peak memory is the subprocess's ``ru_maxrss`` (peak resident set of the whole
+process, so the Python + torch baseline, also printed, is included). On a shared machine the wall
+time depends on the load (printed); the processes' CPU times are printed as well. The naive side
+is timed on the first ``--naive-subset`` checkpoints and extrapolated linearly to all of them (it
+has no one-time cost worth separating), which the output says. The last line is
+``ratio_vs_naive: X`` (naive time / our time for all checkpoints).
 
 Usage::
 
     python benchmarks/progress_speed.py [--n-checkpoints 150] [--naive-subset 15] [--run-dir DIR]
+    python benchmarks/progress_speed.py --callback-overhead 500   # trainer-callback overhead
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -167,6 +170,45 @@ def side_baseline(run_dir: Path) -> dict:
     return {"seconds": time.perf_counter() - start}
 
 
+def callback_overhead(epochs: int, threads: int) -> None:
+    """Time inside :func:`cheap_measures_callback` vs training time, paper config, p = 113.
+
+    The trainer calls the callback at every log epoch (default ``log_every`` = 100). Measured in
+    one training run per variant, the callback's own time against the rest of the run, so the
+    ratio is insensitive to the machine's load drifting between runs.
+    """
+    import torch
+
+    from tl_grokking.progress import cheap_measures_callback
+    from tl_grokking.training import TrainConfig, train
+
+    torch.set_num_threads(threads)
+    config = TrainConfig(p=113, epochs=epochs, log_every=100, checkpoint_every=10**9)
+    task = config.make_task()
+    train_idx, _ = task.split(config.frac_train, config.seed)
+    variants = (("weights only", None), ("with K = {14,35,41,42,52}", [14, 35, 41, 42, 52]))
+    for name, freqs in variants:
+        inner = cheap_measures_callback(task, freqs, train_indices=train_idx)
+        spent = [0.0, 0]
+
+        def timed(epoch, model, inner=inner, spent=spent):
+            start = time.perf_counter()
+            out = inner(epoch, model)
+            spent[0] += time.perf_counter() - start
+            spent[1] += 1
+            return out
+
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            train(config, tmp, progress=False, callbacks=[timed])
+            wall = time.perf_counter() - start
+        print(
+            f"callback {name}: {spent[0]:.2f} s in {spent[1]} calls over {epochs} epochs "
+            f"({spent[0] / spent[1] * 1e3:.0f} ms per call); training without it "
+            f"{wall - spent[0]:.1f} s; overhead {spent[0] / (wall - spent[0]):.1%}"
+        )
+
+
 def child(args: argparse.Namespace) -> None:
     import torch
 
@@ -177,7 +219,9 @@ def child(args: argparse.Namespace) -> None:
         out = side_naive(args.run_dir, args.naive_subset, json.loads(args.key_freqs))
     else:
         out = side_baseline(args.run_dir)
-    out["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out["maxrss_mb"] = usage.ru_maxrss / 1024
+    out["cpu_seconds"] = usage.ru_utime + usage.ru_stime  # whole process, imports included
     print("RESULT " + json.dumps(out))
 
 
@@ -201,7 +245,17 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, default=None, help="a real run at p = 113")
     parser.add_argument("--child", choices=("ours", "naive", "baseline"), default=None)
     parser.add_argument("--key-freqs", default="[]")
+    parser.add_argument(
+        "--callback-overhead",
+        type=int,
+        metavar="EPOCHS",
+        default=None,
+        help="instead: time cheap_measures_callback during EPOCHS epochs of paper-config training",
+    )
     args = parser.parse_args()
+    if args.callback_overhead:
+        callback_overhead(args.callback_overhead, args.threads)
+        return
     if args.child:
         args.side = args.child
         child(args)
@@ -230,7 +284,13 @@ def main() -> None:
         for key, value in b.items():
             if key != "epoch":
                 diffs.append(abs(a[key] - value) / max(abs(value), 1e-12))
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"threads: {args.threads}; checkpoints: {n}; key frequencies: {ours['key_freqs']}")
+    print(f"machine load average (1, 5, 15 min) at the end: {load} on {os.cpu_count()} cores")
+    print(
+        f"CPU time of each process (imports included): baseline {base['cpu_seconds']:.1f} s, "
+        f"ours {ours['cpu_seconds']:.1f} s, naive {naive['cpu_seconds']:.1f} s ({m} checkpoints)"
+    )
     print(f"baseline process (imports + one model): {base['maxrss_mb']:.0f} MB peak RSS")
     print(
         f"ours : {ours['seconds']:.2f} s for {n} checkpoints "

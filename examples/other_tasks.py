@@ -44,7 +44,7 @@ SETTINGS = {
     "log_every": 50,
     "checkpoint_every": 1000,
     "early_stop_acc": 0.97,
-    "early_stop_patience": 1,
+    "early_stop_patience": 4,
 }
 
 

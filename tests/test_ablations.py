@@ -167,3 +167,28 @@ def test_small_grokked_model_table(small_model, small_task, small_run):
     assert t["excluded logits (all keys)"].loss > 1000 * train_full.loss
     assert t["neurons -> own 3x3 block"].accuracy == 1.0
     assert t["attention zero-ablated"].loss > 1.0
+
+
+def test_cli_ablate_matches_the_library(small_run, small_model, small_task, capsys):
+    import json
+
+    from tl_grokking.cli import main
+    from tl_grokking.training import load_train_config
+
+    assert main(["ablate", str(small_run), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    config = load_train_config(small_run)
+    train, _ = small_task.split(config.frac_train, config.seed)
+    table = ablation_table(small_model, small_task, train_indices=train)
+    assert out["ablation_table"]["key_freqs"] == table.key_freqs
+    assert out["key_frequencies"]["agree"] is True
+    for got, want in zip(out["ablation_table"]["rows"], table.rows, strict=True):
+        assert got["name"] == want.name and got["subset"] == want.subset
+        assert got["loss"] == pytest.approx(want.loss, rel=1e-6)
+    assert main(["ablate", str(small_run / "nope.pth")]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_table_rejects_wrong_activations(model, clusters):
+    with pytest.raises(ValueError, match="activations"):
+        ablation_table(model, clusters=clusters, activations={"blocks.0.mlp.hook_post": None})

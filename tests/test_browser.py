@@ -93,8 +93,13 @@ class _Pipe:
         raw, self.buffer = self.buffer.split(b"\0", 1)
         return json.loads(raw)
 
-    def call(self, method: str, params: dict | None = None, session: str | None = None,
-             timeout: float = 30.0) -> dict:
+    def call(
+        self,
+        method: str,
+        params: dict | None = None,
+        session: str | None = None,
+        timeout: float = 30.0,
+    ) -> dict:
         msg_id = self.send(method, params, session)
         deadline = time.monotonic() + timeout
         while True:
@@ -132,6 +137,7 @@ def inspect_page(
     timeout: float = 40.0,
     full_page: bool = False,
     clip_y: tuple[int, int] | None = None,
+    element: str | None = None,
 ) -> dict:
     """Open ``html_path`` in headless Chromium, wait until every figure is drawn (or
     ``timeout``), and return ``{"errors": [...], "n_plots", "n_drawn", "n_cv", "n_cv_drawn",
@@ -150,8 +156,13 @@ def inspect_page(
             os.dup2(high_w, 4)
 
         proc = subprocess.Popen(
-            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-             f"--window-size={width},{height}", "about:blank"],
+            [
+                chromium,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={profile}",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -163,9 +174,9 @@ def inspect_page(
         cdp = _Pipe(proc, cmd_w, out_r)
         try:
             target = cdp.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-            session = cdp.call(
-                "Target.attachToTarget", {"targetId": target, "flatten": True}
-            )["sessionId"]
+            session = cdp.call("Target.attachToTarget", {"targetId": target, "flatten": True})[
+                "sessionId"
+            ]
             for domain in ("Page", "Runtime", "Log"):
                 cdp.call(f"{domain}.enable", session=session)
             cdp.call(
@@ -192,13 +203,49 @@ def inspect_page(
             cdp.call("Runtime.evaluate", {"expression": "1"}, session=session)
             if screenshot is not None:
                 params: dict = {"format": "png"}
-                if full_page or clip_y is not None:
+                if element is not None:  # clip to one element, e.g. a report section
+                    # a viewport as tall as the page, so the clip needs no re-layout
+                    size = cdp.call("Page.getLayoutMetrics", session=session)["cssContentSize"]
+                    cdp.call(
+                        "Emulation.setDeviceMetricsOverride",
+                        {
+                            "width": width,
+                            "height": int(size["height"]) + 1,
+                            "deviceScaleFactor": 1,
+                            "mobile": False,
+                        },
+                        session=session,
+                    )
+                    time.sleep(1.0)
+                    rect = cdp.call(
+                        "Runtime.evaluate",
+                        {
+                            "expression": "JSON.stringify(document.getElementById("
+                            f"{json.dumps(element)}).getBoundingClientRect())",
+                            "returnByValue": True,
+                        },
+                        session=session,
+                    )
+                    box = json.loads(rect["result"]["value"])
+                    params["clip"] = {
+                        "x": 0,
+                        "y": box["top"],
+                        "width": width,
+                        "height": box["height"] + 1,
+                        "scale": 1,
+                    }
+                elif full_page or clip_y is not None:
                     params["captureBeyondViewport"] = True
                     metrics = cdp.call("Page.getLayoutMetrics", session=session)
                     size = metrics["cssContentSize"]
                     top, tall = clip_y if clip_y is not None else (0, size["height"])
-                    params["clip"] = {"x": 0, "y": top, "width": size["width"],
-                                      "height": min(tall, size["height"] - top), "scale": 1}
+                    params["clip"] = {
+                        "x": 0,
+                        "y": top,
+                        "width": size["width"],
+                        "height": min(tall, size["height"] - top),
+                        "scale": 1,
+                    }
                 shot = cdp.call("Page.captureScreenshot", params, session=session, timeout=60)
                 Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
                 Path(screenshot).write_bytes(base64.b64decode(shot["data"]))
@@ -207,12 +254,23 @@ def inspect_page(
                 method, params = ev["method"], ev.get("params", {})
                 if method == "Runtime.exceptionThrown":
                     details = params["exceptionDetails"]
-                    errors.append(details.get("exception", {}).get("description") or details["text"])
-                elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-                    errors.append(" ".join(str(a.get("value", a.get("description")))
-                                           for a in params.get("args", [])))
+                    errors.append(
+                        details.get("exception", {}).get("description") or details["text"]
+                    )
+                elif method == "Runtime.consoleAPICalled" and params.get("type") in (
+                    "error",
+                    "assert",
+                ):
+                    errors.append(
+                        " ".join(
+                            str(a.get("value", a.get("description")))
+                            for a in params.get("args", [])
+                        )
+                    )
                 elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
-                    errors.append(params["entry"].get("text", "") + " " + params["entry"].get("url", ""))
+                    errors.append(
+                        params["entry"].get("text", "") + " " + params["entry"].get("url", "")
+                    )
             state["errors"] = errors
             state["loaded"] = loaded is not None
             try:
@@ -247,12 +305,19 @@ def chromium() -> str:
     return path
 
 
-def test_report_renders_offline_without_errors(chromium, report_run, tmp_path):
+def test_report_renders_offline_without_errors(chromium, small_run, tmp_path):
     """The real report of a trained run: loads from disk with the network cut, no console
     error, every plotly figure has drawn its SVG, every circuitsvis view has content."""
+    import torch
+
     from tl_grokking.report import write_report
 
-    page = write_report(report_run)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        page = write_report(small_run, tmp_path / "report.html")
+    finally:
+        torch.set_num_threads(threads)
     shot = tmp_path / "report.png"
     state = inspect_page(page, screenshot=shot, timeout=40)
     assert state["loaded"]
@@ -274,7 +339,7 @@ def test_a_cdn_reference_would_be_caught(chromium, tmp_path):
         '</head><body><div class="plotly-graph-div"></div></body></html>',
         encoding="utf-8",
     )
-    state = inspect_page(page, timeout=3)
+    state = inspect_page(page, timeout=2)
     assert state["errors"], "a failed CDN load must surface as an error"
     assert state["n_plots"] == 1 and state["n_drawn"] == 0
 

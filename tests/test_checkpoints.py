@@ -476,9 +476,9 @@ def _demo_blob(config_as_object: bool = True) -> tuple[dict, dict[int, dict]]:
 def test_demo_file(tmp_path, config_as_object):
     blob, expected = _demo_blob(config_as_object)
     torch.save(blob, tmp_path / "grokking_demo.pth")
-    before = list(torch.serialization.get_safe_globals())
+    before = set(torch.serialization.get_safe_globals())
     run = load_run(tmp_path / "grokking_demo.pth")
-    assert torch.serialization.get_safe_globals() == before  # allowlist not left behind
+    assert set(torch.serialization.get_safe_globals()) == before  # allowlist not left behind
     assert run.format == "tl_demo" and run.epochs == [99, 199, 299]
     assert run.model_config == CFG
     assert torch.equal(run.train_indices, blob["train_indices"].sort().values)
@@ -491,6 +491,14 @@ def test_demo_file(tmp_path, config_as_object):
     for epoch in run.epochs:
         assert_same_params(run.model(epoch), expected[epoch])
     assert_same_params(load_checkpoint(tmp_path / "grokking_demo.pth"), expected[299])
+
+
+def test_demo_load_keeps_a_callers_allowlist(tmp_path):
+    blob, _ = _demo_blob()
+    torch.save(blob, tmp_path / "demo.pth")
+    with torch.serialization.safe_globals([np.dtype]):  # the caller trusts np.dtype already
+        load_run(tmp_path / "demo.pth")
+        assert np.dtype in torch.serialization.get_safe_globals()
 
 
 def test_demo_config_with_layernorm_is_refused():

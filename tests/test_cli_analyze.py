@@ -157,3 +157,13 @@ def test_checkpoints_of_different_shapes(run_copy, capsys):
     err = capsys.readouterr().err
     assert "different shapes" in err and "blocks.0.mlp" in err
     assert not (run_copy / "measures.csv").exists()
+
+
+def test_two_checkpoints_give_measures_but_no_phases(run_copy, capsys):
+    for _, path in list_checkpoints(run_copy)[1:-1]:
+        path.unlink()
+    assert main(["analyze", str(run_copy), "--no-progress", "--key-freqs", "3"]) == 0
+    assert len((run_copy / "measures.csv").read_text().splitlines()) == 1 + 2
+    data = json.loads((run_copy / "phases.json").read_text())
+    assert data["phases"] is None and "at least 3" in data["reason"]
+    assert "phases not detected" in capsys.readouterr().out

@@ -121,21 +121,22 @@ def test_multiplication_uses_discrete_log_coordinates():
 
 
 # ---- two trained models: attn_rate 1 (clock) vs 0 (pizza) -----------------------------------
+# Measured (seed 0): with 80 % training data both models reach test accuracy >= 0.99 by epoch
+# ~400; from then on the clock has s_g ~ 0.02 and q ~ 0.87-0.90 and the pizza s_g = 1 and
+# q ~ 0.29-0.35 (checkpoints every 400 epochs up to 4000).
 SETTINGS = {
     "task": "add",
     "p": 31,
-    "frac_train": 0.6,
+    "frac_train": 0.8,
     "seed": 0,
-    "epochs": 1500,
-    "lr": 1e-2,
+    "epochs": 600,
+    "lr": 3e-3,
     "weight_decay": 2.0,
     "d_model": 48,
     "n_heads": 4,
     "d_mlp": 192,
-    "log_every": 50,
-    "checkpoint_every": 1500,
-    "early_stop_acc": 0.97,
-    "early_stop_patience": 1,
+    "log_every": 100,
+    "checkpoint_every": 600,
 }
 
 
@@ -168,13 +169,10 @@ def test_trained_clock_and_pizza_fall_on_the_expected_sides(clock_and_pizza):
     # gradient symmetricity: pizza ~1 (forced by uniform attention), clock far below
     assert pizza.gradient_symmetricity >= GRADIENT_SYMMETRICITY_THRESHOLD
     assert clock.gradient_symmetricity < 0.5
-    # distance irrelevance the other way: clock high, pizza clearly lower
+    # distance irrelevance the other way: clock high, pizza low (the paper's bands)
     assert clock.distance_irrelevance >= 0.6
-    assert pizza.distance_irrelevance <= clock.distance_irrelevance - 0.2
-    assert clock.label == "clock"
-    assert pizza.label in ("pizza", "ambiguous")
-    if pizza.distance_irrelevance < DISTANCE_IRRELEVANCE_THRESHOLD:
-        assert pizza.label == "pizza"
-    # with a looser distance threshold between the two, classify separates them fully
-    loose = classify(models["pizza"], task, di_threshold=clock.distance_irrelevance - 0.1)
-    assert loose.label == "pizza"
+    assert pizza.distance_irrelevance < DISTANCE_IRRELEVANCE_THRESHOLD
+    assert (clock.label, pizza.label) == ("clock", "pizza")
+    # the metrics' thresholds decide: demanding a q below the pizza's makes it ambiguous
+    strict = classify(models["pizza"], task, di_threshold=pizza.distance_irrelevance - 0.01)
+    assert strict.label == "ambiguous" and not strict.agree

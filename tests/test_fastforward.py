@@ -72,12 +72,13 @@ def test_matches_hooked_forward_and_gradients(cfg, seed, final_token):
     weights = torch.randn(reference.shape, generator=torch.Generator().manual_seed(7)).double()
     g_ref = _grads(model, model(tokens)[:, -1], weights)
     g_fast = _grads(model, final_logits(model, tokens), weights)
-    assert set(g_ref) == set(g_fast) and len(g_ref) == len(list(model.parameters())) - 0
+    assert set(g_ref) == set(g_fast) == {n for n, _ in model.named_parameters()}
+    # One tolerance per model: some gradients are exactly zero in exact arithmetic (b_K: the
+    # softmax ignores a shift shared by all keys), so both sides hold only rounding noise there.
+    gscale = max(g.abs().max().item() for g in g_ref.values())
     for name in g_ref:
-        gscale = max(g_ref[name].abs().max().item(), 1.0)
-        torch.testing.assert_close(
-            g_fast[name], g_ref[name], atol=5e-5 * gscale, rtol=1e-4, msg=f"grad of {name}"
-        )
+        err = (g_fast[name] - g_ref[name]).abs().max().item()
+        assert err <= 1e-6 * gscale + 1e-4 * g_ref[name].abs().max().item(), (name, err, gscale)
 
 
 def test_attention_rate_extremes_have_closed_forms():

@@ -73,11 +73,16 @@ def test_phase_spans_accepts_every_form_and_rejects_bad_spans():
     want = [("memorization", 0.0, 5.0), ("cleanup", 9.0, 12.0)]
     assert plots.phase_spans([("cleanup", 9, 12), ("Memorisation", 0, 5)]) == want
     assert plots.phase_spans({"memorisation": (0, 5), "cleanup": {"start": 9, "end": 12}}) == want
+
     # a Phases-like object with to_dict(); spans with a missing end are dropped
     class Fake:
         def to_dict(self):
-            return {"phases": [{"name": "memorization", "start": 0, "end": 5},
-                               {"name": "cleanup", "start": 9, "end": None}]}
+            return {
+                "phases": [
+                    {"name": "memorization", "start": 0, "end": 5},
+                    {"name": "cleanup", "start": 9, "end": None},
+                ]
+            }
 
     assert plots.phase_spans(Fake()) == [("memorization", 0.0, 5.0)]
     assert plots.phase_spans(None) == []
@@ -121,8 +126,13 @@ def test_progress_measures_panel_traces_equal_columns():
     fig = plots.progress_measures_panel(cols, phases=[("cleanup", 10, 20)])
     by_col = {t.meta: t for t in fig.data}
     assert set(by_col) == {
-        "train_loss", "test_loss", "restricted_loss", "excluded_loss",
-        "gini_W_E", "gini_W_L", "sum_sq_weights",
+        "train_loss",
+        "test_loss",
+        "restricted_loss",
+        "excluded_loss",
+        "gini_W_E",
+        "gini_W_L",
+        "sum_sq_weights",
     }
     for name, trace in by_col.items():
         assert list(trace.x) == cols["epoch"] and list(trace.y) == cols[name]
@@ -133,7 +143,9 @@ def test_progress_measures_panel_traces_equal_columns():
     assert fig.layout.yaxis.type == "log"
     # the cleanup span is shaded in each of the three panels
     assert sorted((s.xref, s.x0, s.x1) for s in fig.layout.shapes) == [
-        ("x", 10, 20), ("x2", 10, 20), ("x3", 10, 20)
+        ("x", 10, 20),
+        ("x2", 10, 20),
+        ("x3", 10, 20),
     ]
     with pytest.raises(ValueError, match="epoch"):
         plots.progress_measures_panel({"train_loss": [1.0]})
@@ -144,7 +156,10 @@ def test_progress_measures_panel_reads_a_progress_measures_table(small_run):
 
     table = ProgressMeasures({"epoch": [0, 5], "gini_W_E": [0.2, 0.4], "train_loss": [2.0, 1.0]})
     fig = plots.progress_measures_panel(table)
-    assert {t.meta: list(t.y) for t in fig.data} == {"train_loss": [2.0, 1.0], "gini_W_E": [0.2, 0.4]}
+    assert {t.meta: list(t.y) for t in fig.data} == {
+        "train_loss": [2.0, 1.0],
+        "gini_W_E": [0.2, 0.4],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +177,9 @@ def test_embedding_norms_equal_brute_force(model, task):
         for trig in (torch.cos, torch.sin):
             row = trig(2 * math.pi * k * x / P) * math.sqrt(2 / P)
             want.append((row @ w_e).norm())
-    assert torch.allclose(torch.tensor(bars.y, dtype=torch.float64), torch.stack(want).double(), atol=1e-5)
+    assert torch.allclose(
+        torch.tensor(bars.y, dtype=torch.float64), torch.stack(want).double(), atol=1e-5
+    )
     expected_names = ["const"] + [f"{t} {k}" for k in range(1, 9) for t in ("cos", "sin")]
     assert list(bars.x) == expected_names
 
@@ -195,8 +212,10 @@ def test_unembed_heatmap_equals_W_L_times_basis(model, task):
     x = _x(P)
     rows = [torch.full((P,), 1 / math.sqrt(P), dtype=torch.float64)]
     for k in range(1, 9):
-        rows += [torch.cos(2 * math.pi * k * x / P) * math.sqrt(2 / P),
-                 torch.sin(2 * math.pi * k * x / P) * math.sqrt(2 / P)]
+        rows += [
+            torch.cos(2 * math.pi * k * x / P) * math.sqrt(2 / P),
+            torch.sin(2 * math.pi * k * x / P) * math.sqrt(2 / P),
+        ]
     want = w_l @ torch.stack(rows).T
     assert torch.allclose(z, want, atol=1e-5)
     assert fig.data[0].x[1:3] == ("cos 1", "sin 1")
@@ -240,13 +259,18 @@ def test_cluster_sizes_count_neurons_at_threshold():
     assert list(fig.data[0].x) == ["k=1", "k=3", "k=5", "unclustered"]
     assert list(fig.data[0].y) == [1, 2, 2, 3]
     clusters = NeuronClusters(
-        p=P, threshold=0.85, freq=torch.tensor(freqs), fve=torch.tensor(fve),
+        p=P,
+        threshold=0.85,
+        freq=torch.tensor(freqs),
+        fve=torch.tensor(fve),
         fve_all=torch.zeros(8, 8),
     )
     same = plots.neuron_cluster_sizes(clusters)
     assert list(same.data[0].y) == [1, 2, 2, 3]
-    assert dict(zip([int(x[2:]) for x in same.data[0].x[:-1]], same.data[0].y[:-1],
-                    strict=True)) == clusters.sizes
+    assert (
+        dict(zip([int(x[2:]) for x in same.data[0].x[:-1]], same.data[0].y[:-1], strict=True))
+        == clusters.sizes
+    )
     with pytest.raises(ValueError, match="fve"):
         plots.neuron_cluster_sizes(freqs)
 
@@ -315,7 +339,9 @@ def test_neuron_grids_show_top_variance_neurons_of_each_cluster(model, task):
     assert sorted(shown) == sorted(want) and len(shown) == 6
     for trace in fig.data:
         assert torch.allclose(
-            torch.tensor(trace.z, dtype=torch.float64), post[:, trace.meta].reshape(P, P).double(), atol=1e-5
+            torch.tensor(trace.z, dtype=torch.float64),
+            post[:, trace.meta].reshape(P, P).double(),
+            atol=1e-5,
         )
     empty = plots.neuron_activation_grids(model, task, freqs, [0.0] * d_mlp)
     assert len(empty.data) == 0 and "no neuron" in empty.layout.title.text
@@ -330,8 +356,9 @@ def test_trig_identity_bars_equal_alphas():
     fig = plots.trig_identity_coefficients({7: 2.5, 3: -1.0}, fve=0.93)
     assert list(fig.data[0].x) == ["k=3", "k=7"] and list(fig.data[0].y) == [-1.0, 2.5]
     assert "93.0 %" in fig.layout.title.text
-    dec = TrigDecomposition(p=P, freqs=[2, 4], alpha={2: 1.5, 4: 0.5}, fve=0.5, loss=0.2,
-                            approx_loss=0.1)
+    dec = TrigDecomposition(
+        p=P, freqs=[2, 4], alpha={2: 1.5, 4: 0.5}, fve=0.5, loss=0.2, approx_loss=0.1
+    )
     fig = plots.trig_identity_coefficients(dec)
     assert list(fig.data[0].y) == [1.5, 0.5] and "50.0 %" in fig.layout.title.text
 
@@ -349,10 +376,14 @@ def test_trig_identity_of_planted_logits():
 
 
 def test_ablation_table_cells():
-    table = AblationTable(p=P, key_freqs=[2], rows=[
-        AblationRow("full model", 2.41e-7, 1.0),
-        AblationRow("excluded k = 2", 0.0123, 0.5, "train"),
-    ])
+    table = AblationTable(
+        p=P,
+        key_freqs=[2],
+        rows=[
+            AblationRow("full model", 2.41e-7, 1.0),
+            AblationRow("excluded k = 2", 0.0123, 0.5, "train"),
+        ],
+    )
     fig = plots.ablation_table_figure(table)
     cols = fig.data[0].cells.values
     assert list(cols[0]) == ["full model", "excluded k = 2"]

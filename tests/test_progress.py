@@ -351,3 +351,33 @@ def test_without_a_split_loss_is_over_all_pairs():
         L = model(tokens)[:, -1].double()
     assert m["loss"][0] == pytest.approx(ce(L, labels), rel=1e-5)
     assert m["restricted_loss"][1] == pytest.approx(row["restricted_loss"], rel=1e-5)
+
+
+def test_logit_measures_equal_the_logits_module_definitions():
+    """Same numbers as logits.restricted_logits / excluded_logits + a float64 cross-entropy."""
+    from tl_grokking.logits import excluded_logits, restricted_logits
+    from tl_grokking.progress import LogitMeasures
+
+    task = make_task("add", 17)
+    train, _ = task.split(0.4, seed=1)
+    L = torch.randn(17 * 17, 17, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = task.labels()
+    got = LogitMeasures(task, [3, 5], train)(L)
+    restricted = restricted_logits(L, 17, [3, 5])
+    assert got["restricted_loss"] == pytest.approx(ce(restricted, y), rel=1e-12)
+    excl = excluded_logits(L, 17, [3, 5])[train]
+    assert got["excluded_loss"] == pytest.approx(ce(excl, y[train]), rel=1e-12)
+    excl_3 = excluded_logits(L, 17, [3])[train]
+    assert got["excluded_loss_k3"] == pytest.approx(ce(excl_3, y[train]), rel=1e-12)
+
+
+def test_no_sparse_key_set_means_no_fourier_logit_measures():
+    """A random model has no clusters and a dense W_E spectrum: no key set is made up."""
+    model = make_model(ModelConfig(p=17, d_model=16, n_heads=2, d_mlp=32), seed=0)
+    task = make_task("add", 17)
+    train, _ = task.split(0.3, seed=0)
+    m = progress_measures([(0, model)], train_indices=train, progress=False)
+    assert m.key_freqs == []
+    assert m.key_freq_rule.startswith("none found")
+    assert "restricted_loss" not in m and "excluded_loss" not in m
+    assert "train_loss" in m and "gini_W_E" in m

@@ -199,3 +199,69 @@ def test_every_registered_task_builds_tokens_the_trainer_can_use():
         task = config.make_task()
         assert task.name == name and task.p == 7
         assert int(task.labels().max()) < task.n_classes
+
+
+@pytest.mark.parametrize("name", ["div", "x3+xy"])
+def test_runs_of_other_tasks_train_and_load_back(tmp_path, name):
+    from tl_grokking.checkpoints import load_run
+    from tl_grokking.training import TrainConfig, train
+
+    config = TrainConfig(
+        task=name, p=7, epochs=4, d_model=8, n_heads=2, d_mlp=16, log_every=2, checkpoint_every=2
+    )
+    result = train(config, tmp_path / name, progress=False)
+    run = load_run(tmp_path / name)
+    assert run.task.name == name and run.task.p == 7
+    n = 7 * 6 if name == "div" else 49
+    assert len(run.train_indices) + len(run.test_indices) == n
+    assert sorted(torch.cat([run.train_indices, run.test_indices]).tolist()) == list(range(n))
+    with torch.no_grad():
+        logits = run.model(run.epochs[-1])(run.task.tokens())[:, -1]
+        expected = result.model(run.task.tokens())[:, -1]
+    assert torch.allclose(logits, expected, atol=1e-5)
+
+
+def test_meaningful_analyses():
+    expected = {
+        "add": {"training", "group_fourier", "token_fourier", "sum_directions", "clock_pizza"},
+        "sub": {"training", "group_fourier", "token_fourier"},
+        "mul": {"training", "group_fourier", "clock_pizza"},
+        "div": {"training", "group_fourier"},
+        "x2+y2": {"training"},
+        "x2+xy+y2": {"training"},
+        "x3+xy": {"training"},
+    }
+    for name, analyses in expected.items():
+        assert make_task(name, 7).meaningful_analyses == analyses
+    custom = make_custom_task("c", lambda a, b: (a + b) % 5, 5, fourier_structure="additive")
+    assert "sum_directions" in custom.meaningful_analyses
+
+
+def test_declared_group_structure_of_a_custom_task_is_checked():
+    p = 7
+    sub = make_custom_task(
+        "b-a", lambda a, b: (b - a) % p, p, fourier_structure="additive", operand_signs=(-1, 1)
+    )
+    assert sub.operand_signs == (-1, 1) and sub.meaningful_analyses == {
+        "training",
+        "group_fourier",
+        "token_fourier",
+    }
+    order = sub.fourier_tokens()
+    assert torch.equal(order, torch.arange(p))
+    div = make_custom_task(
+        "b/a",
+        lambda a, b: (b * pow(a, p - 2, p)) % p if a else 0,  # per-pair Python fallback
+        p,
+        fourier_structure="multiplicative",
+        operand_signs=(-1, 1),
+    )
+    assert div.fourier_size == p - 1 and not div.commutative
+    with pytest.raises(ValueError, match="not s_a a \\+ s_b b"):
+        make_custom_task("sq", lambda a, b: (a * a + b) % p, p, fourier_structure="additive")
+    with pytest.raises(ValueError, match="not a\\^s_a b\\^s_b"):
+        make_custom_task("add?", lambda a, b: (a + b) % p, p, fourier_structure="multiplicative")
+    with pytest.raises(ValueError, match="prime"):
+        make_custom_task("m", lambda a, b: (a * b) % 9, 9, fourier_structure="multiplicative")
+    with pytest.raises(ValueError, match="operand_signs"):
+        make_custom_task("s", lambda a, b: a, p, operand_signs=(1, 2))

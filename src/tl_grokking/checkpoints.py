@@ -193,7 +193,10 @@ def read_checkpoint_file(path: str | os.PathLike) -> tuple[Any, dict[str, str]]:
             ) from None
     if kind in ("zip", "pickle"):
         try:
-            with torch.serialization.safe_globals(_safe_globals()):
+            # Only what is not allowlisted already: leaving the context removes what it added.
+            present = set(torch.serialization.get_safe_globals())
+            extra = [g for g in _safe_globals() if g not in present]
+            with torch.serialization.safe_globals(extra):
                 obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
             message = str(err)

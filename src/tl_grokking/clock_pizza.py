@@ -87,7 +87,7 @@ def _sample_triples(task: Task, n_samples: int, seed: int) -> Int[Tensor, "n_sam
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
     gen = torch.Generator().manual_seed(int(seed))
-    pairs = task.pairs()
+    pairs = reindexed_tokens(task)[:, :2]  # the group grid: all pairs for add, a, b != 0 for mul
     rows = torch.randint(pairs.shape[0], (n_samples,), generator=gen)
     classes = torch.randint(task.n_classes, (n_samples,), generator=gen)
     return torch.cat([pairs[rows], classes[:, None]], dim=1)
@@ -105,10 +105,11 @@ def gradient_symmetricity(
     ``(a, b, c)`` of ``cos(∂Q_abc/∂E_a, ∂Q_abc/∂E_b)``.
 
     ``triples`` (rows ``[a, b, c]``) overrides the sample of ``n_samples`` triples drawn from
-    ``seed`` (pairs uniform over ``task.pairs()``, c uniform over the classes). The gradients
-    are taken with respect to the output of ``hook_embed`` (the token embeddings, before the
-    positional embedding is added) at positions 0 and 1; the model's parameters and their
-    ``.grad`` are untouched. Works under ``torch.no_grad`` (e.g. in training callbacks).
+    ``seed``: pairs uniform over the group grid of :func:`reindexed_tokens` (all p² pairs for
+    add, the non-zero pairs for mul), c uniform over the classes. The gradients are taken with
+    respect to the output of ``hook_embed`` (the token embeddings, before the positional
+    embedding is added) at positions 0 and 1; the model's parameters and their ``.grad`` are
+    untouched. Works under ``torch.no_grad`` (e.g. in training callbacks).
     """
     task = _resolve_task(model, task, "gradient symmetricity")
     if triples is None:

@@ -29,6 +29,7 @@ multiplicative ones, as given by :meth:`tl_grokking.tasks.Task.fourier_tokens`. 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import einops
 import torch
@@ -55,10 +56,9 @@ __all__ = [
     "ReindexedClusters",
     "frequency_norms",
     "frequency_mass_count",
-    "KEY_FREQUENCY_RULES",
 ]
 
-KEY_FREQUENCY_RULES = ("embed", "clusters", "unembed")
+_RULES = ("embed", "clusters", "unembed")
 MLP_POST = "blocks.0.mlp.hook_post"
 
 
@@ -88,12 +88,27 @@ def primitive_root(p: int) -> int:
 
     g generates Z_p^* iff ``g^((p-1)/q) != 1 (mod p)`` for every prime q dividing ``p - 1``.
     """
-    p = _validate_prime(p)
+    return _primitive_root(_validate_prime(p))
+
+
+@lru_cache(maxsize=64)
+def _primitive_root(p: int) -> int:
     factors = _prime_factors(p - 1)
     for g in range(2, p):
         if all(pow(g, (p - 1) // q, p) != 1 for q in factors):
             return g
     raise AssertionError(f"no primitive root found for prime {p}")  # pragma: no cover
+
+
+@lru_cache(maxsize=64)
+def _exp_log(p: int, g: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    exp = tuple(pow(g, i, p) for i in range(p - 1))
+    if sorted(exp) != list(range(1, p)):
+        raise ValueError(f"generator {g} is not a primitive root of {p}")
+    log = [-1] * p
+    for i, x in enumerate(exp):
+        log[x] = i
+    return exp, tuple(log)
 
 
 def discrete_log_table(
@@ -103,19 +118,17 @@ def discrete_log_table(
 
     ``exp[i] = g^i mod p`` for ``i = 0 .. p-2`` (the tokens in group order) and
     ``log[x] = i`` with ``g^i = x`` for ``x = 1 .. p-1``; ``log[0] = -1`` (no logarithm).
+    Fresh tensors on every call (the tables themselves are cached).
     """
     p = _validate_prime(p)
-    g = primitive_root(p) if generator is None else int(generator)
-    exp = [pow(g, i, p) for i in range(p - 1)]
-    if sorted(exp) != list(range(1, p)):
-        raise ValueError(f"generator {generator} is not a primitive root of {p}")
-    log = [-1] * p
-    for i, x in enumerate(exp):
-        log[x] = i
+    g = _primitive_root(p) if generator is None else int(generator) % p
+    exp, log = _exp_log(p, g)
     return torch.tensor(exp), torch.tensor(log)
 
 
-def discrete_logarithm(x: Int[Tensor, "..."], p: int, generator: int | None = None) -> Int[Tensor, "..."]:
+def discrete_logarithm(
+    x: Int[Tensor, "..."], p: int, generator: int | None = None
+) -> Int[Tensor, "..."]:
     """Elementwise discrete logarithm of non-zero residues; ``ValueError`` for any x ≡ 0."""
     x = torch.as_tensor(x) % p
     if bool((x == 0).any()):
@@ -312,8 +325,8 @@ def reindexed_key_frequencies(
     axis; ``"clusters"``: frequencies of the neuron clusters with FVE ≥ ``threshold``
     (default 0.85) and at least ``min_size`` neurons.
     """
-    if rule not in KEY_FREQUENCY_RULES:
-        raise ValueError(f"rule must be one of {KEY_FREQUENCY_RULES}, got {rule!r}")
+    if rule not in _RULES:
+        raise ValueError(f"rule must be one of {_RULES}, got {rule!r}")
     if rule == "clusters":
         found = reindexed_neuron_clusters(
             model, task, threshold=0.85 if threshold is None else threshold, min_size=min_size

@@ -10,7 +10,7 @@ final position needs:
 * the query of position 2 only (a table over the token at position 2, which is always ``=`` for
   the tasks of :mod:`tl_grokking.tasks`);
 * the attention pattern of the final query over the three positions, mixed with uniform
-  attention when the model carries the attention-rate knob (:func:`tl_grokking.model.model_attn_rate`);
+  attention when the model carries the attention-rate knob (:func:`attention_rate`);
 * the MLP and the unembedding of the final position only.
 
 Positions 0 and 1 never need the MLP or the unembedding, which is where almost all the FLOPs of
@@ -101,14 +101,56 @@ def _mix_uniform(pattern: Tensor, rate: float) -> Tensor:
     return pattern if rate >= 1.0 else rate * pattern + (1.0 - rate) / 3.0
 
 
+class _ReluMlpUnembed(torch.autograd.Function):
+    """MLP (ReLU) + unembedding of the final position with a hand-written backward.
+
+    The same arithmetic as autograd's, with fewer ``[batch, d_mlp]`` temporaries: the ReLU is
+    applied in place and its backward masks the incoming gradient in place.
+    """
+
+    @staticmethod
+    def forward(ctx, resid_mid, W_in, b_in, W_out, b_out, W_U, b_U):
+        post = torch.addmm(b_in, resid_mid, W_in).relu_()  # [batch, d_mlp]
+        resid_post = torch.addmm(b_out, post, W_out).add_(resid_mid)  # [batch, d_model]
+        ctx.save_for_backward(resid_mid, post, resid_post, W_in, W_out, W_U)
+        return torch.addmm(b_U, resid_post, W_U)
+
+    @staticmethod
+    def backward(ctx, d_logits):
+        resid_mid, post, resid_post, W_in, W_out, W_U = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        d_resid_post = d_logits @ W_U.T
+        d_post = (d_resid_post @ W_out.T).masked_fill_(post == 0, 0.0)  # ReLU backward
+        grads = [None] * 7
+        if need[0]:
+            grads[0] = torch.addmm(d_resid_post, d_post, W_in.T)
+        if need[1]:
+            grads[1] = resid_mid.T @ d_post
+        if need[2]:
+            grads[2] = d_post.sum(0)
+        if need[3]:
+            grads[3] = post.T @ d_resid_post
+        if need[4]:
+            grads[4] = d_resid_post.sum(0)
+        if need[5]:
+            grads[5] = resid_post.T @ d_logits
+        if need[6]:
+            grads[6] = d_logits.sum(0)
+        return tuple(grads)
+
+
 def _mlp_unembed(
     model: HookedTransformer, resid_mid: Float[Tensor, "batch d_model"]
 ) -> Float[Tensor, "batch d_vocab_out"]:
     """MLP and unembedding of the final position (fused ``addmm`` with every bias)."""
-    mlp = model.blocks[0].mlp
+    mlp, unembed = model.blocks[0].mlp, model.unembed
+    if model.cfg.act_fn == "relu":
+        return _ReluMlpUnembed.apply(
+            resid_mid, mlp.W_in, mlp.b_in, mlp.W_out, mlp.b_out, unembed.W_U, unembed.b_U
+        )
     post = mlp.act_fn(torch.addmm(mlp.b_in, resid_mid, mlp.W_in))  # [batch, d_mlp]
     resid_post = torch.addmm(resid_mid + mlp.b_out, post, mlp.W_out)
-    return torch.addmm(model.unembed.b_U, resid_post, model.unembed.W_U)
+    return torch.addmm(unembed.b_U, resid_post, unembed.W_U)
 
 
 def _final_logits_constant_query(
@@ -125,18 +167,21 @@ def _final_logits_constant_query(
     W_E, W_pos = model.embed.W_E, model.pos_embed.W_pos[:3]
     n_vocab = W_E.shape[0]
 
-    x_ab = W_pos[:2, None, :] + W_E[None, :, :]  # [pos=2, vocab, d_model]
+    x_ab = (W_pos[:2, None, :] + W_E[None, :, :]).flatten(0, 1)  # [pos=2 * vocab, d_model]
     x_eq = W_pos[2] + W_E[eq_token]  # [d_model] — residual stream of the final position
-    q = einsum(x_eq, attn.W_Q, "d, head d d_head -> head d_head") + attn.b_Q
-    k_eq = einsum(x_eq, attn.W_K, "d, head d d_head -> head d_head") + attn.b_K
-    v_eq = einsum(x_eq, attn.W_V, "d, head d d_head -> head d_head") + attn.b_V
-    k_ab = einsum(x_ab, attn.W_K, "pos tok d, head d d_head -> pos tok head d_head") + attn.b_K
-    v_ab = einsum(x_ab, attn.W_V, "pos tok d, head d d_head -> pos tok head d_head") + attn.b_V
-    s_ab = einsum(k_ab, q, "pos tok head d_head, head d_head -> pos tok head") / attn.attn_scale
+    # q/k/v of every (position, token) row and of the final position in one matmul.
+    W_QKV = torch.stack([attn.W_Q, attn.W_K, attn.W_V], dim=1)  # [head, qkv, d_model, d_head]
+    W_QKV = W_QKV.permute(2, 0, 1, 3).flatten(1)  # [d_model, head * qkv * d_head]
+    b_QKV = torch.stack([attn.b_Q, attn.b_K, attn.b_V], dim=1).flatten()
+    qkv = torch.addmm(b_QKV, torch.cat([x_ab, x_eq[None]]), W_QKV)
+    qkv = qkv.unflatten(1, (attn.W_Q.shape[0], 3, -1))  # [row, head, qkv, d_head]
+    q, k_eq, v_eq = qkv[-1].unbind(1)  # [head, d_head] each
+    k_ab, v_ab = qkv[:-1, :, 1], qkv[:-1, :, 2]  # [pos * vocab, head, d_head]
+    s_ab = (k_ab * q).sum(-1, keepdim=True) / attn.attn_scale  # [pos * vocab, head, 1]
     s_eq = (k_eq * q).sum(-1) / attn.attn_scale  # [head]
 
     # One table, one gather: row pos * vocab + token holds [score, value] of every head.
-    table = torch.cat([s_ab[..., None], v_ab], dim=-1).flatten(0, 1)  # [2*vocab, head, 1+d_head]
+    table = torch.cat([s_ab, v_ab], dim=-1)  # [2 * vocab, head, 1 + d_head]
     offsets = torch.arange(2, device=tokens.device) * n_vocab
     rows = table[tokens[:, :2] + offsets]  # [batch, pos=2, head, 1+d_head]
     scores = torch.cat([rows[..., 0], s_eq.expand(rows.shape[0], 1, -1)], dim=1)  # [b, 3, head]

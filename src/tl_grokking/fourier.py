@@ -531,6 +531,10 @@ def key_frequencies(
     rules = KEY_FREQUENCY_RULES if rule == "all" else (rule,)
     if rule != "all" and rule not in KEY_FREQUENCY_RULES:
         raise ValueError(f"rule must be one of {(*KEY_FREQUENCY_RULES, 'all')}, got {rule!r}")
+    if isinstance(min_cluster_size, bool) or not isinstance(min_cluster_size, int):
+        raise ValueError(f"min_cluster_size must be a positive integer, got {min_cluster_size!r}")
+    if min_cluster_size < 1:
+        raise ValueError(f"min_cluster_size must be a positive integer, got {min_cluster_size!r}")
     if not (0.0 < float(norm_fraction) < 1.0):
         raise ValueError(f"norm_fraction must be in (0, 1), got {norm_fraction!r}")
     task = resolve_task(model, task)

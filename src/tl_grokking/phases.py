@@ -11,10 +11,11 @@ the boundaries are ≈ 1.4k / 9.4k / 14k epochs.
 a log10 scale; every rule is a fraction of a curve's own range, so nothing depends on p, the
 run length or the checkpoint interval. The rules (constants in :class:`PhaseRule`):
 
-1. **Grokking cliff.** ``τ = log10 test_loss``. ``τ_peak`` is its maximum, ``τ_end`` its minimum
-   after the peak. If ``τ_peak - τ_end`` is below ``min_drop_decades`` the run did not grok and
-   only the memorisation boundary is given. ``τ_plat`` is the median of ``τ`` from the peak to
-   the first epoch at which ``τ`` has fallen half-way from the peak to ``τ_end`` (the plateau).
+1. **Grokking cliff.** ``τ = log10 test_loss``. ``τ_peak`` is its maximum (located on a 3-point
+   running median, so one spiking checkpoint is ignored), ``τ_end`` its minimum after the peak.
+   If ``τ_peak - τ_end`` is below ``min_drop_decades`` the run did not grok and only the
+   memorisation boundary is given. ``τ_plat`` is the median of ``τ`` from the peak to the first
+   epoch at which ``τ`` has fallen half-way from the peak to ``τ_end`` (the plateau).
 2. **Circuit formation ends / cleanup starts** where the sharp fall starts: take the epochs
    ``e1`` and ``e2`` at which ``τ`` last crosses ``τ_plat - f·(τ_plat - τ_end)`` downwards for
    ``f = onset_fractions`` (default 0.1 and 0.5) before the fall completes, and extrapolate the
@@ -47,7 +48,7 @@ __all__ = ["PhaseRule", "Phases", "detect_phases", "first_epoch_at_or_above"]
 class PhaseRule:
     """The constants of :func:`detect_phases` (see the module docstring for the rules)."""
 
-    mem_fraction: float = 0.9
+    mem_fraction: float = 0.95
     onset_fractions: tuple[float, float] = (0.1, 0.5)
     gini_fraction: float = 0.9
     min_drop_decades: float = 1.0
@@ -154,6 +155,12 @@ def _interp_epoch(epochs: Sequence[int], y: Sequence[float], i: int, level: floa
     return epochs[i - 1] + t * (epochs[i] - epochs[i - 1])
 
 
+def _median3(y: Sequence[float]) -> list[float]:
+    """Running median over 3 neighbours (the end points keep their value)."""
+    inner = [statistics.median(y[i - 1 : i + 2]) for i in range(1, len(y) - 1)]
+    return [y[0], *inner, y[-1]]
+
+
 def _first_at_or_below(y: Sequence[float], level: float, start: int = 0) -> int | None:
     return next((i for i in range(start, len(y)) if y[i] <= level), None)
 
@@ -219,9 +226,11 @@ def detect_phases(measures: Any, rule: PhaseRule | None = None) -> Phases:
     diag: dict[str, Any] = {}
     acc99 = first_epoch_at_or_above(epochs, test_acc, rule.grok_acc)
 
-    # 1. the grokking cliff of the log test loss
-    i_peak = max(range(n), key=lambda i: test[i])
-    tau_peak = test[i_peak]
+    # 1. the grokking cliff of the log test loss; the peak is located on a 3-point running
+    # median so that a single-checkpoint spike (a "slingshot") cannot become the peak
+    smooth = _median3(test)
+    i_peak = max(range(n), key=lambda i: smooth[i])
+    tau_peak = smooth[i_peak]
     tau_end = min(test[i_peak:])
     drop = tau_peak - tau_end
     diag.update(test_loss_peak_epoch=epochs[i_peak], test_loss_drop_decades=drop)
@@ -249,7 +258,7 @@ def detect_phases(measures: Any, rule: PhaseRule | None = None) -> Phases:
             onset_crossings=[e1, e2],
             onset_extrapolated=onset,
         )
-        cleanup_end = _cleanup_end(epochs, cols, test, cf_end, tau_plat, tau_end, rule, diag)
+        cleanup_end = _cleanup_end(epochs, cols, test, cf_end, tau_plat, tau_end, rule, diag, notes)
 
     # 4. memorisation: the train loss has done most of its log-scale fall. The floor is taken
     # up to the cleanup start, so this boundary is never after it.
@@ -289,10 +298,12 @@ def _cleanup_end(
     tau_end: float,
     rule: PhaseRule,
     diag: dict[str, Any],
+    notes: list[str],
 ) -> int:
     """Rule 3: Gini curves (or the test loss) have completed ``gini_fraction`` of their change."""
     i0 = epochs.index(start)
     ends = []
+    still_rising = []
     for name in ("gini_W_E", "gini_W_L"):
         if name not in cols:
             continue
@@ -303,6 +314,13 @@ def _cleanup_end(
         i = _first_at_or_above(g, g0 + rule.gini_fraction * (g_max - g0), i0)
         ends.append(epochs[i])
         diag[f"{name}_end"] = epochs[i]
+        if g[-1] == g_max and len(g) - i0 > 2 and g[-1] > g[-2]:
+            still_rising.append(name)
+    if still_rising:
+        notes.append(
+            f"{' and '.join(still_rising)} still rising at the last checkpoint: the run may end "
+            "inside cleanup, so the cleanup end is a lower bound"
+        )
     if ends:
         return max(ends)
     i = _first_at_or_below(test, tau_end + (1 - rule.gini_fraction) * (tau_plat - tau_end), i0)

@@ -72,6 +72,8 @@ _PHASE_LABELS = {
     "cleanup": "cleanup",
 }
 _OTHER_PHASE_COLOR = "rgba(127, 127, 127, 0.12)"
+#: The plotly template of every figure (white background: the phase shading stays visible).
+TEMPLATE = "plotly_white"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,14 +93,16 @@ def phase_spans(phases: Any) -> list[tuple[str, float, float]]:
     a mapping with a ``"phases"`` entry holding either, an object with a ``to_dict()`` method
     returning one, or a sequence of mappings with ``name``/``start``/``end`` keys.  Names are
     normalised to ``memorization``, ``circuit_formation``, ``cleanup`` (others kept).  ``None``
-    gives ``[]``.  Spans whose start or end is missing (``None``) are dropped.
+    (or ``{"phases": None}``) gives ``[]``.  Spans whose start or end is missing are dropped.
     """
     if phases is None:
         return []
     if hasattr(phases, "to_dict") and not isinstance(phases, Mapping):
         phases = phases.to_dict()
     if isinstance(phases, Mapping) and "phases" in phases:
-        phases = phases["phases"]
+        phases = phases["phases"]  # phases.json / Phases.to_dict(); null when none detected
+        if phases is None:
+            return []
     items: list[tuple[Any, Any, Any]] = []
     if isinstance(phases, Mapping):
         for name, span in phases.items():
@@ -126,7 +130,7 @@ def phase_spans(phases: Any) -> list[tuple[str, float, float]]:
 
 
 def _shade_phases(fig: go.Figure, spans: Sequence[tuple[str, float, float]], **where) -> None:
-    for name, start, end in spans:
+    for i, (name, start, end) in enumerate(spans):
         fig.add_vrect(
             x0=start,
             x1=end,
@@ -134,7 +138,8 @@ def _shade_phases(fig: go.Figure, spans: Sequence[tuple[str, float, float]], **w
             line_width=0,
             layer="below",
             annotation_text=_PHASE_LABELS.get(name, name.replace("_", " ")),
-            annotation_position="top left",
+            # alternate label heights so that labels of short phases do not overlap
+            annotation_position="top left" if i % 2 == 0 else "bottom left",
             annotation_font_size=10,
             name=name,
             **where,
@@ -258,6 +263,7 @@ def loss_curves(
         )
     _shade_phases(fig, phase_spans(phases))
     fig.update_layout(
+        template=TEMPLATE,
         title=title,
         xaxis_title="epoch",
         yaxis_title="cross-entropy loss (log scale)",
@@ -348,7 +354,7 @@ def progress_measures_panel(
     fig.update_yaxes(title_text="Gini", row=1, col=2)
     fig.update_yaxes(title_text="Σ w²", row=1, col=3)
     fig.update_xaxes(title_text="epoch")
-    fig.update_layout(title=title, height=440, hovermode="x unified")
+    fig.update_layout(template=TEMPLATE, title=title, height=440, hovermode="x unified")
     fig.update_annotations(font_size=11)
     return fig
 
@@ -388,6 +394,7 @@ def embedding_fourier_norms(
     )
     subtitle = f" — key frequencies {sorted(keys)} in red" if keys else ""
     fig.update_layout(
+        template=TEMPLATE,
         title=title + subtitle,
         xaxis_title="Fourier component of the input token (cos-first basis)",
         yaxis_title="norm over d_model",
@@ -444,6 +451,7 @@ def unembed_fourier_heatmap(
         )
     )
     fig.update_layout(
+        template=TEMPLATE,
         title=title,
         xaxis_title="Fourier component of the output class c (cos-first basis)",
         yaxis_title="MLP neuron" + (" (grouped by cluster)" if clusters is not None else ""),
@@ -488,6 +496,7 @@ def neuron_cluster_sizes(
         )
     )
     fig.update_layout(
+        template=TEMPLATE,
         title=f"{title} (FVE ≥ {threshold:g}; {n_clustered} of {len(freqs)} clustered)",
         xaxis_title="cluster (frequency k)",
         yaxis_title="number of neurons",
@@ -534,6 +543,7 @@ def fve_histogram(
         annotation_position="top left",
     )
     fig.update_layout(
+        template=TEMPLATE,
         title=title,
         xaxis_title="fraction of variance explained by the best frequency",
         yaxis_title="number of neurons",
@@ -584,7 +594,11 @@ def neuron_activation_grids(
     chosen = sorted(members, key=lambda k: (-len(members[k]), k))[:max_clusters]
     if not chosen:
         fig = go.Figure()
-        fig.update_layout(title=title + " — no neuron reaches the clustering threshold", height=200)
+        fig.update_layout(
+            template=TEMPLATE,
+            title=title + " — no neuron reaches the clustering threshold",
+            height=200,
+        )
         return fig
     tops = {
         k: sorted(members[k], key=lambda i: (-float(variance[i]), i))[:per_cluster] for k in chosen
@@ -616,7 +630,7 @@ def neuron_activation_grids(
             col=n % n_cols + 1,
         )
     _square_grid_axes(fig, len(cells))
-    fig.update_layout(title=title, height=120 + 290 * n_rows)
+    fig.update_layout(template=TEMPLATE, title=title, height=120 + 290 * n_rows)
     fig.update_annotations(font_size=11)
     return fig
 
@@ -690,7 +704,7 @@ def attention_to_operands(
                 col=n % n_cols + 1,
             )
     _square_grid_axes(fig, 2 * n_heads)
-    fig.update_layout(title=title, height=120 + 290 * n_rows)
+    fig.update_layout(template=TEMPLATE, title=title, height=120 + 290 * n_rows)
     fig.update_annotations(font_size=11)
     return fig
 
@@ -789,6 +803,7 @@ def trig_identity_coefficients(
     if approx is not None:
         extra += f"<br><sup>loss: model {approx[0]:.3g}, approximation {approx[1]:.3g}</sup>"
     fig.update_layout(
+        template=TEMPLATE,
         title=title + extra,
         xaxis_title="key frequency k",
         yaxis_title="α_k",
@@ -819,7 +834,9 @@ def ablation_table_figure(
     list of mappings (one per ablation), a mapping of columns, or a DataFrame.  Floats are
     shown with 4 significant digits (scientific notation for small losses).
     """
+    widths = None
     if isinstance(rows, AblationTable):
+        widths = [3.0, 1.0, 1.5, 1.5]
         rows = [
             {"ablation": r.name, "inputs": r.subset, "loss": r.loss, "accuracy": r.accuracy}
             for r in rows.rows
@@ -848,7 +865,8 @@ def ablation_table_figure(
                 "fill_color": "#e8eef7",
             },
             cells={"values": cells, "align": "left"},
+            columnwidth=widths,
         )
     )
-    fig.update_layout(title=title, height=150 + 26 * len(rows), margin={"b": 10})
+    fig.update_layout(template=TEMPLATE, title=title, height=150 + 26 * len(rows), margin={"b": 10})
     return fig

@@ -19,10 +19,17 @@ For every checkpoint of a run this computes, in float64:
 The key frequencies are fixed from the final checkpoint and reused for every earlier one
 (PAPER_NOTES §6), unless they are given explicitly.
 
+The numbers are those of :func:`tl_grokking.logits.restricted_logits` /
+:func:`tl_grokking.logits.excluded_logits` followed by a float64 cross-entropy, and of
+:func:`tl_grokking.weights.embed_fourier_norms` / :func:`~tl_grokking.weights.unembed_fourier_norms`
+followed by :func:`gini`; :class:`LogitMeasures` computes the logit ones for many checkpoints
+without redoing per-run work.
+
 Speed: each checkpoint's logits on all p² inputs come from the fast final-position forward
-(:func:`tl_grokking.fastforward.final_logits`, float32, then cast to float64); the projection is a
-``[2|K|, p²] @ [p², p]`` matmul against sum directions built once per run (never a p³ cube); the
-Fourier basis is built once; the Gini coefficients of all checkpoints are computed in one batch.
+(:func:`tl_grokking.fastforward.final_logits_batched`, float32, then cast to float64); the
+projection is a ``[2|K|, p²] @ [p², p]`` matmul against sum directions built once per run (never a
+p³ cube); the excluded losses touch only the training rows; one model is reloaded with each
+checkpoint's state dict; the Gini coefficients of all checkpoints are computed in one batch.
 """
 
 from __future__ import annotations
@@ -55,11 +62,17 @@ __all__ = [
     "cheap_measures_callback",
     "read_measures_csv",
     "KEY_FREQ_FALLBACK_RULES",
+    "MAX_KEY_FRACTION",
 ]
 
 #: Rules tried, in order, to fix the key frequencies from the final checkpoint when none are
 #: given: neuron clusters (the paper's definition), then W_E Fourier norms (the TL demo's).
 KEY_FREQ_FALLBACK_RULES = ("clusters", "embed")
+
+#: A rule's answer is used only if it names at most this fraction of all frequencies: a model
+#: that has not formed a sparse Fourier circuit passes the W_E "max/4" test at almost every k,
+#: which is no key set at all (the paper's runs have 3–6 keys out of 56).
+MAX_KEY_FRACTION = 0.25
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,6 +157,8 @@ class LogitMeasures:
                 )
             if train_idx.unique().numel() != train_idx.numel():
                 raise ValueError("train_indices must not contain duplicates")
+            if train_idx.numel() == n:
+                raise ValueError(f"train_indices cover all {n} inputs; the test set is empty")
             mask = torch.ones(n, dtype=torch.bool)
             mask[train_idx] = False
             self.train_idx = train_idx.to(self.device)
@@ -156,7 +171,9 @@ class LogitMeasures:
             width = 1 if 2 * k == self.p else 2
             self.freq_rows[k] = slice(row, row + width)
             row += width
-        self.dirs_train = None if self.train_idx is None else self.dirs[:, self.train_idx]
+        self.dirs_train = (
+            None if self.train_idx is None else self.dirs[:, self.train_idx].contiguous()
+        )
 
     @property
     def column_names(self) -> list[str]:
@@ -180,37 +197,34 @@ class LogitMeasures:
                 f"logits must have shape (n_inputs, p) = ({n}, {self.p}), got {tuple(logits.shape)}"
             )
         L = logits.to(device=self.device, dtype=torch.float64)
+        # per-input loss and correctness once, then averaged over each split
+        row_loss = F.cross_entropy(L, self.labels, reduction="none")
+        correct = (L.argmax(dim=-1) == self.labels).to(torch.float64)
         out: dict[str, float] = {}
         if self.train_idx is None:
-            out["loss"] = _ce(L, self.labels)
-            out["acc"] = _acc(L, self.labels)
+            out["loss"], out["acc"] = float(row_loss.mean()), float(correct.mean())
         else:
-            y_train, y_test = self.labels[self.train_idx], self.labels[self.test_idx]
-            L_train = L[self.train_idx]
-            out["train_loss"] = _ce(L_train, y_train)
-            out["test_loss"] = _ce(L[self.test_idx], y_test)
-            out["train_acc"] = _acc(L_train, y_train)
-            out["test_acc"] = _acc(L[self.test_idx], y_test)
+            for split, idx in (("train", self.train_idx), ("test", self.test_idx)):
+                out[f"{split}_loss"] = float(row_loss[idx].mean())
+                out[f"{split}_acc"] = float(correct[idx].mean())
         if not self.key_freqs:
             return out
         coeffs = self.dirs @ L  # [2|K|, p]: each output column's sum-direction components
-        restricted = self.dirs.T @ coeffs + L.mean(dim=0, keepdim=True)
+        # P_K(L) + mean_inputs(L), and L - P_K(L), each as one fused addmm
+        restricted = torch.addmm(L.mean(dim=0, keepdim=True), self.dirs.T, coeffs)
         out["restricted_loss"] = _ce(restricted, self.labels)
         if self.train_idx is not None:
-            excluded = L_train - self.dirs_train.T @ coeffs
+            L_train, y_train = L[self.train_idx], self.labels[self.train_idx]
+            excluded = torch.addmm(L_train, self.dirs_train.T, coeffs, alpha=-1)
             out["excluded_loss"] = _ce(excluded, y_train)
             for k, rows in self.freq_rows.items():
-                excluded_k = L_train - self.dirs_train[rows].T @ coeffs[rows]
+                excluded_k = torch.addmm(L_train, self.dirs_train[rows].T, coeffs[rows], alpha=-1)
                 out[f"excluded_loss_k{k}"] = _ce(excluded_k, y_train)
         return out
 
 
 def _ce(logits: Float[Tensor, "n c"], labels: Int[Tensor, " n"]) -> float:
     return float(F.cross_entropy(logits, labels))
-
-
-def _acc(logits: Float[Tensor, "n c"], labels: Int[Tensor, " n"]) -> float:
-    return float((logits.argmax(dim=-1) == labels).to(torch.float64).mean())
 
 
 def _final_logits_p(
@@ -227,12 +241,15 @@ def _final_logits_p(
 
 def _key_freqs_of(model: HookedTransformer, task: Task) -> tuple[list[int], str]:
     """Key frequencies of ``model`` by the first rule of :data:`KEY_FREQ_FALLBACK_RULES` that
-    finds any, and the rule's name."""
+    finds a sparse set (1 to :data:`MAX_KEY_FRACTION` of all frequencies), and its name."""
+    limit = max(1, int(MAX_KEY_FRACTION * (task.p // 2)))
+    tried = []
     for rule in KEY_FREQ_FALLBACK_RULES:
         freqs = key_frequencies(model, task, rule=rule).keys
-        if freqs:
+        if 1 <= len(freqs) <= limit:
             return validate_freqs(freqs, task.p, field="key_freqs"), rule
-    return [], "none found"
+        tried.append(f"{rule}: {len(freqs)}")
+    return [], f"none found ({', '.join(tried)} frequencies; need 1..{limit})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,13 +398,17 @@ def _from_loaded_run(run: Any, device: torch.device) -> _Source:
             "the run has no checkpoints to measure (checkpoints/epoch_<N>.safetensors)"
         )
 
+    built: list[HookedTransformer] = []
+
     def final_model() -> HookedTransformer:
-        return run.model(epochs[-1]).to(device)
+        if not built:
+            built.append(run.model(epochs[-1], device=device))
+        return built[0]
 
     def iter_models() -> Iterator[tuple[int, HookedTransformer]]:
         # one model, reloaded per checkpoint: building a HookedTransformer costs more than
         # loading a state dict into it
-        skeleton = run.model(epochs[-1]).to(device)
+        skeleton = final_model()
         skeleton.eval()
         reference = _shapes(skeleton.state_dict())
         for epoch in epochs:
@@ -445,7 +466,7 @@ def _from_sequence(
 
     def as_model(epoch: int, obj: Any) -> HookedTransformer:
         if isinstance(obj, HookedTransformer):
-            return obj.to(device)
+            return obj if obj.W_E.device == device else obj.to(device)
         from .checkpoints import load_checkpoint
 
         return load_checkpoint(obj, device=str(device))  # any known state-dict layout
@@ -512,8 +533,10 @@ def progress_measures(
             ``(epoch, HookedTransformer or state dict)``.
         task: the task (default: the run's, or modular addition with the model's p).
         key_freqs: the key frequencies K; default: fixed from the final checkpoint by the
-            neuron-cluster rule, falling back to the W_E rule if no cluster is found (the rule
-            used is recorded in ``.key_freq_rule``).
+            neuron-cluster rule, falling back to the W_E rule if no cluster is found; a rule's
+            answer counts only if sparse (:data:`MAX_KEY_FRACTION`). The rule used is recorded
+            in ``.key_freq_rule``; with no sparse set K is empty and the restricted / excluded
+            columns are omitted.
         train_indices: rows of ``task.pairs()`` in the training set (default: the run's split).
             Without a split, ``loss``/``acc`` over all pairs replace the train/test columns and
             the excluded losses are omitted.

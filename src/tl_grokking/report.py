@@ -22,7 +22,7 @@ import html
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,7 @@ section h2 { font-size: 1.15em; margin: 6px 0; }
 p.caption { color: #444; font-size: 0.92em; margin: 4px 0 8px 0; max-width: 980px; }
 table.summary { border-collapse: collapse; font-size: 0.93em; }
 table.summary th { text-align: left; padding: 3px 18px 3px 0; color: #555; font-weight: 600;
-                   vertical-align: top; }
+                   vertical-align: top; white-space: nowrap; }
 table.summary td { padding: 3px 0; }
 .banner { padding: 10px 14px; border-radius: 6px; margin: 14px 0; font-weight: 600; }
 .banner.done { background: #e6f4ea; border: 1px solid #9ed3ab; }
@@ -88,6 +88,7 @@ class ReportSection:
 
     ``figure`` is a plotly figure, ``body_html`` any other HTML (tables, circuitsvis views,
     notes); both may be given.  ``anchor`` is the section's id (default: from the title).
+    A section of ``kind="circuitsvis"`` makes the page inline the circuitsvis bundle.
     """
 
     title: str
@@ -95,8 +96,7 @@ class ReportSection:
     figure: go.Figure | None = None
     body_html: str = ""
     anchor: str = ""
-    kind: str = "figure"
-    scripts: list[str] = field(default_factory=list)
+    kind: str = "figure"  # "figure", "note", or "circuitsvis" (the page then inlines its JS)
 
     def __post_init__(self) -> None:
         if not self.anchor:
@@ -451,10 +451,11 @@ def _first_epoch_at(metrics: list[dict[str, Any]], key: str, level: float) -> in
     )
 
 
-def _freq_list(found: Any) -> list[int]:
-    """Frequencies from whatever a key-frequency rule returns (a list, or an object with
-    ``.freqs``)."""
-    return sorted(int(k) for k in getattr(found, "freqs", found))
+def _freqs_text(freqs: list[int], limit: int = 12) -> str:
+    """A frequency list for the summary; long lists (a rule that picks everything) shortened."""
+    if len(freqs) <= limit:
+        return str(list(freqs))
+    return f"{len(freqs)} frequencies [{', '.join(map(str, freqs[:6]))}, …]"
 
 
 @dataclass
@@ -472,14 +473,25 @@ def _load_or_compute_measures(run_dir: Path, run: Any, *, device: str, progress:
     from .progress import progress_measures, read_measures_csv
 
     csv_path, phases_path = run_dir / MEASURES_FILE, run_dir / PHASES_FILE
+    table, stale = None, False
     if csv_path.is_file():
         table = read_measures_csv(csv_path)
         source = f"{MEASURES_FILE} (from tl-grokking analyze)"
-    else:
+        if table.epochs != list(run.epochs):  # analysed before the run went on: recompute
+            table, stale = None, True
+    if table is None:
         table = progress_measures(run, device=device, progress=progress)
-        source = "computed for this report (tl-grokking analyze stores them)"
-    if phases_path.is_file():
-        return _Measures(table, read_json(phases_path), source)
+        source = "computed for this report" + (
+            f" ({MEASURES_FILE} is out of date: it does not cover the run's checkpoints)"
+            if stale
+            else " (tl-grokking analyze stores them)"
+        )
+    if phases_path.is_file() and not stale:
+        stored = read_json(phases_path)
+        if isinstance(stored, dict) and stored.get("phases", []) is None:
+            why = stored.get("reason", "phases.json holds none")
+            return _Measures(table, None, source, phase_note=f"phases not detected: {why}")
+        return _Measures(table, stored, source)
     try:
         return _Measures(table, detect_phases(table), source)
     except ValueError as err:  # too few checkpoints, no split, ...
@@ -526,27 +538,35 @@ def build_report(
     clusters = keys.clusters
     measures = _load_or_compute_measures(run_dir, run, device=device, progress=progress)
     spans = plots.phase_spans(measures.phases)
-    key_freqs = list(keys.keys) or list(getattr(measures.table, "key_freqs", []) or [])
+    key_freqs = list(keys.keys)  # the cluster rule, the paper's definition
 
     sections: list[ReportSection] = [
-        ReportSection("Loss curves", _CAPTIONS["loss"], plots.loss_curves(metrics, phases=spans)),
+        ReportSection(
+            "Loss curves",
+            _CAPTIONS["loss"],
+            plots.loss_curves(metrics, phases=spans),
+            anchor="loss-curves",
+        ),
         ReportSection(
             "Progress measures",
             _CAPTIONS["measures"]
-            + f" Key frequencies used: {html.escape(str(getattr(measures.table, 'key_freqs', '')))}"
-            f" ({html.escape(str(getattr(measures.table, 'key_freq_rule', '')))}); "
+            + f" Key frequencies used: {html.escape(_freqs_text(measures.table.key_freqs))}"
+            f" (rule: {html.escape(str(measures.table.key_freq_rule))}); "
             f"source: {html.escape(measures.source)}.",
             plots.progress_measures_panel(measures.table, phases=spans),
+            anchor="progress-measures",
         ),
         ReportSection(
             "Embedding W_E in the Fourier basis",
             _CAPTIONS["embed"],
             plots.embedding_fourier_norms(model, task, key_freqs=key_freqs),
+            anchor="embedding",
         ),
         ReportSection(
             "Neuron-logit map W_L in the Fourier basis",
             _CAPTIONS["unembed"],
             plots.unembed_fourier_heatmap(model, task, clusters=clusters),
+            anchor="unembedding",
         ),
         ReportSection(
             "Neuron clusters", _CAPTIONS["clusters"], plots.neuron_cluster_sizes(clusters)
@@ -593,7 +613,7 @@ def build_report(
 
     last = metrics[-1] if metrics else {}
     grok = _first_epoch_at(metrics, "test_acc", 0.99)
-    rule_rows = ", ".join(f"{html.escape(r)}: {v}" for r, v in keys.by_rule.items())
+    rule_rows = ", ".join(f"{html.escape(r)}: {_freqs_text(v)}" for r, v in keys.by_rule.items())
     summary = [
         ("run directory", html.escape(str(run_dir))),
         ("task", html.escape(f"(a {task.symbol} b) mod {task.p}  [{task.name}]")),
@@ -628,7 +648,8 @@ def build_report(
         ),
         (
             "key frequencies",
-            f"<b>{key_freqs}</b> (by rule: {rule_rows}; rules "
+            (f"<b>{key_freqs}</b>" if key_freqs else "<b>none</b>: no neuron cluster yet")
+            + f" (by rule: {rule_rows}; rules "
             f"{'agree' if keys.agree else 'disagree'})",
         ),
         (
@@ -691,6 +712,7 @@ def _circuitsvis_section(
         _CAPTIONS["circuitsvis"],
         body_html="\n".join(body),
         kind="circuitsvis",
+        anchor="attention-examples",
     )
 
 

@@ -230,6 +230,31 @@ class Task:
 
         return discrete_log_table(self.p)[0]
 
+    @property
+    def meaningful_analyses(self) -> frozenset[str]:
+        """Names of the analyses that are meaningful for this task (see ``docs/tasks.md``).
+
+        * ``"training"``: losses, accuracy, weight norms — every task.
+        * ``"group_fourier"``: key frequencies and neuron clusters in group coordinates
+          (:mod:`tl_grokking.discrete_log`) — additive and multiplicative tasks.
+        * ``"token_fourier"``: Fourier analysis indexed by the tokens over the full p² grid
+          (``fourier``, ``hooks``, ``plots``, ``ablations``) — additive tasks.
+        * ``"sum_directions"``: the ``a + b`` sum directions, so the restricted / excluded
+          losses and the trig logit decomposition ``cos(w(a + b - c))`` — addition only.
+        * ``"clock_pizza"``: gradient symmetricity and distance irrelevance
+          (:mod:`tl_grokking.clock_pizza`) — commutative group tasks (add, mul).
+        """
+        out = {"training"}
+        if self.fourier_structure in ("additive", "multiplicative"):
+            out.add("group_fourier")
+            if self.commutative and self.operand_signs == (1, 1):
+                out.add("clock_pizza")
+        if self.fourier_structure == "additive" and self.is_full_grid:
+            out.add("token_fourier")
+            if self.operand_signs == (1, 1):
+                out.add("sum_directions")
+        return frozenset(out)
+
     def require_structure(self, *structures: str, analysis: str) -> None:
         """Raise ``ValueError`` unless ``fourier_structure`` is one of ``structures``.
 
@@ -411,6 +436,30 @@ def _labels_of_fn(
     return out.to(torch.long)
 
 
+def _check_group_law(
+    table: Int[Tensor, "p p"], p: int, structure: str, signs: tuple[int, int], name: str
+) -> None:
+    """``ValueError`` unless ``table[a, b]`` is ``s_a a + s_b b`` (additive) or
+    ``a^s_a b^s_b`` (multiplicative, non-zero a and b) for every pair of the group grid."""
+    if structure == "additive":
+        a = torch.arange(p)[:, None]
+        b = torch.arange(p)[None, :]
+        expected = (signs[0] * a + signs[1] * b) % p
+        ok = torch.equal(table, expected)
+    else:
+        x = torch.arange(1, p)
+        inverse = torch.tensor([0] + [pow(int(v), p - 2, p) for v in x])
+        a = x if signs[0] == 1 else inverse[x]
+        b = x if signs[1] == 1 else inverse[x]
+        ok = torch.equal(table[1:, 1:], (a[:, None] * b[None, :]) % p)
+    if not ok:
+        law = "s_a a + s_b b" if structure == "additive" else "a^s_a b^s_b"
+        raise ValueError(
+            f"custom task {name!r}: declared fourier_structure={structure!r} with operand_signs="
+            f"{signs}, but fn is not {law} on Z_{p}"
+        )
+
+
 def make_custom_task(
     name: str,
     fn: Callable,
@@ -418,6 +467,7 @@ def make_custom_task(
     *,
     commutative: bool | None = None,
     fourier_structure: str | None = None,
+    operand_signs: tuple[int, int] = (1, 1),
     symbol: str | None = None,
     register: bool = False,
 ) -> CustomTask:
@@ -427,11 +477,12 @@ def make_custom_task(
     or returns the wrong shape it is called per pair with Python ints. Every output must be an
     integer in ``0 .. p-1`` (reduce with ``% p`` yourself) or ``ValueError`` names the first
     offending pair. ``commutative=None`` computes the flag by brute force; a declared flag that
-    contradicts the brute force raises ``ValueError``. ``fourier_structure`` (default None) is
-    trusted as given: declare "additive" only if the answer is ``a ± b`` after relabelling
-    (tokens are used as group elements directly). ``register=True`` also registers the task
-    under ``name`` (for ``make_task(name, p)`` and ``TrainConfig(task=name)``; it then builds
-    only for this p).
+    contradicts the brute force raises ``ValueError``. ``fourier_structure`` (default None)
+    may be "additive" (the answer is ``s_a a + s_b b mod p``) or "multiplicative" (p prime, the
+    answer is ``a^s_a b^s_b`` on the non-zero residues) with ``operand_signs = (s_a, s_b)``;
+    the declaration is checked on every pair of the group grid. ``register=True`` also
+    registers the task under ``name`` (for ``make_task(name, p)`` and ``TrainConfig(task=name)``;
+    it then builds only for this p).
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"custom task name must be a non-empty string, got {name!r}")
@@ -441,7 +492,11 @@ def make_custom_task(
         raise ValueError(
             f"fourier_structure must be one of {FOURIER_STRUCTURES}, got {fourier_structure!r}"
         )
+    if tuple(operand_signs) not in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
+        raise ValueError(f"operand_signs must be a pair of ±1, got {operand_signs!r}")
     p = validate_p(p)
+    if fourier_structure == "multiplicative" and not is_prime(p):
+        raise ValueError(f"p must be prime for a multiplicative custom task, got {p}")
     a = torch.arange(p).repeat_interleave(p)
     b = torch.arange(p).repeat(p)
     labels = _labels_of_fn(fn, a, b, name)
@@ -461,7 +516,10 @@ def make_custom_task(
             f"custom task {name!r}: declared commutative={commutative} but fn is "
             f"{'' if brute_commutative else 'not '}commutative on Z_{p}"
         )
+    if fourier_structure is not None:
+        _check_group_law(table, p, fourier_structure, tuple(operand_signs), name)
     attrs = {
+        "operand_signs": tuple(operand_signs),
         "name": name,
         "symbol": symbol or name,
         "commutative": bool(commutative),

@@ -348,7 +348,10 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, *, resume: bool, overwr
                 f"({'; '.join(blocking)}); only {sorted(_RESUMABLE_FIELDS)} may change on resume. "
                 "Use another directory or overwrite"
             )
-        return (run_dir / RESUME_FILE).is_file()
+        if (run_dir / RESUME_FILE).is_file():
+            return True
+        _clear_run(run_dir)  # nothing to resume from (crash before the first checkpoint)
+        return False
     if diff:
         raise FileExistsError(
             f"{run_dir} already holds a run with a different configuration ({'; '.join(diff)}); "

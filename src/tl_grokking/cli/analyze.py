@@ -62,19 +62,22 @@ def run(args: argparse.Namespace) -> int:
     measures = progress_measures(
         run_obj, key_freqs=args.key_freqs, device=args.device, progress=not args.no_progress
     )
-    phases = detect_phases(measures)
+    try:
+        phases = detect_phases(measures)
+        record = phases.to_dict()
+        summary = str(phases)
+    except ValueError as err:  # e.g. fewer than 3 checkpoints: the measures are still useful
+        record = {"phases": None, "reason": str(err)}
+        summary = f"phases not detected: {err}"
     measures.to_csv(run_dir / MEASURES_FILE)
-    write_json(
-        run_dir / PHASES_FILE,
-        {
-            **phases.to_dict(),
-            "key_freqs": measures.key_freqs,
-            "key_freq_rule": measures.key_freq_rule,
-            "n_checkpoints": len(measures),
-        },
+    record.update(
+        key_freqs=measures.key_freqs,
+        key_freq_rule=measures.key_freq_rule,
+        n_checkpoints=len(measures),
     )
+    write_json(run_dir / PHASES_FILE, record)
     print(f"run: {run_dir}  ({len(measures)} checkpoints, p = {measures.p})")
     print(f"key frequencies: {measures.key_freqs}  (rule: {measures.key_freq_rule})")
-    print(str(phases))
+    print(summary)
     print(f"wrote {run_dir / MEASURES_FILE} and {run_dir / PHASES_FILE}")
     return 0

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..training import TrainConfig
 
 __all__ = ["paper_config", "quick_config", "reproduce", "Reproduction"]
@@ -58,8 +60,8 @@ class Reproduction:
 
     run_dir: Path
     report: Path
-    measures: Path
-    phases: Path
+    measures: Path | None  # None when the analysis could not be stored
+    phases: Path | None
     epochs_trained: int
     grok_epoch: int | None
     final_metrics: dict[str, float] = field(default_factory=dict)
@@ -92,11 +94,14 @@ def reproduce(
 
     log("[2/3] progress measures and phases (as tl-grokking analyze)")
     t0 = time.perf_counter()
-    analyze.run(
-        argparse.Namespace(
-            run_dir=str(out), key_freqs=None, device=config.device, no_progress=not progress
+    try:
+        analyze.run(
+            argparse.Namespace(
+                run_dir=str(out), key_freqs=None, device=config.device, no_progress=not progress
+            )
         )
-    )
+    except ValueError as err:  # e.g. too few checkpoints for phases: the report says so too
+        log(f"      measures and phases not stored: {err}")
     timings["analyze"] = time.perf_counter() - t0
 
     log("[3/3] report")
@@ -104,11 +109,15 @@ def reproduce(
     report = write_report(out, device=config.device)
     timings["report"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - start
+
+    def stored(name: str) -> Path | None:
+        return out / name if (out / name).is_file() else None
+
     return Reproduction(
         run_dir=out,
         report=report,
-        measures=out / analyze.MEASURES_FILE,
-        phases=out / analyze.PHASES_FILE,
+        measures=stored(analyze.MEASURES_FILE),
+        phases=stored(analyze.PHASES_FILE),
         epochs_trained=result.epoch,
         grok_epoch=result.grok_epoch,
         final_metrics={k: v for k, v in result.metrics.items() if isinstance(v, float)},
@@ -142,6 +151,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--epochs", type=int, default=None, help="override the number of epochs of the setting"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: 1 with --quick, where the matrices are too small "
+        "to gain from more; torch's default otherwise)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
 
@@ -152,15 +168,24 @@ def run(args: argparse.Namespace) -> int:
     config = make(seed=args.seed, device=args.device, **changes)
     name = "quick" if args.quick else "paper"
     out = Path(args.out) if args.out else Path("runs") / f"reproduce-{name}-seed{args.seed}"
-    rep = reproduce(config, out, progress=not args.no_progress)
+    threads = args.threads if args.threads is not None else (1 if args.quick else None)
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be a positive integer, got {threads}")
+    saved = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        rep = reproduce(config, out, progress=not args.no_progress)
+    finally:
+        torch.set_num_threads(saved)
     m = {k: rep.final_metrics.get(k, float("nan")) for k in ("train_loss", "test_loss", "test_acc")}
-    grok = rep.grok_epoch if rep.grok_epoch is not None else "not reached"
+    grok = f"epoch {rep.grok_epoch}" if rep.grok_epoch is not None else "not reached"
     print(
         f"\ndone in {rep.timings['total']:.0f} s (train {rep.timings['train']:.0f} s, "
         f"analysis {rep.timings['analyze']:.0f} s, report {rep.timings['report']:.0f} s)"
     )
     print(
-        f"epochs {rep.epochs_trained}; 99 % test accuracy at epoch {grok}; final train loss "
+        f"epochs {rep.epochs_trained}; 99 % test accuracy: {grok}; final train loss "
         f"{m['train_loss']:.3g}, test loss {m['test_loss']:.3g}, test accuracy {m['test_acc']:.4f}"
     )
     print(f"run directory: {rep.run_dir}")
