@@ -17,8 +17,8 @@ side by side, repeat by repeat, and medians are reported):
 
 FLOP count of our step (matmuls only; element-wise work is not counted): per forward matmul
 ``[rows, k] @ [k, n]`` we count ``2·rows·k·n``; backward is counted as 2× forward (the input and
-the weight gradient). Forward matmuls: the K/V tables ``2 positions × d_vocab`` rows ×
-``d_model → 2·n_heads·d_head``; ``z @ W_O`` (batch × n_heads·d_head × d_model); ``W_in``
+the weight gradient). Forward matmuls: the q/k/v tables (``2·d_vocab + 1`` rows ×
+``d_model → 3·n_heads·d_head``); ``z @ W_O`` (batch × n_heads·d_head × d_model); ``W_in``
 (batch × d_model × d_mlp); ``W_out`` (batch × d_mlp × d_model); ``W_U`` (batch × d_model ×
 d_vocab_out). The sgemm bound is the measured time of ``torch.mm`` on exactly those forward and
 backward shapes on this machine; ``sgemm_fraction`` = bound time / step time.
@@ -62,7 +62,7 @@ def step_flops(cfg: ModelConfig, batch: int) -> tuple[int, list[tuple[int, int, 
     """Matmul FLOPs of one fast training step, and the forward matmul shapes (rows, k, n)."""
     hd = cfg.n_heads * cfg.d_head
     shapes = [
-        (2 * cfg.d_vocab, cfg.d_model, 2 * hd),  # K and V tables of positions 0, 1
+        (2 * cfg.d_vocab + 1, cfg.d_model, 3 * hd),  # q/k/v tables: positions 0, 1 and "="
         (batch, hd, cfg.d_model),  # z @ W_O
         (batch, cfg.d_model, cfg.d_mlp),  # W_in
         (batch, cfg.d_mlp, cfg.d_model),  # W_out
@@ -94,7 +94,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--trainer-epochs", type=int, default=100)
     parser.add_argument("--step-repeats", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads [torch default]")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads, both sides [torch default]"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -133,11 +135,13 @@ def main() -> None:
         hooked_epoch()
         fast_step()
 
-    # (c) step alone, interleaved
-    t_hooked_step, t_fast_step = [], []
+    # (c) step alone, interleaved with the sgemm bound of the same matmul shapes
+    flops, shapes = step_flops(config.model_config(), len(train_idx))
+    t_hooked_step, t_fast_step, t_sgemm = [], [], []
     for _ in range(args.step_repeats):
         t_hooked_step.append(_timed(hooked_step))
         t_fast_step.append(_timed(fast_step))
+        t_sgemm.append(sgemm_seconds(shapes, 1))
 
     # (a) and (b), interleaved block by block
     t_loop, t_trainer = [], []
@@ -148,10 +152,8 @@ def main() -> None:
             result = train(run_cfg, Path(tmp) / f"run{i}", progress=False)
             t_trainer.append(result.wall_time / args.trainer_epochs)
 
-    flops, shapes = step_flops(config.model_config(), len(train_idx))
-    t_sgemm = sgemm_seconds(shapes, args.step_repeats)
-
     med = statistics.median
+    t_sgemm = med(t_sgemm)
     s_loop, s_trainer = med(t_loop), med(t_trainer)
     s_hooked_step, s_fast_step = med(t_hooked_step), med(t_fast_step)
     print(f"hooked_loop_s_per_epoch: {s_loop:.4f}")

@@ -25,7 +25,7 @@ from pathlib import Path
 from tl_grokking import plots
 from tl_grokking.ablations import ablation_table
 from tl_grokking.checkpoints import load_checkpoint
-from tl_grokking.fourier import key_frequencies
+from tl_grokking.circuits import key_frequencies
 from tl_grokking.logits import all_logits, loss_and_accuracy, trig_logit_decomposition
 from tl_grokking.report import ReportSection, circuitsvis_element, render_report_html
 from tl_grokking.tasks import ModularAddition

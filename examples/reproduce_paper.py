@@ -31,7 +31,7 @@ from pathlib import Path
 from tl_grokking import plots
 from tl_grokking.ablations import ablation_table
 from tl_grokking.checkpoints import load_run
-from tl_grokking.fourier import key_frequencies
+from tl_grokking.circuits import key_frequencies
 from tl_grokking.logits import trig_logit_decomposition
 from tl_grokking.phases import detect_phases
 from tl_grokking.progress import progress_measures, read_measures_csv

@@ -1,4 +1,4 @@
-"""Shared fixtures. Owned by the training helper; other helpers may append fixtures at the end.
+"""Shared fixtures for the whole suite.
 
 ``small_run`` trains, once per test session, a small modular-addition model that really groks
 (memorises by epoch ~100 with test accuracy ~0.56, then generalises: test accuracy 1.0 from
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tl_grokking.model import make_model
-from tl_grokking.runs import checkpoint_path
+from tl_grokking.runs import checkpoint_path, load_safetensors
 from tl_grokking.training import TrainConfig, load_train_config, train
 
 #: Settings of the session-wide small grokking run (``TrainConfig(**SMALL_RUN_CONFIG)``).
@@ -58,8 +58,6 @@ def small_model(small_run):
     """The final (epoch 1000) HookedTransformer of ``small_run``, in eval mode."""
     config = load_train_config(small_run)
     model = make_model(config.model_config(), seed=config.seed)
-    from tl_grokking.runs import load_safetensors
-
     model.load_state_dict(load_safetensors(checkpoint_path(small_run, config.epochs)))
     model.eval()
     return model

@@ -13,7 +13,8 @@ from tl_grokking.ablations import (
     mlp_readout,
     replace_by_cluster_blocks,
 )
-from tl_grokking.fourier import NeuronClusters, project_grid
+from tl_grokking.circuits import NeuronClusters
+from tl_grokking.fourier import project_grid
 from tl_grokking.hooks import evaluate, grid_activations, mean_ablate, zero_ablate
 from tl_grokking.logits import all_logits, excluded_logits, loss_and_accuracy, restricted_logits
 from tl_grokking.model import ModelConfig, make_model

@@ -275,8 +275,8 @@ def test_multiplication_is_sparse_only_after_reindexing(trained):
 
 def test_identity_reindexing_agrees_with_the_token_order_analysis(trained):
     """For an additive task the group coordinates are the tokens: the rules must agree with
-    tl_grokking.fourier.key_frequencies (an independent implementation)."""
-    from tl_grokking.fourier import key_frequencies
+    tl_grokking.circuits.key_frequencies (an independent implementation)."""
+    from tl_grokking.circuits import key_frequencies
 
     model, task = trained["sub"]
     reference = key_frequencies(model, task, rule="all")

@@ -306,7 +306,7 @@ def test_fixture_key_frequencies_and_clusters(paper_model):
     assert kf.clusters.n_unclustered == 192
 
 
-# ---- a small model that really grokked (the training helper's session fixture) ----------------
+# ---- a small model that really grokked (the session fixture of conftest.py) ----------------
 
 
 def test_small_grokked_model_rules_agree(small_model, small_task):

@@ -248,7 +248,7 @@ def test_grid_activations_match_run_with_cache(model, task):
 
 
 def test_small_grokked_model_depends_on_its_key_frequencies(small_model, small_task):
-    from tl_grokking.fourier import key_frequencies
+    from tl_grokking.circuits import key_frequencies
 
     keys = key_frequencies(small_model, small_task, rule="unembed").keys
     base = evaluate(small_model, small_task)

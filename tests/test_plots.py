@@ -14,7 +14,7 @@ import torch
 
 from tl_grokking import plots
 from tl_grokking.ablations import AblationRow, AblationTable
-from tl_grokking.fourier import NeuronClusters
+from tl_grokking.circuits import NeuronClusters
 from tl_grokking.logits import TrigDecomposition
 from tl_grokking.model import ModelConfig, make_model
 from tl_grokking.tasks import ModularAddition

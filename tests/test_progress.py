@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tl_grokking.checkpoints import load_run
-from tl_grokking.fourier import key_frequencies
+from tl_grokking.circuits import key_frequencies
 from tl_grokking.model import ModelConfig, make_model
 from tl_grokking.progress import (
     ProgressMeasures,

@@ -117,6 +117,25 @@ def test_report_loads_nothing_from_the_network(page):
     assert "unpkg.com" not in page and "cdn.plot.ly/plotly" not in page
 
 
+def test_without_a_circuitsvis_bundle_the_patterns_are_tables(run_copy, monkeypatch):
+    """A circuitsvis that ships no browser bundle: the page still loads nothing from the
+    network and shows the example patterns as tables holding the same numbers."""
+    from tl_grokking import report
+    from tl_grokking.checkpoints import load_run
+
+    def missing():
+        raise FileNotFoundError("circuitsvis ships no browser bundle")
+
+    monkeypatch.setattr(report, "circuitsvis_bundle", missing)
+    page = build_report(run_copy, examples=[(3, 4)])
+    assert "var CircuitsVis=" not in page and 'class="circuitsvis"' not in page
+    assert external_urls(page) == []
+    run = load_run(run_copy)
+    ((_, pattern),) = plots.attention_examples(run.model(), run.task, [(3, 4)])
+    cells = re.findall(r"rgba\(31, 119, 180, [0-9.]+\)\">([0-9.]+)</td>", page)
+    assert [float(c) for c in cells] == pytest.approx(pattern.flatten().tolist(), abs=0.006)
+
+
 def test_external_url_checker_finds_each_kind():
     bad = (
         '<script src="https://cdn.example.com/a.js"></script>'
@@ -138,7 +157,7 @@ def test_external_url_checker_finds_each_kind():
 
 def test_summary_numbers_equal_the_run(page, run_copy):
     from tl_grokking.checkpoints import load_run
-    from tl_grokking.fourier import key_frequencies
+    from tl_grokking.circuits import key_frequencies
 
     metrics = read_metrics(run_copy)
     grok = next(r["epoch"] for r in metrics if r["test_acc"] >= 0.99)
@@ -258,7 +277,7 @@ def test_an_early_run_without_circuit_is_reported(run_copy, tmp_path):
     still has the curves and the weights, skips the trig-identity fit and the ablations, and
     says why there are no phases."""
     from tl_grokking.checkpoints import load_run
-    from tl_grokking.fourier import neuron_clusters
+    from tl_grokking.circuits import neuron_clusters
 
     run = _copy_run(run_copy, tmp_path / "run")
     for path in (run / "checkpoints").iterdir():
@@ -358,6 +377,22 @@ def test_report_cli_writes_to_out(run_copy, tmp_path, capsys):
     assert "Finished" in text and str(out) in text
     assert out.read_text(encoding="utf-8").count('class="plotly-graph-div"') == 10
     assert oct(out.stat().st_mode & 0o044) == oct(0o044)  # readable by others, like any page
+
+
+def test_reproduce_settings():
+    """The paper's setting is PAPER_NOTES §2–3; the quick one differs only where it says."""
+    from tl_grokking.cli.reproduce import paper_config, quick_config
+
+    paper = paper_config(seed=3)
+    assert (paper.p, paper.frac_train, paper.epochs, paper.seed) == (113, 0.3, 40_000, 3)
+    assert (paper.lr, paper.weight_decay, paper.beta1, paper.beta2) == (1e-3, 1.0, 0.9, 0.98)
+    assert (paper.d_model, paper.n_heads, paper.d_mlp, paper.act_fn) == (128, 4, 512, "relu")
+    assert paper.checkpoint_every == 100
+    quick = quick_config()
+    changed = {k for k, v in quick.to_dict().items() if paper_config().to_dict()[k] != v}
+    assert changed == {"p", "frac_train", "d_mlp", "lr", "epochs", "log_every", "checkpoint_every"}
+    with pytest.raises(ValueError, match="frac_train"):
+        quick_config(frac_train=1.5)
 
 
 def test_reproduce_quick_end_to_end(tmp_path, capsys):

@@ -117,3 +117,14 @@ def test_is_run_dir(tmp_path):
     assert not is_run_dir(tmp_path)
     write_json(tmp_path / "config.json", {})
     assert is_run_dir(tmp_path)
+
+
+def test_atomic_write_gives_the_file_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    target = tmp_path / "perm.txt"
+    atomic_write_text(target, "x")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert stat.S_IMODE(os.stat(target).st_mode) == stat.S_IMODE(os.stat(plain).st_mode)

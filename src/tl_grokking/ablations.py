@@ -31,14 +31,8 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from .fourier import (
-    NeuronClusters,
-    key_frequencies,
-    neuron_clusters,
-    project_grid,
-    project_onto_sum_directions,
-    validate_freqs,
-)
+from .circuits import NeuronClusters, key_frequencies, neuron_clusters
+from .fourier import project_grid, project_onto_sum_directions, validate_freqs
 from .hooks import HookList, grid_activations, grid_fn_hook, grid_guard, resolve_task
 from .logits import loss_and_accuracy
 from .tasks import Task

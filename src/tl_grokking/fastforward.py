@@ -101,26 +101,37 @@ def _mix_uniform(pattern: Tensor, rate: float) -> Tensor:
     return pattern if rate >= 1.0 else rate * pattern + (1.0 - rate) / 3.0
 
 
+def _is_frozen_zero(bias: Tensor) -> bool:
+    """A bias that is zero and not trained (the default policy) can be skipped on CPU."""
+    return not bias.requires_grad and bias.device.type == "cpu" and not bool(bias.any())
+
+
+def _affine(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    """``x @ W + b`` as one fused ``addmm``, or a plain ``mm`` when ``b`` is a frozen zero."""
+    return x @ W if _is_frozen_zero(b) else torch.addmm(b, x, W)
+
+
 class _ReluMlpUnembed(torch.autograd.Function):
     """MLP (ReLU) + unembedding of the final position with a hand-written backward.
 
     The same arithmetic as autograd's, with fewer ``[batch, d_mlp]`` temporaries: the ReLU is
-    applied in place and its backward masks the incoming gradient in place.
+    applied in place and its backward is one fused masking pass.
     """
 
     @staticmethod
     def forward(ctx, resid_mid, W_in, b_in, W_out, b_out, W_U, b_U):
-        post = torch.addmm(b_in, resid_mid, W_in).relu_()  # [batch, d_mlp]
-        resid_post = torch.addmm(b_out, post, W_out).add_(resid_mid)  # [batch, d_model]
+        post = _affine(resid_mid, W_in, b_in).relu_()  # [batch, d_mlp]
+        skip = resid_mid if _is_frozen_zero(b_out) else resid_mid + b_out
+        resid_post = torch.addmm(skip, post, W_out)  # [batch, d_model]
         ctx.save_for_backward(resid_mid, post, resid_post, W_in, W_out, W_U)
-        return torch.addmm(b_U, resid_post, W_U)
+        return _affine(resid_post, W_U, b_U)
 
     @staticmethod
     def backward(ctx, d_logits):
         resid_mid, post, resid_post, W_in, W_out, W_U = ctx.saved_tensors
         need = ctx.needs_input_grad
         d_resid_post = d_logits @ W_U.T
-        d_post = (d_resid_post @ W_out.T).masked_fill_(post == 0, 0.0)  # ReLU backward
+        d_post = torch.ops.aten.threshold_backward(d_resid_post @ W_out.T, post, 0.0)  # ReLU
         grads = [None] * 7
         if need[0]:
             grads[0] = torch.addmm(d_resid_post, d_post, W_in.T)

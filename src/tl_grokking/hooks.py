@@ -33,6 +33,7 @@ __all__ = [
     "SITES",
     "resolve_site",
     "resolve_task",
+    "require_analysis",
     "grid_tokens",
     "grid_activations",
     "fourier_ablate",
@@ -79,22 +80,90 @@ def resolve_site(model: HookedTransformer, where: str) -> str:
     return name
 
 
-def resolve_task(model: HookedTransformer, task: Task | None = None) -> Task:
-    """The task to analyse: ``task`` (checked against the model) or modular addition mod p."""
+#: What each capability of ``Task.meaningful_analyses`` needs, for error messages.
+_CAPABILITY_NEEDS: dict[str, str] = {
+    "training": "nothing beyond the task",
+    "group_fourier": "a task with a known group structure (fourier_structure 'additive' or "
+    "'multiplicative')",
+    "token_fourier": "an additive task on the full p² grid (Fourier basis indexed by the tokens: "
+    "'add', 'sub')",
+    "sum_directions": "the a + b sum directions cos/sin(w_k(a + b)), i.e. the task 'add'",
+    "clock_pizza": "a commutative group task ('add', 'mul')",
+}
+
+
+def _instead(task: Task, capability: str) -> str:
+    """What to use instead of an analysis that needs ``capability`` on ``task``."""
+    if task.fourier_structure == "multiplicative":
+        return (
+            "use the discrete-log re-indexed analyses of tl_grokking.discrete_log "
+            "(reindexed_key_frequencies, reindexed_neuron_clusters, reindexed_embed_norms, "
+            "reindexed_unembed_norms)"
+        )
+    if task.fourier_structure == "additive" and capability == "sum_directions":
+        return (
+            "the token-order Fourier analyses still apply (key_frequencies, neuron_clusters, "
+            "fourier_ablate on 'embed'); the restricted / excluded losses and the trig logit "
+            "decomposition are defined only for a + b"
+        )
+    return "only the structure-free measures apply (losses, accuracy, weight norm, Gini)"
+
+
+def require_analysis(task: Task, capability: str, analysis: str) -> None:
+    """Raise ``ValueError`` unless ``capability`` is in ``task.meaningful_analyses``.
+
+    The one gate every analysis of this library goes through: ``capability`` is a name of
+    :attr:`Task.meaningful_analyses` (``"token_fourier"``, ``"sum_directions"``, ...),
+    ``analysis`` the name of the analysis for the message, which also names the task and says
+    what to use instead.
+    """
+    if capability not in _CAPABILITY_NEEDS:
+        raise ValueError(
+            f"capability must be one of {sorted(_CAPABILITY_NEEDS)}, got {capability!r}"
+        )
+    if capability not in task.meaningful_analyses:
+        raise ValueError(
+            f"{analysis} is not meaningful for task {task.name!r} (p = {task.p}): it needs "
+            f"{_CAPABILITY_NEEDS[capability]}; {_instead(task, capability)}"
+        )
+
+
+def _require_full_grid(task: Task, analysis: str) -> None:
+    if not task.is_full_grid:
+        raise ValueError(
+            f"{analysis} needs every pair (a, b) of the p² grid; task {task.name!r} is defined "
+            f"on {task.pairs().shape[0]} pairs only"
+        )
+
+
+def resolve_task(
+    model: HookedTransformer,
+    task: Task | None = None,
+    *,
+    needs: str | None = "token_fourier",
+    analysis: str = "token-order Fourier analysis (key frequencies, neuron clusters)",
+) -> Task:
+    """The task to analyse: ``task`` (checked against the model) or modular addition mod p.
+
+    ``needs`` is the capability of :attr:`Task.meaningful_analyses` the caller's analysis
+    requires (checked by :func:`require_analysis`, the message naming ``analysis``); ``None``
+    accepts every task.
+    """
     check_compatible(model, task)
     if task is None:
         task = ModularAddition(model.cfg.d_vocab - 1)
-    if not task.is_full_grid:
-        raise ValueError(
-            f"task {task.name!r} is not defined on the full p² grid; grid-wise Fourier analysis "
-            "needs every pair (a, b)"
-        )
+    if needs is not None:
+        require_analysis(task, needs, analysis)
     return task
 
 
 def grid_tokens(model: HookedTransformer, task: Task | None = None) -> Int[Tensor, "p_sq 3"]:
-    """All p² inputs ``[a, b, =]`` in canonical (lexicographic) order, on the model's device."""
-    return resolve_task(model, task).tokens().to(model.cfg.device)
+    """All p² inputs ``[a, b, =]`` in canonical (lexicographic) order, on the model's device.
+
+    Any task on the full grid is accepted (the grid itself needs no group structure)."""
+    task = resolve_task(model, task, needs=None)
+    _require_full_grid(task, "activations over the (a, b) grid")
+    return task.tokens().to(model.cfg.device)
 
 
 @torch.no_grad()
@@ -222,6 +291,7 @@ def fourier_ablate(
     basis: str | None = None,
     include_const: bool | None = None,
     check_grid: bool = True,
+    task: Task | None = None,
 ) -> HookList:
     """Hooks that keep or remove the Fourier components of ``freqs`` at one site.
 
@@ -237,14 +307,19 @@ def fourier_ablate(
         include_const: whether the constant component is among the selected ones (default:
             selected when keeping, untouched when removing).
         check_grid: for grid-wise sites, prepend :func:`grid_guard` (recommended).
+        task: the task the model solves (default: modular addition). The ablation is along the
+            token axis, so it needs ``"token_fourier"`` (add, sub); ``basis="sum"`` also needs
+            ``"sum_directions"`` (add only). Other tasks raise ``ValueError``.
 
     Returns a list of ``(hook_name, hook_fn)`` for ``fwd_hooks``.
     """
     validate_mode(mode)
-    check_compatible(model)
-    p = model.cfg.d_vocab - 1
+    task = resolve_task(model, task, analysis="Fourier ablation (fourier_ablate)")
+    p = task.p
     freqs = validate_freqs(freqs, p)
     name = resolve_site(model, where)
+    if name != "hook_embed" and basis in (None, "sum"):
+        require_analysis(task, "sum_directions", "Fourier ablation with basis='sum'")
     if name == "hook_embed":
         if basis is not None:
             raise ValueError(
@@ -311,7 +386,7 @@ def evaluate(
     """
     from .logits import loss_and_accuracy
 
-    task = resolve_task(model, task)
+    task = resolve_task(model, task, needs=None)
     tokens = task.tokens().to(model.cfg.device)
     logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))[:, -1, : task.p]
     labels = task.labels().to(logits.device)

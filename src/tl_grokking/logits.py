@@ -186,7 +186,7 @@ def trig_logit_decomposition(
 
     ``model_or_logits``: a compatible model (its logits are computed over the whole grid) or an
     all-inputs logit matrix ``[p², ≥p]`` (only the first p classes are used). ``freqs`` defaults
-    to the model's key frequencies (:func:`tl_grokking.fourier.key_frequencies`). Memory beyond
+    to the model's key frequencies (:func:`tl_grokking.circuits.key_frequencies`). Memory beyond
     ``L`` is ``O(p² |K| + chunk · p)``.
     """
     if isinstance(model_or_logits, Tensor):
@@ -203,7 +203,7 @@ def trig_logit_decomposition(
         if freqs is None:
             raise ValueError("freqs is required when passing logits instead of a model")
     else:
-        from .fourier import key_frequencies
+        from .circuits import key_frequencies
 
         L = all_logits(model_or_logits, task)
         p = L.shape[1]

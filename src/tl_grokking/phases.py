@@ -20,9 +20,9 @@ run length or the checkpoint interval. The rules (constants in :class:`PhaseRule
    ``e1`` and ``e2`` at which ``τ`` last crosses ``τ_plat - f·(τ_plat - τ_end)`` downwards for
    ``f = onset_fractions`` (default 0.1 and 0.5) before the fall completes, and extrapolate the
    line through them back to the plateau level: ``e1 - (e2 - e1)·f1/(f2 - f1)``.
-3. **Cleanup ends** when the Gini coefficients of W_E and W_L have completed ``gini_fraction``
-   of their rise from the cleanup start to their maximum (the later of the two); without Gini
-   columns, when ``τ`` has completed ``gini_fraction`` of its fall from ``τ_plat`` to ``τ_end``.
+3. **Cleanup ends** when a Gini coefficient (of W_E or W_L, whichever is first) has completed
+   ``gini_fraction`` of its rise from the cleanup start to its maximum; without Gini columns,
+   when ``τ`` has completed ``gini_fraction`` of its fall from ``τ_plat`` to ``τ_end``.
 4. **Memorisation ends** when ``ℓ = log10 train_loss`` has completed ``mem_fraction`` of its fall
    from the first checkpoint to its minimum before the cleanup starts (whole run if no grokking).
 
@@ -302,8 +302,8 @@ def _cleanup_end(
 ) -> int:
     """Rule 3: Gini curves (or the test loss) have completed ``gini_fraction`` of their change."""
     i0 = epochs.index(start)
-    ends = []
-    still_rising = []
+    ends: dict[str, int] = {}
+    rising: dict[str, bool] = {}
     for name in ("gini_W_E", "gini_W_L"):
         if name not in cols:
             continue
@@ -312,17 +312,19 @@ def _cleanup_end(
         if g_max <= g0:
             continue
         i = _first_at_or_above(g, g0 + rule.gini_fraction * (g_max - g0), i0)
-        ends.append(epochs[i])
+        ends[name] = epochs[i]
         diag[f"{name}_end"] = epochs[i]
-        if g[-1] == g_max and len(g) - i0 > 2 and g[-1] > g[-2]:
-            still_rising.append(name)
-    if still_rising:
-        notes.append(
-            f"{' and '.join(still_rising)} still rising at the last checkpoint: the run may end "
-            "inside cleanup, so the cleanup end is a lower bound"
-        )
+        rising[name] = g[-1] == g_max and len(g) - i0 > 2 and g[-1] > g[-2]
     if ends:
-        return max(ends)
+        # the earlier of the two: a curve that keeps creeping up after the cleanup would
+        # otherwise tie the boundary to the length of the run
+        name = min(ends, key=lambda k: (ends[k], k))
+        if rising[name]:
+            notes.append(
+                f"{name} still rising at the last checkpoint: the run may end inside cleanup, "
+                "so the cleanup end is a lower bound"
+            )
+        return ends[name]
     i = _first_at_or_below(test, tau_end + (1 - rule.gini_fraction) * (tau_plat - tau_end), i0)
     diag["test_loss_end"] = epochs[i]
     return epochs[i]

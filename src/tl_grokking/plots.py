@@ -38,7 +38,8 @@ from transformer_lens import HookedTransformer
 
 from . import weights
 from .ablations import AblationTable
-from .fourier import NeuronClusters, fourier_basis, to_grid
+from .circuits import NeuronClusters
+from .fourier import fourier_basis, to_grid
 from .hooks import grid_activations
 from .logits import TrigDecomposition
 from .tasks import ModularAddition, Task
@@ -194,7 +195,7 @@ def _cluster_data(
     threshold: float | None,
 ) -> tuple[list[int], list[float], float]:
     """``(frequency per neuron, FVE per neuron, threshold)`` from a
-    :class:`~tl_grokking.fourier.NeuronClusters` or from explicit per-neuron arrays."""
+    :class:`~tl_grokking.circuits.NeuronClusters` or from explicit per-neuron arrays."""
     if isinstance(clusters, NeuronClusters):
         freqs, fves = clusters.freq, clusters.fve
         threshold = clusters.threshold if threshold is None else threshold
@@ -475,7 +476,7 @@ def neuron_cluster_sizes(
 ) -> go.Figure:
     """Bar chart: how many neurons belong to each frequency cluster, plus the unclustered.
 
-    ``clusters`` is a :class:`~tl_grokking.fourier.NeuronClusters` (from ``neuron_clusters``),
+    ``clusters`` is a :class:`~tl_grokking.circuits.NeuronClusters` (from ``neuron_clusters``),
     or each neuron's best frequency with ``fve`` its fraction of variance explained.  A neuron
     is in the cluster of its best frequency when its FVE is ``>= threshold`` (default: the
     clusters' own threshold, else the paper's 0.85); the rest are "unclustered".
@@ -517,7 +518,7 @@ def fve_histogram(
 
     FVE = energy of the neuron's centred (a, b) activation in the 3×3 block
     ``{const, cos k, sin k} × {const, cos k, sin k}`` of its best k, over its total energy.
-    ``clusters`` is a :class:`~tl_grokking.fourier.NeuronClusters` or the FVE values.
+    ``clusters`` is a :class:`~tl_grokking.circuits.NeuronClusters` or the FVE values.
     """
     if isinstance(clusters, NeuronClusters):
         values = [float(v) for v in _as_list(clusters.fve)]

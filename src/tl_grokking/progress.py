@@ -38,7 +38,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -47,15 +47,22 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from .fastforward import final_logits_batched
-from .fourier import key_frequencies, sum_directions, validate_freqs
+from .fourier import sum_directions, validate_freqs
+from .hooks import require_analysis
 from .model import check_compatible, config_from_model, validate_device
-from .runs import atomic_write_text
+from .runs import atomic_write_text, write_json
 from .tasks import Task, make_task
 from .weights import embed_fourier_norms, unembed_fourier_norms
+
+if TYPE_CHECKING:
+    from .phases import Phases
 
 __all__ = [
     "ProgressMeasures",
     "progress_measures",
+    "analyze_run",
+    "MEASURES_FILE",
+    "PHASES_FILE",
     "gini",
     "sum_squared_weights",
     "LogitMeasures",
@@ -73,6 +80,13 @@ KEY_FREQ_FALLBACK_RULES = ("clusters", "embed")
 #: that has not formed a sparse Fourier circuit passes the W_E "max/4" test at almost every k,
 #: which is no key set at all (the paper's runs have 3–6 keys out of 56).
 MAX_KEY_FRACTION = 0.25
+
+#: Files :func:`analyze_run` writes into the run directory.
+MEASURES_FILE = "measures.csv"
+PHASES_FILE = "phases.json"
+
+#: The analysis name used when the restricted / excluded losses are refused for a task.
+_SUM_ANALYSIS = "the restricted / excluded losses (progress measures)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,11 +156,8 @@ class LogitMeasures:
         n = task.pairs().shape[0]
         self.labels = task.labels().to(self.device)
         self.key_freqs = validate_freqs(key_freqs, self.p, field="key_freqs")
-        if self.key_freqs and not task.is_full_grid:
-            raise ValueError(
-                f"key_freqs: restricted / excluded losses need a task defined on the full p² "
-                f"grid; task {task.name!r} is not"
-            )
+        if self.key_freqs:
+            require_analysis(task, "sum_directions", _SUM_ANALYSIS)
         if train_indices is None:
             self.train_idx = self.test_idx = None
         else:
@@ -242,6 +253,8 @@ def _final_logits_p(
 def _key_freqs_of(model: HookedTransformer, task: Task) -> tuple[list[int], str]:
     """Key frequencies of ``model`` by the first rule of :data:`KEY_FREQ_FALLBACK_RULES` that
     finds a sparse set (1 to :data:`MAX_KEY_FRACTION` of all frequencies), and its name."""
+    from .circuits import key_frequencies
+
     limit = max(1, int(MAX_KEY_FRACTION * (task.p // 2)))
     tried = []
     for rule in KEY_FREQ_FALLBACK_RULES:
@@ -466,7 +479,7 @@ def _from_sequence(
 
     def as_model(epoch: int, obj: Any) -> HookedTransformer:
         if isinstance(obj, HookedTransformer):
-            return obj if obj.W_E.device == device else obj.to(device)
+            return obj if obj.W_E.device == device else obj.to(device, print_details=False)
         from .checkpoints import load_checkpoint
 
         return load_checkpoint(obj, device=str(device))  # any known state-dict layout
@@ -536,7 +549,10 @@ def progress_measures(
             neuron-cluster rule, falling back to the W_E rule if no cluster is found; a rule's
             answer counts only if sparse (:data:`MAX_KEY_FRACTION`). The rule used is recorded
             in ``.key_freq_rule``; with no sparse set K is empty and the restricted / excluded
-            columns are omitted.
+            columns are omitted. Those losses use the ``a + b`` sum directions, so they are
+            computed only for tasks with ``"sum_directions"`` in ``task.meaningful_analyses``
+            (addition): for any other task the columns are omitted and ``.key_freq_rule``
+            says why (``"none: ..."``), and explicit ``key_freqs`` raise ``ValueError``.
         train_indices: rows of ``task.pairs()`` in the training set (default: the run's split).
             Without a split, ``loss``/``acc`` over all pairs replace the train/test columns and
             the excluded losses are omitted.
@@ -557,9 +573,13 @@ def progress_measures(
     final = src.final_model()
     check_compatible(final, task)
     if key_freqs is not None:
+        require_analysis(task, "sum_directions", _SUM_ANALYSIS)
         freqs, rule = validate_freqs(key_freqs, task.p, field="key_freqs"), "given"
-    elif not task.is_full_grid:
-        freqs, rule = [], "none (task not on the full grid)"
+    elif "sum_directions" not in task.meaningful_analyses:
+        try:
+            require_analysis(task, "sum_directions", _SUM_ANALYSIS)
+        except ValueError as err:  # recorded instead of raised: the other measures still apply
+            freqs, rule = [], f"none: {err}"
     else:
         freqs, rule = _key_freqs_of(final, task)
     del final
@@ -606,7 +626,8 @@ def cheap_measures_callback(
 
     Always: ``gini_W_E``, ``gini_W_L``, ``sum_sq_weights`` (weights only, microseconds). With
     ``key_freqs``: also ``restricted_loss`` and, given ``train_indices``, ``excluded_loss`` and
-    ``excluded_loss_k<k>`` (one fast forward over all p² inputs). With ``measure_every``, epochs
+    ``excluded_loss_k<k>`` (one fast forward over all p² inputs; ``key_freqs`` need a task with
+    ``"sum_directions"``, i.e. addition, else ``ValueError``). With ``measure_every``, epochs
     that are not a multiple of it return ``{}`` (the trainer may also call it only every
     ``measure_every`` epochs itself).
     """
@@ -615,6 +636,8 @@ def cheap_measures_callback(
     ):
         raise ValueError(f"measure_every must be a positive integer or None, got {measure_every!r}")
     freqs = validate_freqs(key_freqs, task.p, field="key_freqs") if key_freqs else []
+    if freqs:
+        require_analysis(task, "sum_directions", _SUM_ANALYSIS)
     state: dict[str, Any] = {}
 
     def callback(epoch: int, model: HookedTransformer) -> dict[str, float]:
@@ -640,3 +663,59 @@ def cheap_measures_callback(
         return out
 
     return callback
+
+
+# ---------------------------------------------------------------------------------------------
+# One run directory, end to end
+# ---------------------------------------------------------------------------------------------
+
+
+def analyze_run(
+    run_dir: str | os.PathLike,
+    *,
+    key_freqs: Sequence[int] | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> tuple[ProgressMeasures, Phases | None]:
+    """Progress measures and phases of a run directory, stored next to its checkpoints.
+
+    Computes :func:`progress_measures` at every checkpoint of ``run_dir`` and
+    :func:`tl_grokking.phases.detect_phases` on them, then writes, each atomically,
+    ``run_dir/measures.csv`` (:meth:`ProgressMeasures.to_csv`) and ``run_dir/phases.json`` (the
+    phase boundaries plus ``key_freqs``, ``key_freq_rule`` and ``n_checkpoints``; with
+    ``"phases": null`` and the ``"reason"`` when no phases can be detected, e.g. fewer than 3
+    checkpoints). Returns ``(measures, phases)``, ``phases`` being ``None`` in that case.
+
+    Raises ``FileNotFoundError`` if ``run_dir`` does not exist and
+    :class:`~tl_grokking.runs.RunDirError` if it is not a run directory or has no checkpoint.
+    """
+    from .checkpoints import load_run
+    from .phases import detect_phases
+    from .runs import RunDirError, is_run_dir, list_checkpoints
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run_dir {str(run_dir)!r} does not exist or is not a directory")
+    if not is_run_dir(run_dir):
+        raise RunDirError(
+            f"{run_dir} is not a run directory (no config.json); "
+            "expected the output directory of 'tl-grokking train'"
+        )
+    if not list_checkpoints(run_dir):
+        raise RunDirError(f"{run_dir} has no checkpoints (checkpoints/epoch_<N>.safetensors)")
+    measures = progress_measures(
+        load_run(run_dir), key_freqs=key_freqs, device=device, progress=progress
+    )
+    try:
+        phases = detect_phases(measures)
+        record = phases.to_dict()
+    except ValueError as err:  # e.g. fewer than 3 checkpoints: the measures are still useful
+        phases, record = None, {"phases": None, "reason": str(err)}
+    record.update(
+        key_freqs=measures.key_freqs,
+        key_freq_rule=measures.key_freq_rule,
+        n_checkpoints=len(measures),
+    )
+    measures.to_csv(run_dir / MEASURES_FILE)
+    write_json(run_dir / PHASES_FILE, record)
+    return measures, phases

@@ -29,6 +29,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from ._version import __version__
+from .progress import MEASURES_FILE, PHASES_FILE
 from .runs import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -53,8 +54,6 @@ __all__ = [
 ]
 
 REPORT_FILE = "report.html"
-MEASURES_FILE = "measures.csv"
-PHASES_FILE = "phases.json"
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #222;
@@ -521,7 +520,7 @@ def build_report(
     from . import plots
     from .ablations import ablation_table
     from .checkpoints import load_run
-    from .fourier import key_frequencies
+    from .circuits import key_frequencies
     from .logits import trig_logit_decomposition
 
     run_dir = Path(run_dir)
@@ -688,11 +687,25 @@ def build_report(
 def _circuitsvis_section(
     model: Any, task: Any, examples: list[tuple[int, int]] | None
 ) -> ReportSection:
+    """circuitsvis ``AttentionHeads`` views of a few inputs; plain HTML tables of the same
+    patterns if the installed circuitsvis ships no browser bundle to inline."""
     from .plots import attention_examples
 
-    n_heads = model.cfg.n_heads
+    head_names = [f"head {h}" for h in range(model.cfg.n_heads)]
+    patterns = attention_examples(model, task, examples)
+    try:
+        circuitsvis_bundle()
+    except FileNotFoundError as err:
+        body = [f"<p>{html.escape(str(err))}; the patterns are shown as tables.</p>"]
+        body += [_attention_tables(tokens, pattern, head_names) for tokens, pattern in patterns]
+        return ReportSection(
+            "Attention patterns of example inputs",
+            body_html="\n".join(body),
+            kind="note",
+            anchor="attention-examples",
+        )
     body = []
-    for i, (tokens, pattern) in enumerate(attention_examples(model, task, examples)):
+    for i, (tokens, pattern) in enumerate(patterns):
         body.append(f'<div class="cv-example"><h3>input {html.escape(" ".join(tokens))}</h3>')
         body.append(
             circuitsvis_element(
@@ -700,7 +713,7 @@ def _circuitsvis_section(
                 {
                     "attention": pattern,
                     "tokens": tokens,
-                    "attentionHeadNames": [f"head {h}" for h in range(n_heads)],
+                    "attentionHeadNames": head_names,
                     "maskUpperTri": True,
                 },
                 f"circuitsvis-{i}",
@@ -714,6 +727,27 @@ def _circuitsvis_section(
         kind="circuitsvis",
         anchor="attention-examples",
     )
+
+
+def _attention_tables(tokens: list[str], pattern: Any, head_names: list[str]) -> str:
+    """One small shaded table per head: rows are destination tokens, columns sources."""
+    out = [f'<div class="cv-example"><h3>input {html.escape(" ".join(tokens))}</h3>']
+    for name, head in zip(head_names, pattern.tolist(), strict=True):
+        head_row = "".join(f"<th>{html.escape(t)}</th>" for t in tokens)
+        rows = "".join(
+            f"<tr><th>{html.escape(dest)}</th>"
+            + "".join(
+                f'<td style="background: rgba(31, 119, 180, {w:.3f})">{w:.2f}</td>' for w in row
+            )
+            + "</tr>"
+            for dest, row in zip(tokens, head, strict=True)
+        )
+        out.append(
+            f'<table class="summary" style="display:inline-table; margin-right:18px">'
+            f"<caption>{html.escape(name)}</caption><tr><th></th>{head_row}</tr>{rows}</table>"
+        )
+    out.append("</div>")
+    return "\n".join(out)
 
 
 def write_report(

@@ -26,8 +26,6 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from .fourier import basis_frequencies, fourier_transform
-from .fourier import key_frequencies as key_frequencies  # re-exported for callers
-from .fourier import neuron_clusters as neuron_clusters  # re-exported for callers
 from .model import check_compatible
 
 __all__ = [

@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..ablations import TABLE_HOOKS, ablation_table
     from ..checkpoints import load_run
-    from ..fourier import key_frequencies, neuron_clusters
+    from ..circuits import key_frequencies, neuron_clusters
     from ..hooks import grid_activations, resolve_task
     from ..logits import trig_logit_decomposition
 

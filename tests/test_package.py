@@ -1,0 +1,63 @@
+"""The package surface: version, public names, lazy figure modules, the CLI entry points."""
+
+import importlib
+import subprocess
+import sys
+from collections import Counter
+
+import tl_grokking
+
+
+def test_version_matches_metadata():
+    from importlib.metadata import version
+
+    assert tl_grokking.__version__ == version("tl-grokking")
+
+
+def test_every_public_name_resolves_once():
+    names = tl_grokking.__all__
+    assert not [n for n, c in Counter(names).items() if c > 1]
+    for name in names:
+        assert getattr(tl_grokking, name) is not None, name
+
+
+def test_lazy_names_are_exactly_the_figure_modules_public_api():
+    for module, names in tl_grokking._LAZY_NAMES.items():
+        mod = importlib.import_module(f"tl_grokking.{module}")
+        assert sorted(names) == sorted(mod.__all__), module
+        for name in names:
+            assert getattr(tl_grokking, name) is getattr(mod, name)
+
+
+def test_a_name_that_does_not_exist_raises_attribute_error():
+    try:
+        tl_grokking.no_such_function  # noqa: B018
+    except AttributeError as err:
+        assert "no_such_function" in str(err)
+    else:  # pragma: no cover
+        raise AssertionError("expected AttributeError")
+
+
+def test_import_does_not_load_plotly():
+    code = "import sys, tl_grokking; print('plotly' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_python_dash_m_cli_runs_the_command():
+    out = subprocess.run(
+        [sys.executable, "-m", "tl_grokking.cli", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == f"tl-grokking {tl_grokking.__version__}"
+
+
+def test_cli_lists_every_subcommand():
+    from tl_grokking.cli import SUBCOMMANDS, build_parser
+
+    help_text = build_parser().format_help()
+    for name in SUBCOMMANDS:
+        assert name in help_text
+    assert set(SUBCOMMANDS) >= {"train", "analyze", "ablate", "report", "reproduce"}
