@@ -61,3 +61,29 @@ def small_model(small_run):
     model.load_state_dict(load_safetensors(checkpoint_path(small_run, config.epochs)))
     model.eval()
     return model
+
+
+#: Tasks of ``task_runs``: one per kind of Fourier structure (additive without sum directions,
+#: multiplicative on the full grid and off it, none).
+TASK_RUN_NAMES = ("sub", "mul", "div", "x2+y2")
+
+
+@pytest.fixture(scope="session")
+def task_runs(tmp_path_factory) -> dict[str, Path]:
+    """Tiny run directories (p = 11, 30 epochs, 4 checkpoints) of the tasks in
+    :data:`TASK_RUN_NAMES`, keyed by task name; about a second in all on one thread."""
+    root = tmp_path_factory.mktemp("task_runs")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    runs = {}
+    try:
+        for i, name in enumerate(TASK_RUN_NAMES):
+            config = TrainConfig(
+                task=name, p=11, frac_train=0.5, epochs=30, d_model=32, n_heads=2, d_mlp=32,
+                log_every=10, checkpoint_every=10,
+            )  # fmt: skip
+            runs[name] = root / f"run{i}"
+            train(config, runs[name], progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return runs

@@ -193,3 +193,33 @@ def test_cli_ablate_matches_the_library(small_run, small_model, small_task, caps
 def test_table_rejects_wrong_activations(model, clusters):
     with pytest.raises(ValueError, match="activations"):
         ablation_table(model, clusters=clusters, activations={"blocks.0.mlp.hook_post": None})
+
+
+def test_sub_table_drops_the_x_plus_y_rows_and_says_why(model, clusters):
+    from tl_grokking.tasks import make_task
+
+    sub = make_task("sub", P)
+    t = ablation_table(model, sub, key_freqs=[2, 5], clusters=clusters)
+    names = [r.name for r in t.rows]
+    assert not any("restricted" in n or "excluded" in n for n in names)
+    assert len(t.notes) == 1 and "x+y rows" in t.notes[0] and "'sub'" in t.notes[0]
+    assert "note:" in str(t) and t.to_dict()["notes"] == t.notes
+    # the remaining rows are the task's own: the full-model row is sub's loss on all pairs
+    assert t["full model"].loss == pytest.approx(evaluate(model, sub)["all_loss"], rel=1e-9)
+    with pytest.raises(ValueError, match="ablation table.*'mul'.*discrete_log"):
+        ablation_table(model, make_task("mul", P), key_freqs=[2], clusters=clusters)
+
+
+def test_cli_ablate_on_subtraction_skips_the_sum_direction_analyses(task_runs, capsys):
+    """Subtraction has token-order Fourier structure but no a+b sum directions: the command
+    prints key frequencies, clusters and the table, with no trig-identity fit and no x+y rows."""
+    import json
+
+    from tl_grokking.cli import main
+
+    assert main(["ablate", str(task_runs["sub"]), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["trig"] is None
+    names = [row["name"] for row in out["ablation_table"]["rows"]]
+    assert not any("restricted" in n or "excluded" in n for n in names)
+    assert names[0] == "full model"

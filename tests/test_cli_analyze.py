@@ -167,3 +167,27 @@ def test_two_checkpoints_give_measures_but_no_phases(run_copy, capsys):
     data = json.loads((run_copy / "phases.json").read_text())
     assert data["phases"] is None and "at least 3" in data["reason"]
     assert "phases not detected" in capsys.readouterr().out
+
+
+def test_analyze_a_division_run_omits_the_sum_direction_columns(task_runs, tmp_path):
+    from tl_grokking.progress import progress_measures
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(task_runs["div"], run_dir)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["analyze", str(run_dir), "--no-progress"]) == 0
+    assert "cannot compute the restricted / excluded losses" in out.getvalue()
+    with open(run_dir / "measures.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    expected = progress_measures(run_dir, progress=False)
+    assert list(rows[0]) == expected.names and "restricted_loss" not in rows[0]
+    assert [float(r["test_loss"]) for r in rows] == expected["test_loss"]
+    phases = json.loads((run_dir / "phases.json").read_text())
+    assert phases["key_freqs"] == [] and "'div'" in phases["key_freq_rule"]
+    # explicit key frequencies are refused with the task named, and nothing is written
+    (run_dir / "measures.csv").unlink()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["analyze", str(run_dir), "--key-freqs", "1", "--no-progress"]) == 2
+    assert "'div'" in err.getvalue() and not (run_dir / "measures.csv").exists()

@@ -7,12 +7,11 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from tl_grokking.fastforward import (
-    attention_rate,
     final_logits,
     final_logits_batched,
     supports_fast_path,
 )
-from tl_grokking.model import ModelConfig, make_model
+from tl_grokking.model import ModelConfig, make_model, model_attn_rate
 from tl_grokking.tasks import make_task
 
 # (p, d_model, n_heads, d_head, d_mlp, act_fn, d_vocab_out, attn_rate)
@@ -89,13 +88,13 @@ def test_attention_rate_extremes_have_closed_forms():
     pattern = cache["blocks.0.attn.hook_pattern"][:, :, -1]  # [batch, head, key]
     torch.testing.assert_close(pattern, torch.full_like(pattern, 1 / 3))
     torch.testing.assert_close(final_logits(model, tokens), cache["unembed.hook_out"][:, -1])
-    assert attention_rate(model) == 0.0
+    assert model_attn_rate(model) == 0.0
 
 
 def test_attention_rate_read_from_hook_without_config_attribute():
     model = _random_model((17, 32, 4, None, 64, "relu", None, 0.4), seed=0)
     del model.tl_grokking_config  # as for a model built elsewhere with the hook installed
-    assert attention_rate(model) == pytest.approx(0.4)
+    assert model_attn_rate(model) == pytest.approx(0.4)
     tokens = make_task("add", 17).tokens()
     torch.testing.assert_close(final_logits(model, tokens), model(tokens)[:, -1])
 

@@ -20,12 +20,11 @@ from tl_grokking.fourier import (
     fourier_transform_2d,
     grid_mask,
     inverse_fourier_transform_2d,
-    key_frequencies,
-    neuron_clusters,
     project_1d,
     project_grid,
     sum_directions,
 )
+from tl_grokking.circuits import key_frequencies, neuron_clusters
 from tl_grokking.model import ModelConfig, make_model
 from tl_grokking.tasks import ModularAddition
 

@@ -260,3 +260,56 @@ def test_small_grokked_model_depends_on_its_key_frequencies(small_model, small_t
     assert no_others["all_acc"] > 0.95  # the other frequencies of W_E hardly matter
     only_blocks = fourier_ablate(small_model, keys, "mlp_post", mode="keep", basis="block")
     assert evaluate(small_model, small_task, only_blocks)["all_acc"] > 0.95
+
+
+# ---- which analyses a task admits ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "capability", "instead"),
+    [
+        ("sub", "sum_directions", "token-order Fourier analyses still apply"),
+        ("mul", "token_fourier", "tl_grokking.discrete_log"),
+        ("div", "sum_directions", "tl_grokking.discrete_log"),
+        ("x2+y2", "token_fourier", "structure-free measures"),
+    ],
+)
+def test_require_analysis_names_analysis_task_and_alternative(name, capability, instead):
+    from tl_grokking.hooks import require_analysis
+    from tl_grokking.tasks import make_task
+
+    task = make_task(name, 7)
+    with pytest.raises(ValueError) as err:
+        require_analysis(task, capability, "the frobnication")
+    msg = str(err.value)
+    assert "the frobnication" in msg and repr(name) in msg and instead in msg
+    require_analysis(task, "training", "anything")  # always meaningful
+    require_analysis(make_task("add", 7), capability, "anything")  # add admits everything
+    with pytest.raises(ValueError, match="capability must be one of"):
+        require_analysis(task, "no such thing", "x")
+
+
+def test_token_fourier_gates_keys_and_ablations_but_not_evaluate():
+    from tl_grokking.circuits import key_frequencies, neuron_clusters
+    from tl_grokking.hooks import resolve_task
+    from tl_grokking.tasks import make_task
+
+    model = make_model(ModelConfig(p=7, d_model=16, n_heads=2, d_mlp=16), seed=0)
+    mul, div, sub = make_task("mul", 7), make_task("div", 7), make_task("sub", 7)
+    for fn in (key_frequencies, neuron_clusters):
+        with pytest.raises(ValueError, match="'mul'.*discrete_log"):
+            fn(model, mul)
+    with pytest.raises(ValueError, match="cannot compute Fourier ablation.*'mul'"):
+        fourier_ablate(model, [1], "embed", task=mul)
+    with pytest.raises(ValueError, match="basis='sum'.*'sub'"):
+        fourier_ablate(model, [1], "mlp_post", task=sub)
+    assert fourier_ablate(model, [1], "mlp_post", basis="block", task=sub)
+    assert resolve_task(model, div, needs=None) is div
+    # evaluate needs no structure: div's p(p-1) valid pairs, checked against a plain forward
+    out = evaluate(model, div)
+    with torch.no_grad():
+        logits = model(div.tokens())[:, -1, :7].double()
+    expected = torch.nn.functional.cross_entropy(logits, div.labels())
+    assert out["all_loss"] == pytest.approx(float(expected), rel=1e-9)
+    with pytest.raises(ValueError, match="every pair.*'div'"):
+        grid_activations(model, div)

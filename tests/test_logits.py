@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,16 @@ def test_fixture_loss_restricted_and_trig_fit(paper_logits):
     assert 0.9 < fit.fve < 1.0
     assert fit.alpha[36] > fit.alpha[52] > 0
     assert fit.approx_loss < loss and fit.approx_accuracy == 1.0
+
+
+@pytest.mark.parametrize("name", ["sub", "mul", "x2+y2"])
+def test_trig_decomposition_refuses_tasks_without_sum_directions(name):
+    from tl_grokking.model import ModelConfig, make_model
+    from tl_grokking.tasks import make_task
+
+    p = 7
+    task = make_task(name, p)
+    model = make_model(ModelConfig(p=p, d_model=16, n_heads=2, d_mlp=16), seed=0)
+    for source in (model, torch.zeros(p * p, p)):
+        with pytest.raises(ValueError, match=f"trig logit decomposition.*'{re.escape(name)}'"):
+            trig_logit_decomposition(source, task, [1])

@@ -7,6 +7,7 @@ form (a cosine embedding, a sine read-out) or checked against a hand-written for
 from __future__ import annotations
 
 import math
+import re
 
 import plotly.graph_objects as go
 import pytest
@@ -398,3 +399,25 @@ def test_ablation_table_cells():
 def test_model_and_task_must_agree(model):
     with pytest.raises(ValueError, match="p = 19"):
         plots.embedding_fourier_norms(model, ModularAddition(19))
+
+
+def test_token_fourier_plots_refuse_other_tasks_by_name():
+    from tl_grokking.tasks import make_task
+
+    p = 7
+    model = make_model(ModelConfig(p=p, d_model=16, n_heads=2, d_mlp=16), seed=0)
+    for name in ("mul", "x2+y2"):
+        task = make_task(name, p)
+        with pytest.raises(ValueError, match=f"W_E Fourier-norm plot.*'{re.escape(name)}'"):
+            plots.embedding_fourier_norms(model, task)
+        with pytest.raises(ValueError, match=f"W_L Fourier heatmap.*'{re.escape(name)}'"):
+            plots.unembed_fourier_heatmap(model, task)
+    sub = make_task("sub", p)
+    fig = plots.embedding_fourier_norms(model, sub)  # the token-order basis applies to a - b
+    expected = torch.linalg.vector_norm(model.W_E[:p].detach().double(), dim=1).square().sum()
+    assert sum(v * v for v in fig.data[0].y) == pytest.approx(float(expected))  # Parseval
+    div = make_task("div", p)
+    with pytest.raises(ValueError, match="attention-to-operands.*every pair.*'div'"):
+        plots.attention_to_operands(model, div)
+    # the attention grid needs no group structure: fine for mul (full grid)
+    assert plots.attention_to_operands(model, make_task("mul", p)).data

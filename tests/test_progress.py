@@ -5,6 +5,7 @@ sources (run dir / LoadedRun / sequence), the CSV table, the training callback a
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -381,3 +382,62 @@ def test_no_sparse_key_set_means_no_fourier_logit_measures():
     assert m.key_freq_rule.startswith("none found")
     assert "restricted_loss" not in m and "excluded_loss" not in m
     assert "train_loss" in m and "gini_W_E" in m
+
+
+# ---- tasks without the a + b sum directions ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["sub", "mul", "div", "x2+y2"])
+def test_tasks_without_sum_directions_keep_the_other_measures(task_runs, name):
+    import torch.nn.functional as F
+
+    from tl_grokking.weights import embed_fourier_norms, unembed_fourier_norms
+
+    run = load_run(task_runs[name])
+    m = progress_measures(run, progress=False)
+    assert m.names == [
+        "epoch", "train_loss", "test_loss", "train_acc", "test_acc",
+        "gini_W_E", "gini_W_L", "sum_sq_weights",
+    ]  # fmt: skip
+    assert m.key_freqs == []
+    assert m.key_freq_rule.startswith("none: cannot compute the restricted / excluded")
+    assert repr(name) in m.key_freq_rule and "'add'" in m.key_freq_rule
+    # the final row against a plain forward pass over the task's own (valid) pairs
+    model = run.model(run.epochs[-1])
+    task = run.task
+    with torch.no_grad():
+        logits = model(task.tokens())[:, -1, : task.p].double()
+    y, train = task.labels(), run.train_indices
+    test = torch.ones(len(y), dtype=torch.bool)
+    test[train] = False
+    assert m["train_loss"][-1] == pytest.approx(float(F.cross_entropy(logits[train], y[train])))
+    assert m["test_loss"][-1] == pytest.approx(float(F.cross_entropy(logits[test], y[test])))
+    assert m["gini_W_E"][-1] == pytest.approx(float(gini(embed_fourier_norms(model))))
+    assert m["gini_W_L"][-1] == pytest.approx(float(gini(unembed_fourier_norms(model))))
+    with pytest.raises(ValueError, match=f"restricted / excluded.*{re.escape(repr(name))}"):
+        progress_measures(run, key_freqs=[1], progress=False)
+    with pytest.raises(ValueError, match=f"restricted / excluded.*{re.escape(repr(name))}"):
+        cheap_measures_callback(task, [1])
+    assert set(cheap_measures_callback(task)(0, model)) == {
+        "gini_W_E",
+        "gini_W_L",
+        "sum_sq_weights",
+    }
+
+
+def test_analyze_run_writes_measures_and_phases(task_runs, tmp_path):
+    from tl_grokking.progress import MEASURES_FILE, PHASES_FILE, analyze_run
+    from tl_grokking.runs import read_json
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(task_runs["mul"], run_dir)
+    measures, phases = analyze_run(run_dir, progress=False)
+    assert phases is not None  # 4 checkpoints: enough to place the boundaries
+    stored = read_measures_csv(run_dir / MEASURES_FILE)
+    assert stored.columns == measures.columns
+    record = read_json(run_dir / PHASES_FILE)
+    assert record["key_freqs"] == [] and record["key_freq_rule"] == measures.key_freq_rule
+    assert record["n_checkpoints"] == 4 and record == {**phases.to_dict(), **{
+        k: record[k] for k in ("key_freqs", "key_freq_rule", "n_checkpoints")}}  # fmt: skip
+    with pytest.raises(FileNotFoundError):
+        analyze_run(tmp_path / "missing")

@@ -424,3 +424,41 @@ def test_reproduce_quick_end_to_end(tmp_path, capsys):
         main(["reproduce", "--quick", "--epochs", "100", "--out", str(out), "--no-progress"]) == 0
     )
     assert (out / "checkpoints" / "epoch_100.safetensors").stat().st_mtime_ns == before
+
+
+# ---- every task gets a report; what is not meaningful is skipped with a visible note ---------
+
+SKIPS = {
+    "sub": {"trig logit decomposition"},
+    "mul": {"Fourier analysis of W_E", "trig logit decomposition", "ablation table"},
+    "div": {"Fourier analysis of W_E", "trig logit decomposition", "ablation table", "every pair"},
+    "x2+y2": {"Fourier analysis of W_E", "trig logit decomposition", "ablation table"},
+}
+
+
+@pytest.mark.parametrize("name", list(SKIPS))
+def test_report_of_every_task_says_what_was_skipped(task_runs, tmp_path, name):
+    import html as html_lib
+
+    from tl_grokking.checkpoints import load_run
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(task_runs[name], run_dir)
+    page = write_report(run_dir).read_text(encoding="utf-8")
+    notes = [html_lib.unescape(n) for n in re.findall(r"<b>Skipped:</b> ([^<]*)", page)]
+    for what in SKIPS[name]:
+        hits = [n for n in notes if what in n]
+        assert hits, f"no note on {what!r} in {notes}"
+        assert all(repr(name) in n for n in hits)
+    assert 'id="embedding"' in page if name == "sub" else 'id="embedding"' not in page
+    assert "restricted_loss" not in (run_dir / "report.html").read_text()  # no such column
+    run = load_run(run_dir)
+    if name in ("mul", "div"):
+        from tl_grokking.discrete_log import reindexed_key_frequencies
+
+        assert 'id="discrete-log"' in page and "tl_grokking.discrete_log" in page
+        model = run.model(run.epochs[-1])
+        embed_keys = reindexed_key_frequencies(model, run.task, rule="embed")
+        assert f"embed: {list(embed_keys)}" in html_lib.unescape(page)
+    else:
+        assert 'id="discrete-log"' not in page

@@ -33,7 +33,14 @@ from transformer_lens import HookedTransformer
 
 from .circuits import NeuronClusters, key_frequencies, neuron_clusters
 from .fourier import project_grid, project_onto_sum_directions, validate_freqs
-from .hooks import HookList, grid_activations, grid_fn_hook, grid_guard, resolve_task
+from .hooks import (
+    HookList,
+    grid_activations,
+    grid_fn_hook,
+    grid_guard,
+    require_analysis,
+    resolve_task,
+)
 from .logits import loss_and_accuracy
 from .tasks import Task
 
@@ -71,6 +78,8 @@ class AblationTable:
     key_freqs: list[int]
     rows: list[AblationRow] = field(default_factory=list)
     clusters: NeuronClusters | None = None
+    #: Why rows of the paper's table are missing (e.g. no x+y rows for a task other than add).
+    notes: list[str] = field(default_factory=list)
 
     def __getitem__(self, name: str) -> AblationRow:
         for row in self.rows:
@@ -86,6 +95,7 @@ class AblationTable:
                 {"name": r.name, "loss": r.loss, "accuracy": r.accuracy, "subset": r.subset}
                 for r in self.rows
             ],
+            "notes": list(self.notes),
         }
 
     def __str__(self) -> str:
@@ -97,6 +107,7 @@ class AblationTable:
             lines.append(
                 f"{r.name:<{width}}  {r.subset:>6}  {r.loss:>10.3e}  {100 * r.accuracy:>7.2f}%"
             )
+        lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
 
 
@@ -197,6 +208,9 @@ def ablation_table(
 ) -> AblationTable:
     """Compute the paper's ablation table (§9) for ``model`` (see the module docstring).
 
+    Needs a task with ``"token_fourier"`` (add, sub; ``ValueError`` otherwise). The x+y rows
+    (restricted / excluded logits) need ``"sum_directions"`` (add): for sub they are left out
+    and ``table.notes`` says why.
     ``key_freqs`` default to the cluster rule of :func:`key_frequencies`; ``clusters`` (from
     :func:`neuron_clusters` at ``threshold``) are computed when not given. ``train_indices``
     (rows of ``task.pairs()``) select the training pairs for the excluded-loss rows. One forward
@@ -207,7 +221,7 @@ def ablation_table(
         raise ValueError(
             f"neuron_ablation must be one of {NEURON_ABLATIONS}, got {neuron_ablation!r}"
         )
-    task = resolve_task(model, task)
+    task = resolve_task(model, task, analysis="the ablation table (neuron clusters)")
     p = task.p
     names = list(TABLE_HOOKS)
     acts = activations if activations is not None else grid_activations(model, task, names)
@@ -235,6 +249,11 @@ def ablation_table(
         excl_subset = "train"
 
     table = AblationTable(p=p, key_freqs=key_freqs, clusters=clusters)
+    if key_freqs and "sum_directions" not in task.meaningful_analyses:
+        try:
+            require_analysis(task, "sum_directions", "the x+y rows of the ablation table")
+        except ValueError as err:  # the neuron and attention rows still apply
+            table.notes.append(str(err))
 
     def add(name: str, rows_logits: Tensor, rows=slice(None), subset: str = "all") -> None:
         loss, acc = loss_and_accuracy(rows_logits[rows], labels[rows])
@@ -243,7 +262,7 @@ def ablation_table(
     add("full model", logits)
     if excl_subset == "train":
         add("full model", logits, excl_rows, "train")
-    if key_freqs:
+    if key_freqs and not table.notes:
         # P_K(L) is the sum of the per-frequency projections P_k(L) (orthogonal directions).
         per_freq = {k: project_onto_sum_directions(logits, p, [k]) for k in key_freqs}
         proj = torch.stack(list(per_freq.values())).sum(dim=0)

@@ -137,7 +137,7 @@ def neuron_clusters(
     """
     if not (0.0 < float(threshold) <= 1.0):
         raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
-    task = resolve_task(model, task)
+    task = resolve_task(model, task, analysis="neuron clusters")
     p = task.p
     if activations is None:
         name = "blocks.0.mlp.hook_post"
@@ -182,7 +182,7 @@ def key_frequencies(
         raise ValueError(f"min_cluster_size must be a positive integer, got {min_cluster_size!r}")
     if not (0.0 < float(norm_fraction) < 1.0):
         raise ValueError(f"norm_fraction must be in (0, 1), got {norm_fraction!r}")
-    task = resolve_task(model, task)
+    task = resolve_task(model, task, analysis="key frequencies")
     p = task.p
     by_rule: dict[str, list[int]] = {}
     evidence: dict[str, Tensor] = {}

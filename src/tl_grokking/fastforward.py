@@ -10,7 +10,7 @@ final position needs:
 * the query of position 2 only (a table over the token at position 2, which is always ``=`` for
   the tasks of :mod:`tl_grokking.tasks`);
 * the attention pattern of the final query over the three positions, mixed with uniform
-  attention when the model carries the attention-rate knob (:func:`attention_rate`);
+  attention when the model carries the attention-rate knob (:func:`tl_grokking.model.model_attn_rate`);
 * the MLP and the unembedding of the final position only.
 
 Positions 0 and 1 never need the MLP or the unembedding, which is where almost all the FLOPs of
@@ -39,7 +39,7 @@ from transformer_lens import HookedTransformer
 
 from .model import SUPPORTED_ACT_FNS, model_attn_rate
 
-__all__ = ["final_logits", "supports_fast_path", "final_logits_batched", "attention_rate"]
+__all__ = ["final_logits", "supports_fast_path", "final_logits_batched"]
 
 
 def _only_attn_rate_hooks(model: HookedTransformer) -> bool:
@@ -84,16 +84,6 @@ def supports_fast_path(model: HookedTransformer) -> bool:
     if type(block.attn).__name__ != "Attention" or type(block.mlp).__name__ != "MLP":
         return False
     return _only_attn_rate_hooks(model)
-
-
-def attention_rate(model: HookedTransformer) -> float:
-    """The attention-rate knob installed on ``model`` (1.0 when none), read from its hook."""
-    for handle in model.blocks[0].attn.hook_pattern.fwd_hooks:
-        fn = getattr(handle, "user_hook", None) or getattr(handle, "hook", None)
-        rate = getattr(getattr(fn, "func", fn), "attn_rate", None)
-        if rate is not None:
-            return float(rate)
-    return model_attn_rate(model)
 
 
 def _mix_uniform(pattern: Tensor, rate: float) -> Tensor:
@@ -196,7 +186,7 @@ def _final_logits_constant_query(
     offsets = torch.arange(2, device=tokens.device) * n_vocab
     rows = table[tokens[:, :2] + offsets]  # [batch, pos=2, head, 1+d_head]
     scores = torch.cat([rows[..., 0], s_eq.expand(rows.shape[0], 1, -1)], dim=1)  # [b, 3, head]
-    pattern = _mix_uniform(torch.softmax(scores, dim=1), attention_rate(model))
+    pattern = _mix_uniform(torch.softmax(scores, dim=1), model_attn_rate(model))
     z = (pattern[:, :2, :, None] * rows[..., 1:]).sum(1) + pattern[:, 2, :, None] * v_eq
     resid_mid = torch.addmm(x_eq + attn.b_O, z.flatten(1), attn.W_O.flatten(0, 1))
     return _mlp_unembed(model, resid_mid)
@@ -218,7 +208,7 @@ def _final_logits_general(
     qkv = qkv_table[tokens + offsets]  # [batch, pos, qkv, head, d_head]
     q, k, v = qkv[:, 2, 0], qkv[:, :, 1], qkv[:, :, 2]
     scores = einsum(q, k, "batch head d_head, batch pos head d_head -> batch pos head")
-    pattern = _mix_uniform(torch.softmax(scores / attn.attn_scale, dim=1), attention_rate(model))
+    pattern = _mix_uniform(torch.softmax(scores / attn.attn_scale, dim=1), model_attn_rate(model))
     z = (pattern[..., None] * v).sum(1)  # [batch, head, d_head]
     x_final = x_table[tokens[:, 2] + 2 * n_vocab]
     resid_mid = x_final + torch.addmm(attn.b_O, z.flatten(1), attn.W_O.flatten(0, 1))

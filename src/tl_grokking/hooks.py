@@ -123,8 +123,8 @@ def require_analysis(task: Task, capability: str, analysis: str) -> None:
         )
     if capability not in task.meaningful_analyses:
         raise ValueError(
-            f"{analysis} is not meaningful for task {task.name!r} (p = {task.p}): it needs "
-            f"{_CAPABILITY_NEEDS[capability]}; {_instead(task, capability)}"
+            f"cannot compute {analysis} for task {task.name!r} (p = {task.p}): not meaningful, "
+            f"it needs {_CAPABILITY_NEEDS[capability]}; {_instead(task, capability)}"
         )
 
 

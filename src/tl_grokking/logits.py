@@ -30,6 +30,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from .fourier import project_onto_sum_directions, validate_freqs
+from .hooks import require_analysis, resolve_task
 from .tasks import Task
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
     "trig_approx_logits",
     "TrigDecomposition",
 ]
+
+_TRIG_ANALYSIS = "the trig logit decomposition cos(w_k(a + b - c))"
 
 # Rows per chunk when evaluating the approximated logits (keeps extra memory ~ chunk × p).
 _CHUNK_ELEMENTS = 1 << 18
@@ -187,7 +190,9 @@ def trig_logit_decomposition(
     ``model_or_logits``: a compatible model (its logits are computed over the whole grid) or an
     all-inputs logit matrix ``[p², ≥p]`` (only the first p classes are used). ``freqs`` defaults
     to the model's key frequencies (:func:`tl_grokking.circuits.key_frequencies`). Memory beyond
-    ``L`` is ``O(p² |K| + chunk · p)``.
+    ``L`` is ``O(p² |K| + chunk · p)``. The features are those of ``a + b``: a ``task``
+    without ``"sum_directions"`` in ``task.meaningful_analyses`` (anything but addition)
+    raises ``ValueError``.
     """
     if isinstance(model_or_logits, Tensor):
         n = model_or_logits.shape[0]
@@ -202,9 +207,12 @@ def trig_logit_decomposition(
         L = model_or_logits[:, :p].double()
         if freqs is None:
             raise ValueError("freqs is required when passing logits instead of a model")
+        if task is not None:
+            require_analysis(task, "sum_directions", _TRIG_ANALYSIS)
     else:
         from .circuits import key_frequencies
 
+        task = resolve_task(model_or_logits, task, needs="sum_directions", analysis=_TRIG_ANALYSIS)
         L = all_logits(model_or_logits, task)
         p = L.shape[1]
         if freqs is None:

@@ -33,6 +33,10 @@ __all__ = [
     "IncompatibleModelError",
     "SUPPORTED_ACT_FNS",
     "TRAINABLE_BIASES",
+    "model_attn_rate",
+    "install_attn_rate",
+    "apply_bias_policy",
+    "validate_device",
 ]
 
 SUPPORTED_ACT_FNS = ("relu", "gelu", "gelu_new", "silu")
@@ -206,15 +210,17 @@ def install_attn_rate(model: HookedTransformer, attn_rate: float) -> None:
 
 
 def model_attn_rate(model: HookedTransformer) -> float:
-    """The attention rate installed on ``model`` (1.0 when none)."""
+    """The attention rate in force on ``model``: that of its attention-rate hook, else 1.0.
+
+    The hook is the single source of truth (a config saying otherwise does not change what the
+    forward pass computes, so it is not consulted).
+    """
     for hook in model.blocks[0].attn.hook_pattern.fwd_hooks:
         fn = getattr(hook, "user_hook", None)  # LensHandle.hook is the torch handle
         rate = getattr(getattr(fn, "func", fn), "attn_rate", None)
-        if rate is None:
-            continue
-        return float(rate)
-    cfg = getattr(model, "tl_grokking_config", None)
-    return float(cfg.attn_rate) if cfg is not None else 1.0
+        if rate is not None:
+            return float(rate)
+    return 1.0
 
 
 class IncompatibleModelError(ValueError):

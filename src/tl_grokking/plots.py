@@ -40,7 +40,7 @@ from . import weights
 from .ablations import AblationTable
 from .circuits import NeuronClusters
 from .fourier import fourier_basis, to_grid
-from .hooks import grid_activations
+from .hooks import grid_activations, require_analysis
 from .logits import TrigDecomposition
 from .tasks import ModularAddition, Task
 
@@ -223,11 +223,25 @@ def _cluster_members(freqs: list[int], fves: list[float], threshold: float) -> d
     return dict(sorted(members.items()))
 
 
-def _grid_task(model: HookedTransformer, task: Task | None) -> Task:
+def _grid_task(
+    model: HookedTransformer,
+    task: Task | None,
+    analysis: str,
+    *,
+    needs: str | None = None,
+) -> Task:
+    """The task of a figure (default: addition): checked against the model, on the full
+    (a, b) grid, and with capability ``needs`` of ``task.meaningful_analyses`` if given
+    (:func:`tl_grokking.hooks.require_analysis` raises ``ValueError`` naming ``analysis``)."""
     task = task if task is not None else ModularAddition(_model_p(model, None))
     _model_p(model, task)
+    if needs is not None:
+        require_analysis(task, needs, analysis)
     if not task.is_full_grid:
-        raise ValueError(f"task {task.name!r} is not defined on the full (a, b) grid")
+        raise ValueError(
+            f"{analysis} needs every pair (a, b) of the p² grid; task {task.name!r} is "
+            f"defined on {task.pairs().shape[0]} pairs only"
+        )
     return task
 
 
@@ -378,7 +392,7 @@ def embedding_fourier_norms(
     the names from :func:`~tl_grokking.fourier.fourier_basis`.  A trained model is sparse here:
     large norm only at a few key frequencies, which are drawn in a second colour.
     """
-    p = _model_p(model, task)
+    p = _grid_task(model, task, "the W_E Fourier-norm plot", needs="token_fourier").p
     basis, names = fourier_basis(p, dtype=torch.float64)
     norms = (basis @ weights.W_E(model).to(torch.float64).cpu()).norm(dim=1)
     keys = set(int(k) for k in key_freqs)
@@ -420,7 +434,7 @@ def unembed_fourier_heatmap(
     and sin(w_k c) only.  Columns are basis rows (cos first); rows are neurons, grouped by
     cluster frequency (unclustered last) when ``clusters`` is given, else in index order.
     """
-    p = _model_p(model, task)
+    p = _grid_task(model, task, "the W_L Fourier heatmap", needs="token_fourier").p
     basis, names = fourier_basis(p, dtype=torch.float64)
     coeffs = weights.W_L(model).to(torch.float64).cpu() @ basis.T  # [d_mlp, basis row]
     d_mlp = coeffs.shape[0]
@@ -580,7 +594,7 @@ def neuron_activation_grids(
     row per cluster, at most ``max_clusters`` clusters (the largest first).  A neuron of
     frequency k shows periodic stripes of period p/k along a, b and a + b.
     """
-    task = _grid_task(model, task)
+    task = _grid_task(model, task, "the neuron activation grids")
     p = task.p
     freqs, fves, threshold = _cluster_data(clusters, fve, threshold)
     for name, value in (("per_cluster", per_cluster), ("max_clusters", max_clusters)):
@@ -670,7 +684,7 @@ def attention_to_operands(
     (b), for every input of the grid; two panels per head ("to a", "to b"), two heads per row.
     The two weights and the one to ``=`` itself sum to 1.
     """
-    task = _grid_task(model, task)
+    task = _grid_task(model, task, "the attention-to-operands plot")
     p = task.p
     pattern = _grid_pattern(model, task)
     n_heads = pattern.shape[1]

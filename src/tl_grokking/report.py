@@ -533,11 +533,12 @@ def build_report(
     model.eval()
     metrics = [r for r in read_metrics(run_dir) if "epoch" in r]
 
-    keys = key_frequencies(model, task, rule="all")
-    clusters = keys.clusters
+    meaningful = task.meaningful_analyses
+    keys = key_frequencies(model, task, rule="all") if "token_fourier" in meaningful else None
+    clusters = keys.clusters if keys is not None else None
     measures = _load_or_compute_measures(run_dir, run, device=device, progress=progress)
     spans = plots.phase_spans(measures.phases)
-    key_freqs = list(keys.keys)  # the cluster rule, the paper's definition
+    key_freqs = list(keys.keys) if keys is not None else []  # the cluster rule (the paper's)
 
     sections: list[ReportSection] = [
         ReportSection(
@@ -555,36 +556,73 @@ def build_report(
             plots.progress_measures_panel(measures.table, phases=spans),
             anchor="progress-measures",
         ),
-        ReportSection(
-            "Embedding W_E in the Fourier basis",
-            _CAPTIONS["embed"],
-            plots.embedding_fourier_norms(model, task, key_freqs=key_freqs),
-            anchor="embedding",
-        ),
-        ReportSection(
-            "Neuron-logit map W_L in the Fourier basis",
-            _CAPTIONS["unembed"],
-            plots.unembed_fourier_heatmap(model, task, clusters=clusters),
-            anchor="unembedding",
-        ),
-        ReportSection(
-            "Neuron clusters", _CAPTIONS["clusters"], plots.neuron_cluster_sizes(clusters)
-        ),
-        ReportSection(
-            "Fraction of variance explained", _CAPTIONS["fve"], plots.fve_histogram(clusters)
-        ),
-        ReportSection(
-            "Neuron activations",
-            _CAPTIONS["neurons"],
-            plots.neuron_activation_grids(model, task, clusters),
-        ),
-        ReportSection(
-            "Attention to a and b", _CAPTIONS["attention"], plots.attention_to_operands(model, task)
-        ),
-        _circuitsvis_section(model, task, examples),
     ]
+    if clusters is not None:
+        sections += [
+            ReportSection(
+                "Embedding W_E in the Fourier basis",
+                _CAPTIONS["embed"],
+                plots.embedding_fourier_norms(model, task, key_freqs=key_freqs),
+                anchor="embedding",
+            ),
+            ReportSection(
+                "Neuron-logit map W_L in the Fourier basis",
+                _CAPTIONS["unembed"],
+                plots.unembed_fourier_heatmap(model, task, clusters=clusters),
+                anchor="unembedding",
+            ),
+            ReportSection(
+                "Neuron clusters", _CAPTIONS["clusters"], plots.neuron_cluster_sizes(clusters)
+            ),
+            ReportSection(
+                "Fraction of variance explained", _CAPTIONS["fve"], plots.fve_histogram(clusters)
+            ),
+            ReportSection(
+                "Neuron activations",
+                _CAPTIONS["neurons"],
+                plots.neuron_activation_grids(model, task, clusters),
+            ),
+        ]
+    else:
+        sections.append(
+            _skipped_section(
+                "Fourier structure of the weights and neurons",
+                task,
+                "token_fourier",
+                "the Fourier analysis of W_E, W_L and the neurons (key frequencies, clusters)",
+            )
+        )
+    if "group_fourier" in meaningful and "token_fourier" not in meaningful:
+        sections.append(_discrete_log_section(model, task))
+    if task.is_full_grid:
+        sections.append(
+            ReportSection(
+                "Attention to a and b",
+                _CAPTIONS["attention"],
+                plots.attention_to_operands(model, task),
+            )
+        )
+    else:
+        sections.append(
+            _note_section(
+                "Attention to a and b",
+                f"The attention-to-operands grid needs every pair (a, b); task {task.name!r} "
+                f"is defined on {task.pairs().shape[0]} of the {task.p**2} pairs, so it is "
+                "skipped (the example patterns below still apply).",
+            )
+        )
+    sections.append(_circuitsvis_section(model, task, examples))
     decomposition = None
-    if key_freqs:
+    if "sum_directions" not in meaningful:
+        sections.append(
+            _skipped_section(
+                "Trig-identity logits",
+                task,
+                "sum_directions",
+                "the trig logit decomposition cos(w_k(a + b − c))",
+            )
+        )
+    elif key_freqs:
         decomposition = trig_logit_decomposition(model, task, key_freqs)
         sections.append(
             ReportSection(
@@ -593,11 +631,21 @@ def build_report(
                 plots.trig_identity_coefficients(decomposition),
             )
         )
+    if clusters is None:
+        sections.append(
+            _skipped_section(
+                "Ablations", task, "token_fourier", "the ablation table (neuron clusters)"
+            )
+        )
+    elif key_freqs:
         table = ablation_table(
             model, task, key_freqs=key_freqs, train_indices=run.train_indices, clusters=clusters
         )
+        notes = "".join(f" <b>Skipped:</b> {html.escape(n)}." for n in table.notes)
         sections.append(
-            ReportSection("Ablations", _CAPTIONS["ablation"], plots.ablation_table_figure(table))
+            ReportSection(
+                "Ablations", _CAPTIONS["ablation"] + notes, plots.ablation_table_figure(table)
+            )
         )
     else:
         sections.append(
@@ -612,7 +660,6 @@ def build_report(
 
     last = metrics[-1] if metrics else {}
     grok = _first_epoch_at(metrics, "test_acc", 0.99)
-    rule_rows = ", ".join(f"{html.escape(r)}: {_freqs_text(v)}" for r, v in keys.by_rule.items())
     summary = [
         ("run directory", html.escape(str(run_dir))),
         ("task", html.escape(f"(a {task.symbol} b) mod {task.p}  [{task.name}]")),
@@ -646,23 +693,11 @@ def build_report(
             f"test {_fmt_num(last.get('test_acc'))}",
         ),
         (
-            "key frequencies",
-            (f"<b>{key_freqs}</b>" if key_freqs else "<b>none</b>: no neuron cluster yet")
-            + f" (by rule: {rule_rows}; rules "
-            f"{'agree' if keys.agree else 'disagree'})",
-        ),
-        (
-            "neuron clusters",
-            html.escape(
-                f"{sum(clusters.sizes.values())} of {clusters.freq.shape[0]} neurons clustered "
-                f"(FVE ≥ {clusters.threshold:g}); sizes {clusters.sizes}"
-            ),
-        ),
-        (
             "phase boundaries (epochs)",
             html.escape(measures.phase_note or _phase_summary(spans)),
         ),
     ]
+    summary[-1:-1] = _key_frequency_summary(keys, task)
     if decomposition is not None:
         summary.append(
             (
@@ -682,6 +717,94 @@ def build_report(
         summary=summary,
         config=config,
     )
+
+
+def _note_section(title: str, text: str) -> ReportSection:
+    """A visible note in place of a section (``kind="note"``)."""
+    return ReportSection(
+        title, kind="note", body_html=f"<p><b>Skipped:</b> {html.escape(text)}</p>"
+    )
+
+
+def _skipped_section(title: str, task: Any, capability: str, analysis: str) -> ReportSection:
+    """The note for an analysis that is not meaningful for ``task``: the message of
+    :func:`tl_grokking.hooks.require_analysis` (which task, which analysis, what instead)."""
+    from .hooks import require_analysis
+
+    try:
+        require_analysis(task, capability, analysis)
+    except ValueError as err:
+        return _note_section(title, str(err))
+    raise AssertionError(f"{analysis} is meaningful for task {task.name!r}; nothing to skip")
+
+
+def _discrete_log_section(model: Any, task: Any) -> ReportSection:
+    """Key frequencies of a × / ÷ model in discrete-log order (:mod:`tl_grokking.discrete_log`):
+    the Fourier norms of the re-indexed W_E and W_L per frequency of Z_{p-1}."""
+    from . import discrete_log as dl
+    from .fourier import frequencies
+
+    n = task.fourier_size
+    figure = go.Figure()
+    for name, norms in (
+        ("W_E", dl.reindexed_embed_norms(model, task)),
+        ("W_L", dl.reindexed_unembed_norms(model, task)),
+    ):
+        per_freq = dl.frequency_norms(norms, n)
+        figure.add_bar(
+            x=[str(k) for k in frequencies(n)], y=(per_freq / per_freq.max()).tolist(), name=name
+        )
+    figure.update_layout(
+        title="Fourier norms per frequency in discrete-log order (relative to the largest)",
+        xaxis_title=f"frequency k of Z_{n}",
+        yaxis_title="norm / max",
+        barmode="group",
+        height=380,
+    )
+    keys = {rule: dl.reindexed_key_frequencies(model, task, rule=rule) for rule in _DL_RULES}
+    found = "; ".join(f"{rule}: {_freqs_text(v)}" for rule, v in keys.items())
+    caption = (
+        f"Task {html.escape(task.name)!r} is a · b^(±1) in Z_p^*, cyclic of order {n}: writing "
+        "each non-zero token as a power of a primitive root g turns it into i ± j in "
+        f"Z_{n}, and the paper's Fourier analysis applies in that order "
+        "(tl_grokking.discrete_log). Token 0 is left out. Key frequencies by rule: "
+        f"{html.escape(found)}."
+    )
+    return ReportSection(
+        "Key frequencies in discrete-log order", caption, figure, anchor="discrete-log"
+    )
+
+
+_DL_RULES = ("embed", "unembed", "clusters")
+
+
+def _key_frequency_summary(keys: Any, task: Any) -> list[tuple[str, str]]:
+    """Summary rows on the key frequencies and neuron clusters (or why there are none)."""
+    if keys is None:
+        from .hooks import require_analysis
+
+        try:
+            require_analysis(task, "token_fourier", "token-order key frequencies")
+        except ValueError as err:
+            return [("key frequencies", "not computed: " + html.escape(str(err)))]
+    clusters = keys.clusters
+    rule_rows = ", ".join(f"{html.escape(r)}: {_freqs_text(v)}" for r, v in keys.by_rule.items())
+    key_freqs = list(keys.keys)
+    return [
+        (
+            "key frequencies",
+            (f"<b>{key_freqs}</b>" if key_freqs else "<b>none</b>: no neuron cluster yet")
+            + f" (by rule: {rule_rows}; rules "
+            f"{'agree' if keys.agree else 'disagree'})",
+        ),
+        (
+            "neuron clusters",
+            html.escape(
+                f"{sum(clusters.sizes.values())} of {clusters.freq.shape[0]} neurons clustered "
+                f"(FVE ≥ {clusters.threshold:g}); sizes {clusters.sizes}"
+            ),
+        ),
+    ]
 
 
 def _circuitsvis_section(

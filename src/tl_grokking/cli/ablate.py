@@ -86,7 +86,10 @@ def run(args: argparse.Namespace) -> int:
         activations=acts,
     )
     logits = acts[logits_name][:, : task.p]
-    trig = trig_logit_decomposition(logits, task, table.key_freqs) if table.key_freqs else None
+    has_sum_directions = "sum_directions" in task.meaningful_analyses
+    trig = None
+    if table.key_freqs and has_sum_directions:
+        trig = trig_logit_decomposition(logits, task, table.key_freqs)
     if args.json:
         out = {
             "key_frequencies": {"keys": keys.keys, "by_rule": keys.by_rule, "agree": keys.agree},
