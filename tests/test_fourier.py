@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tl_grokking.circuits import key_frequencies, neuron_clusters
 from tl_grokking.fourier import (
     basis_frequencies,
     block_fve,
@@ -24,7 +25,6 @@ from tl_grokking.fourier import (
     project_grid,
     sum_directions,
 )
-from tl_grokking.circuits import key_frequencies, neuron_clusters
 from tl_grokking.model import ModelConfig, make_model
 from tl_grokking.tasks import ModularAddition
 

@@ -10,7 +10,8 @@ final position needs:
 * the query of position 2 only (a table over the token at position 2, which is always ``=`` for
   the tasks of :mod:`tl_grokking.tasks`);
 * the attention pattern of the final query over the three positions, mixed with uniform
-  attention when the model carries the attention-rate knob (:func:`tl_grokking.model.model_attn_rate`);
+  attention when the model carries the attention-rate knob
+  (:func:`tl_grokking.model.model_attn_rate`);
 * the MLP and the unembedding of the final position only.
 
 Positions 0 and 1 never need the MLP or the unembedding, which is where almost all the FLOPs of

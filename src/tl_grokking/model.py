@@ -111,7 +111,9 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown ModelConfig fields {sorted(unknown)}; known: {sorted(known)}")
+            raise ValueError(
+                f"unknown ModelConfig fields {sorted(unknown)}; known: {sorted(known)}"
+            )
         return cls(**data)
 
     def hooked_config(self, device: str | torch.device = "cpu") -> HookedTransformerConfig:
@@ -173,7 +175,9 @@ def validate_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}") from None
+        raise ValueError(
+            f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; use 'cpu'")
     if dev.type == "mps" and not torch.backends.mps.is_available():
