@@ -114,8 +114,9 @@ def test_run_that_never_groks_has_only_memorisation():
 
 
 def test_early_grokking_keeps_the_boundaries_ordered():
-    """Train loss still falling when the test loss falls: memorisation ends at the cleanup start
-    at the latest (its floor is taken before the cleanup start)."""
+    """Train loss still falling when the test loss falls: memorisation ends where the test loss
+    stops rising (its peak, epoch 200), before the train-loss rule's epoch (400: the floor is
+    taken before the cleanup start, which it never passes)."""
     epochs = list(range(0, 3001, 50))
     cols = {
         "epoch": epochs,
@@ -126,8 +127,11 @@ def test_early_grokking_keeps_the_boundaries_ordered():
         "test_acc": [_ramp(e, 400, 800, 0.0, 1.0) for e in epochs],
     }
     ph = detect_phases(cols)
-    # floor up to 400 is -0.5 (log10); 95 % of the fall from 0.5 is reached at 380 -> 400
-    assert ph.memorization_end == ph.circuit_formation_end == 400
+    # train-loss rule: floor up to 400 is -0.5 (log10); 95 % of the fall from 0.5 is reached at
+    # 380 -> 400. The test loss peaks (first maximum of its plateau) at 200, which comes first.
+    assert ph.memorization_end == 200
+    assert ph.circuit_formation_end == 400
+    assert ph.diagnostics["test_loss_peak_epoch"] == 200
     b = ph.boundaries
     assert epochs[0] <= b[0] <= b[1] <= b[2] <= epochs[-1]
 

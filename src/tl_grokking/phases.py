@@ -24,7 +24,8 @@ run length or the checkpoint interval. The rules (constants in :class:`PhaseRule
    ``gini_fraction`` of its rise from the cleanup start to its maximum; without Gini columns,
    when ``τ`` has completed ``gini_fraction`` of its fall from ``τ_plat`` to ``τ_end``.
 4. **Memorisation ends** when ``ℓ = log10 train_loss`` has completed ``mem_fraction`` of its fall
-   from the first checkpoint to its minimum before the cleanup starts (whole run if no grokking).
+   from the first checkpoint to its minimum before the cleanup starts (whole run if no grokking),
+   or at the test-loss peak if that comes first (memorisation is where test loss *rises*).
 
 Boundaries are checkpoint epochs and, by construction,
 ``first epoch ≤ memorisation end ≤ circuit-formation end ≤ cleanup end ≤ last epoch`` (the
@@ -266,6 +267,10 @@ def detect_phases(measures: Any, rule: PhaseRule | None = None) -> Phases:
     floor = min(train[:stop])
     level = floor + (1 - rule.mem_fraction) * (train[0] - floor)
     i_mem = _first_at_or_below(train, level) if train[0] > floor else 0
+    if i_mem is not None and i_mem > i_peak and train[i_peak] < train[0]:
+        # The test loss has stopped rising: memorisation (train loss down, test loss up) is
+        # over even if the train loss keeps falling slowly (fast-grokking settings).
+        i_mem = i_peak
     mem_end = epochs[i_mem] if i_mem is not None else None
     diag.update(train_loss_floor_log10=floor)
 

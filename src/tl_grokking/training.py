@@ -40,7 +40,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from .fastforward import final_logits, final_logits_batched
-from .model import SUPPORTED_ACT_FNS, TRAINABLE_BIASES, ModelConfig, make_model, validate_device
+from .model import ModelConfig, make_model, validate_device
 from .runs import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -182,12 +182,6 @@ class TrainConfig:
         for name in ("d_model", "n_heads", "d_mlp"):
             set_(self, name, _int_field(getattr(self, name), name, minimum=1))
         set_(self, "d_head", _int_field(self.d_head, "d_head", minimum=1, allow_none=True))
-        if self.act_fn not in SUPPORTED_ACT_FNS:
-            raise ValueError(f"act_fn must be one of {SUPPORTED_ACT_FNS}, got {self.act_fn!r}")
-        if self.trainable_biases not in TRAINABLE_BIASES:
-            raise ValueError(
-                f"trainable_biases must be one of {TRAINABLE_BIASES}, got {self.trainable_biases!r}"
-            )
         set_(
             self,
             "attn_rate",
@@ -225,7 +219,8 @@ class TrainConfig:
             raise ValueError(
                 f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}"
             )
-        # Architecture checks (d_model divisible by n_heads, d_vocab_out ∈ {p, p+1}, ...).
+        # Architecture checks (act_fn, trainable_biases, d_model divisible by n_heads,
+        # d_vocab_out ∈ {p, p+1}, ...) are ModelConfig's.
         self.model_config()
 
     def model_config(self) -> ModelConfig:
