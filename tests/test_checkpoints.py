@@ -545,6 +545,10 @@ def test_corrupt_or_truncated_file(tmp_path, kind):
     path.write_bytes(b"")
     with pytest.raises(CheckpointFormatError):
         load_checkpoint(path)
+    if kind == "safetensors":  # cut inside the 8-byte header length: still named as such
+        path.write_bytes(data[:5])
+        with pytest.raises(CheckpointFormatError, match=r"corrupt or truncated safetensors"):
+            load_checkpoint(path)
 
 
 class _Exploit:

@@ -121,6 +121,9 @@ def test_key_freqs_option(run_copy, capsys):
         "excluded_loss_k5",
     ]
     assert "rule: given" in capsys.readouterr().out
+    # the comma form of ``tl-grokking ablate`` works too
+    assert main(["analyze", str(run_copy), "--key-freqs", "5,2", "--no-progress"]) == 0
+    assert json.loads((run_copy / "phases.json").read_text())["key_freqs"] == [2, 5]
 
 
 def test_bad_key_freqs(run_copy, capsys):

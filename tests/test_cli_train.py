@@ -103,3 +103,45 @@ def test_bad_flags_exit_2(argv, capsys):
         main(["train", *argv])
     assert exc.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_cli_bad_output_directories(tmp_path, capsys):
+    """A file where a directory is expected, and --resume with nothing to resume: exit 2 with a
+    one-line message naming the path, and nothing written."""
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("keep me")
+    for out in (blocker, blocker / "run"):
+        assert main(["train", "--out", str(out), *TINY_ARGS]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("tl-grokking train: error:") and err.count("\n") == 1
+        assert "notes.txt is a file, not a directory" in err
+    assert blocker.read_text() == "keep me"
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out in (empty, tmp_path / "missing"):
+        assert main(["train", "--out", str(out), "--resume", *TINY_ARGS]) == 2
+        err = capsys.readouterr().err
+        assert "--resume" in err and "holds no run to resume" in err and str(out) in err
+    assert list(empty.iterdir()) == [] and not (tmp_path / "missing").exists()
+    assert main(["train", "--out", str(empty), "--resume", "--overwrite", *TINY_ARGS]) == 2
+    assert "--resume and --overwrite exclude each other" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "notes.txt"]
+
+    # report --out: a directory, or a path under a file, is refused before any analysis
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *TINY_ARGS]) == 0
+    capsys.readouterr()
+    # --resume without resume.safetensors must not wipe the checkpoints
+    state = (run / "resume.safetensors").read_bytes()
+    (run / "resume.safetensors").unlink()
+    assert main(["train", "--out", str(run), "--resume", *TINY_ARGS]) == 2
+    assert "resume.safetensors is missing but checkpoints exist" in capsys.readouterr().err
+    assert [e for e, _ in list_checkpoints(run)] == [0, 6, 12]
+    (run / "resume.safetensors").write_bytes(state)
+    for out, message in ((empty, "is a directory"), (blocker / "r.html", "is a file")):
+        assert main(["report", str(run), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("tl-grokking report: error: --out") and message in err
+    assert list(empty.iterdir()) == [] and blocker.read_text() == "keep me"
+    assert not (run / "report.html").exists()

@@ -129,9 +129,9 @@ SMALL = TrainConfig(**{**CONFIG, "epochs": 2, "log_every": 1, "checkpoint_every"
 def test_output_path_under_a_file_is_refused(tmp_path):
     blocker = tmp_path / "results.txt"
     blocker.write_text("not a directory")
-    with pytest.raises(OSError):
+    with pytest.raises(NotADirectoryError, match="results.txt is a file, not a directory"):
         train(SMALL, blocker / "run", progress=False)
-    with pytest.raises(OSError):  # FileExistsError: the run directory itself is a file
+    with pytest.raises(NotADirectoryError, match="results.txt is a file"):  # run dir is a file
         train(SMALL, blocker, progress=False)
     assert blocker.read_text() == "not a directory"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.txt"]

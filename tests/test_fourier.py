@@ -99,6 +99,15 @@ def test_cos_of_sum_is_exactly_one_sum_direction():
     expected = torch.zeros(p, p, dtype=torch.float64)
     expected[c, c], expected[s, s] = f.norm() / math.sqrt(2), -f.norm() / math.sqrt(2)
     torch.testing.assert_close(C, expected, atol=1e-10, rtol=0)
+    # Orientation (first index a, second b): sin(w_5 a + w_3 b) = sin 5 ⊗ cos 3 + cos 5 ⊗ sin 3.
+    g = torch.sin(2 * math.pi * (k * a[:, None] + 3 * a[None, :]) / p)
+    C = fourier_transform_2d(g)
+    expected = torch.zeros(p, p, dtype=torch.float64)
+    expected[s, 5] = expected[c, 6] = g.norm() / math.sqrt(2)  # rows 5, 6 = cos 3, sin 3
+    torch.testing.assert_close(C, expected, atol=1e-10, rtol=0)
+    # and sin(w_k(a+b)) is the second sum direction.
+    g = torch.sin(2 * math.pi * k * (a[:, None] + a[None, :]) / p)
+    torch.testing.assert_close(dirs[1] * g.norm(), g.reshape(-1), atol=1e-12, rtol=0)
 
 
 # ---- projections ------------------------------------------------------------------------------

@@ -145,6 +145,36 @@ def test_block_basis_on_a_grid_site(model, task):
     assert C[inside].abs().max() > 1e-3
 
 
+@pytest.mark.parametrize(
+    "where",
+    ["attn_z", "attn_out", "resid_mid", "mlp_pre", "mlp_post", "mlp_out", "resid_post", "logits"],
+)
+def test_grid_site_changes_only_the_final_position(model, task, where):
+    """Positions 0 and 1 are untouched; the final position is the brute-force removal; a user
+    hook on the same point (added after, under ``with model.hooks``) sees the ablated value."""
+    name = SITES[where]
+    tokens = task.tokens()
+    _, cache = model.run_with_cache(tokens, names_filter=name)
+    plain = cache[name]
+    seen = {}
+
+    def grab(act, hook):
+        seen["act"] = act.detach().clone()
+
+    hooks = fourier_ablate(model, [2, 5], where, mode="remove") + [(name, grab)]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        model(tokens)
+    got = seen["act"]
+    assert got.shape == plain.shape
+    torch.testing.assert_close(got[:, :2], plain[:, :2], atol=0, rtol=0)
+    last = plain[:, -1].reshape(P * P, -1)
+    expected = last.double() - brute_sum_projection(last, P, [2, 5])
+    assert (expected - last.double()).abs().max() > 1e-4  # the ablation is not a no-op
+    torch.testing.assert_close(
+        got[:, -1].reshape(P * P, -1).double(), expected, atol=1e-5, rtol=1e-5
+    )
+
+
 def test_hooks_compose_and_work_as_context_manager(model, task):
     tokens = task.tokens()
     hooks = fourier_ablate(model, [2], "embed", mode="remove") + fourier_ablate(

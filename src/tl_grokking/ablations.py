@@ -263,12 +263,13 @@ def ablation_table(
     if excl_subset == "train":
         add("full model", logits, excl_rows, "train")
     if key_freqs and not table.notes:
-        # P_K(L) is the sum of the per-frequency projections P_k(L) (orthogonal directions).
-        per_freq = {k: project_onto_sum_directions(logits, p, [k]) for k in key_freqs}
-        proj = torch.stack(list(per_freq.values())).sum(dim=0)
+        # One p² × p projection alive at a time (not |K| of them).
+        proj = project_onto_sum_directions(logits, p, key_freqs)
         add("restricted logits (key x+y)", proj + logits.mean(dim=0, keepdim=True))
         add("excluded logits (all keys)", logits - proj, excl_rows, excl_subset)
-        for k, proj_k in per_freq.items():
+        del proj
+        for k in key_freqs:
+            proj_k = project_onto_sum_directions(logits, p, [k])
             add(f"excluded k = {k}", logits - proj_k, excl_rows, excl_subset)
     W_L = model.blocks[0].mlp.W_out.detach() @ model.W_U[:, :p].detach()  # [d_mlp, p]
 

@@ -219,6 +219,11 @@ def read_checkpoint_file(path: str | os.PathLike) -> tuple[Any, dict[str, str]]:
                 f"{path}: corrupt or truncated torch file ({err})"
             ) from None
         return obj, {}
+    if path.suffix == ".safetensors":  # e.g. a run's checkpoint cut off in a copy
+        raise CheckpointFormatError(
+            f"{path}: corrupt or truncated safetensors file (its header is missing or "
+            "longer than the file)"
+        )
     raise CheckpointFormatError(
         f"{path}: not a safetensors or torch file (unrecognised first bytes); " + _formats_help()
     )

@@ -96,15 +96,18 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`)."""
     with atomic_write(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as indented, key-sorted JSON to ``path`` atomically."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file; invalid JSON raises :class:`RunDirError` naming the file."""
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -129,6 +132,7 @@ def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, 
 
 
 def checkpoint_path(run_dir: str | os.PathLike, epoch: int) -> Path:
+    """``run_dir/checkpoints/epoch_<epoch>.safetensors`` (whether or not it exists)."""
     return Path(run_dir) / CHECKPOINT_DIR / f"epoch_{int(epoch)}.safetensors"
 
 
@@ -146,6 +150,7 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a run (a ``config.json``)."""
     return (Path(path) / CONFIG_FILE).is_file()
 
 

@@ -322,12 +322,17 @@ def _clear_run(run_dir: Path) -> None:
 
 def _prepare_run_dir(config: TrainConfig, run_dir: Path, *, resume: bool, overwrite: bool) -> bool:
     """Check ``run_dir`` against the requested run; returns True when resuming from a state."""
+    existing = next((d for d in (run_dir, *run_dir.parents) if d.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise NotADirectoryError(
+            f"run_dir {run_dir}: {existing} is a file, not a directory; choose a directory path"
+        )
     config_file = run_dir / CONFIG_FILE
     if not config_file.is_file():
         if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
             raise FileExistsError(
                 f"{run_dir} exists, is not empty and holds no run ({CONFIG_FILE} missing); "
-                "choose another directory or pass overwrite"
+                "choose another directory or pass overwrite=True (--overwrite)"
             )
         return False
     old = read_json(config_file)
@@ -341,20 +346,27 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, *, resume: bool, overwr
             raise FileExistsError(
                 f"cannot resume {run_dir}: the stored run has a different configuration "
                 f"({'; '.join(blocking)}); only {sorted(_RESUMABLE_FIELDS)} may change on resume. "
-                "Use another directory or overwrite"
+                "Use another directory or overwrite=True (--overwrite)"
             )
         if (run_dir / RESUME_FILE).is_file():
             return True
+        saved = list_checkpoints(run_dir)
+        if saved:  # never delete checkpoints because the optimizer state went missing
+            raise FileNotFoundError(
+                f"cannot resume {run_dir}: {RESUME_FILE} is missing but checkpoints exist (up to "
+                f"epoch {saved[-1][0]}); the optimizer state is needed to continue. Use another "
+                "directory or overwrite=True (--overwrite)"
+            )
         _clear_run(run_dir)  # nothing to resume from (crash before the first checkpoint)
         return False
     if diff:
         raise FileExistsError(
             f"{run_dir} already holds a run with a different configuration ({'; '.join(diff)}); "
-            "use another directory, resume, or overwrite"
+            "use another directory, resume=True (--resume) or overwrite=True (--overwrite)"
         )
     raise FileExistsError(
-        f"{run_dir} already holds a run with this configuration; pass resume to continue it "
-        "or overwrite to start again"
+        f"{run_dir} already holds a run with this configuration; pass resume=True (--resume) to "
+        "continue it or overwrite=True (--overwrite) to start again"
     )
 
 

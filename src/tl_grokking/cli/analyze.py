@@ -17,6 +17,16 @@ from ..runs import read_json
 __all__ = ["MEASURES_FILE", "PHASES_FILE", "register", "run"]
 
 
+def _freq_list(text: str) -> list[int]:
+    """One ``--key-freqs`` argument: an integer or comma-separated integers (as ``ablate``)."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--key-freqs takes integers (e.g. 14 35 or 14,35), got {text!r}"
+        ) from None
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "analyze",
@@ -32,12 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by train")
     parser.add_argument(
         "--key-freqs",
-        type=int,
+        type=_freq_list,
         nargs="+",
         metavar="K",
         default=None,
-        help="key frequencies for the restricted/excluded losses (default: from the final "
-        "checkpoint's neuron clusters, falling back to the W_E Fourier norms)",
+        help="key frequencies for the restricted/excluded losses, as '14 35' or '14,35' "
+        "(default: from the final checkpoint's neuron clusters, falling back to the W_E "
+        "Fourier norms)",
     )
     parser.add_argument("--device", default="cpu", help="device for the forward passes")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -48,8 +59,9 @@ def run(args: argparse.Namespace) -> int:
     from ..progress import analyze_run
 
     run_dir = Path(args.run_dir)
+    key_freqs = None if args.key_freqs is None else [k for ks in args.key_freqs for k in ks]
     measures, phases = analyze_run(
-        run_dir, key_freqs=args.key_freqs, device=args.device, progress=not args.no_progress
+        run_dir, key_freqs=key_freqs, device=args.device, progress=not args.no_progress
     )
     print(f"run: {run_dir}  ({len(measures)} checkpoints, p = {measures.p})")
     print(f"key frequencies: {measures.key_freqs}  (rule: {measures.key_freq_rule})")

@@ -9,6 +9,7 @@ bundle inlined, so the page opens with no network.  Progress measures come from
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,6 +38,13 @@ def run(args: argparse.Namespace) -> int:
     from ..report import run_status, write_report
 
     status = run_status(args.run_dir)  # RunDirError (a ValueError) before any work
+    if args.out is not None:  # a bad --out fails now, not after minutes of analysis
+        out = Path(args.out)
+        if out.is_dir():
+            raise IsADirectoryError(f"--out {out} is a directory; give a file path (report.html)")
+        blocker = next((d for d in out.parents if d.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise NotADirectoryError(f"--out {out}: {blocker} is a file, not a directory")
     path = write_report(args.run_dir, args.out, device=args.device, progress=args.progress)
     print(status.message)
     print(f"wrote {path}")

@@ -1,6 +1,6 @@
 """``tl-grokking reproduce``: train the paper's model, analyse it and write its report.
 
-The main job of the library in one command (Nanda et al. 2023, PAPER_NOTES §2–3):
+The main job of the library in one command (Nanda et al. 2023):
 
 1. train the paper's configuration — p = 113, 30 % of the pairs for training, one layer,
    d_model 128, 4 heads, d_mlp 512, AdamW lr 1e-3, weight decay 1, 40k full-batch epochs, a
@@ -10,7 +10,7 @@ The main job of the library in one command (Nanda et al. 2023, PAPER_NOTES §2�
    ``measures.csv``, ``phases.json``);
 3. write ``report.html`` (what ``tl-grokking report`` does) and print where everything is.
 
-``--quick`` uses a smaller setting that groks within about two minutes on two CPU cores:
+``--quick`` uses a smaller setting that groks within about a minute on two CPU cores:
 p = 53, half of the pairs for training, d_mlp 256, lr 3e-3, 1500 epochs (test accuracy
 reaches 99 % near epoch 700 with seed 0; about 45 s of CPU time on one core, all three
 steps).  The paper's setting costs about 0.1 s of CPU time per epoch on one core (about an hour
@@ -129,13 +129,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Reproduce Nanda et al. (2023): train the paper's configuration (p = 113, 40k "
             "epochs), compute the progress measures and phases, and write the HTML report. "
-            "--quick runs a smaller setting that groks in about two minutes on a CPU."
+            "--quick runs a smaller setting that groks in about a minute on a CPU."
         ),
     )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="p = 53, frac 0.5, d_mlp 256, lr 3e-3, 1500 epochs (about 2 minutes on 2 cores)",
+        help="p = 53, frac 0.5, d_mlp 256, lr 3e-3, 1500 epochs (about a minute on 2 cores)",
     )
     parser.add_argument(
         "--out",

@@ -143,8 +143,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..runs import CONFIG_FILE
     from ..training import TrainConfig, train
 
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other; pass one of them")
+    if args.resume and not (Path(args.out) / CONFIG_FILE).is_file():
+        # train(resume=True) would start a new run; from the shell that is usually a typo in --out
+        raise FileNotFoundError(
+            f"--resume: {args.out} holds no run to resume (no {CONFIG_FILE}); "
+            "drop --resume to start a new run there"
+        )
     config = TrainConfig(
         task=args.task,
         p=args.p,
