@@ -102,6 +102,16 @@ def _affine(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     return x @ W if _is_frozen_zero(b) else torch.addmm(b, x, W)
 
 
+def _gather_rows(table: Tensor, index: Int[Tensor, "..."]) -> Tensor:
+    """``table[index]`` for an integer index tensor, via ``index_select``.
+
+    Same values and gradients as advanced indexing, but the backward is an ``index_add`` rather
+    than an accumulating ``index_put`` — about 10× faster on CPU for the training-set gathers.
+    """
+    rows = table.index_select(0, index.reshape(-1))
+    return rows.reshape(*index.shape, *table.shape[1:])
+
+
 class _ReluMlpUnembed(torch.autograd.Function):
     """MLP (ReLU) + unembedding of the final position with a hand-written backward.
 
@@ -185,7 +195,7 @@ def _final_logits_constant_query(
     # One table, one gather: row pos * vocab + token holds [score, value] of every head.
     table = torch.cat([s_ab, v_ab], dim=-1)  # [2 * vocab, head, 1 + d_head]
     offsets = torch.arange(2, device=tokens.device) * n_vocab
-    rows = table[tokens[:, :2] + offsets]  # [batch, pos=2, head, 1+d_head]
+    rows = _gather_rows(table, tokens[:, :2] + offsets)  # [batch, pos=2, head, 1+d_head]
     scores = torch.cat([rows[..., 0], s_eq.expand(rows.shape[0], 1, -1)], dim=1)  # [b, 3, head]
     pattern = _mix_uniform(torch.softmax(scores, dim=1), model_attn_rate(model))
     z = (pattern[:, :2, :, None] * rows[..., 1:]).sum(1) + pattern[:, 2, :, None] * v_eq
@@ -206,12 +216,12 @@ def _final_logits_general(
     b_QKV = torch.stack([attn.b_Q, attn.b_K, attn.b_V])  # [3, head, d_head]
     qkv_table = einsum(x_table, W_QKV, "row d, qkv head d d_head -> row qkv head d_head") + b_QKV
     offsets = torch.arange(3, device=tokens.device) * n_vocab
-    qkv = qkv_table[tokens + offsets]  # [batch, pos, qkv, head, d_head]
+    qkv = _gather_rows(qkv_table, tokens + offsets)  # [batch, pos, qkv, head, d_head]
     q, k, v = qkv[:, 2, 0], qkv[:, :, 1], qkv[:, :, 2]
     scores = einsum(q, k, "batch head d_head, batch pos head d_head -> batch pos head")
     pattern = _mix_uniform(torch.softmax(scores / attn.attn_scale, dim=1), model_attn_rate(model))
     z = (pattern[..., None] * v).sum(1)  # [batch, head, d_head]
-    x_final = x_table[tokens[:, 2] + 2 * n_vocab]
+    x_final = _gather_rows(x_table, tokens[:, 2] + 2 * n_vocab)
     resid_mid = x_final + torch.addmm(attn.b_O, z.flatten(1), attn.W_O.flatten(0, 1))
     return _mlp_unembed(model, resid_mid)
 
