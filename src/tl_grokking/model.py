@@ -108,13 +108,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(
-                f"unknown ModelConfig fields {sorted(unknown)}; known: {sorted(known)}"
-            )
-        return cls(**data)
+        return config_from_dict(cls, data)
 
     def hooked_config(self, device: str | torch.device = "cpu") -> HookedTransformerConfig:
         """The equivalent :class:`HookedTransformerConfig` (no seed: see :func:`make_model`)."""
@@ -133,6 +127,17 @@ class ModelConfig:
             device=str(device),
             default_prepend_bos=False,
         )
+
+
+def config_from_dict(cls: type, data: dict[str, Any]):
+    """Build the config dataclass ``cls`` from a dict, naming any unknown fields."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a {cls.__name__} must be built from a dict, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**data)
 
 
 def _attn_rate_hook(rate: float):

@@ -40,7 +40,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from .fastforward import final_logits, final_logits_batched
-from .model import ModelConfig, make_model, validate_device
+from .model import ModelConfig, config_from_dict, make_model, validate_device
 from .runs import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -246,13 +246,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(
-                f"unknown TrainConfig fields {sorted(unknown)}; known: {sorted(known)}"
-            )
-        return cls(**data)
+        return config_from_dict(cls, data)
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)

@@ -13,14 +13,7 @@ import argparse
 import json
 import sys
 
-
-def _freq_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--key-freqs must be integers separated by commas, got {text!r}"
-        ) from None
+from ._common import freq_list
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epoch", type=int, default=None, help="epoch of a run (default: last)")
     parser.add_argument(
         "--key-freqs",
-        type=_freq_list,
+        type=freq_list,
         default=None,
         metavar="K1,K2,...",
         help="key frequencies to use (default: the neuron-cluster rule)",

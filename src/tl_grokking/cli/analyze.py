@@ -13,18 +13,9 @@ from pathlib import Path
 
 from ..progress import MEASURES_FILE, PHASES_FILE
 from ..runs import read_json
+from ._common import freq_list
 
 __all__ = ["MEASURES_FILE", "PHASES_FILE", "register", "run"]
-
-
-def _freq_list(text: str) -> list[int]:
-    """One ``--key-freqs`` argument: an integer or comma-separated integers (as ``ablate``)."""
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--key-freqs takes integers (e.g. 14 35 or 14,35), got {text!r}"
-        ) from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by train")
     parser.add_argument(
         "--key-freqs",
-        type=_freq_list,
+        type=freq_list,
         nargs="+",
         metavar="K",
         default=None,
