@@ -88,13 +88,13 @@ def analysis(model) -> dict[str, float]:
 def analysis_shared(model) -> dict[str, float]:
     """The same results from one grid forward pass shared by all steps (``tl-grokking ablate``)."""
     from tl_grokking import (
-        TABLE_HOOKS,
         ablation_table,
         grid_activations,
         key_frequencies,
         neuron_clusters,
         trig_logit_decomposition,
     )
+    from tl_grokking.analysis.ablations import TABLE_HOOKS
 
     times: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -123,7 +123,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from tl_grokking.checkpoints import load_checkpoint
+    from tl_grokking.runs.checkpoints import load_checkpoint
 
     model = load_checkpoint(args.checkpoint)
     cfg = model.cfg

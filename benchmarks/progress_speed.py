@@ -1,6 +1,6 @@
 """Speed and peak memory of the progress measures over 150 checkpoints at p = 113.
 
-Compares :func:`tl_grokking.progress.progress_measures` with a straightforward implementation
+Compares :func:`tl_grokking.analysis.progress.progress_measures` with a straightforward implementation
 in the style of the TransformerLens grokking demo: per checkpoint it builds the model, runs the
 full HookedTransformer forward over all p² inputs, and for every key frequency k builds the p³
 cubes ``cos(w_k(a+b-c))`` and ``sin(w_k(a+b-c))`` and projects the logits onto them (for each
@@ -54,10 +54,10 @@ FIXTURE = (
 def make_synthetic_run(run_dir: Path, n: int, every: int = 100, seed: int = 0) -> None:
     import torch
 
-    from tl_grokking.checkpoints import load_checkpoint
-    from tl_grokking.model import make_model
-    from tl_grokking.runs import checkpoint_path, save_safetensors, write_json
-    from tl_grokking.training import TrainConfig
+    from tl_grokking.model.transformer import make_model
+    from tl_grokking.runs.checkpoints import load_checkpoint
+    from tl_grokking.runs.rundir import checkpoint_path, save_safetensors, write_json
+    from tl_grokking.training.trainer import TrainConfig
 
     if FIXTURE.is_file():
         base = load_checkpoint(FIXTURE)
@@ -85,7 +85,7 @@ def make_synthetic_run(run_dir: Path, n: int, every: int = 100, seed: int = 0) -
 
 
 def side_ours(run_dir: Path, limit: int | None) -> dict:
-    from tl_grokking.progress import progress_measures
+    from tl_grokking.analysis.progress import progress_measures
 
     start = time.perf_counter()
     measures = progress_measures(run_dir, progress=False)
@@ -103,7 +103,7 @@ def side_naive(run_dir: Path, limit: int | None, key_freqs: list[int]) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from tl_grokking.checkpoints import load_run
+    from tl_grokking.runs.checkpoints import load_run
 
     start = time.perf_counter()
     run = load_run(run_dir)
@@ -163,7 +163,7 @@ def side_naive(run_dir: Path, limit: int | None, key_freqs: list[int]) -> dict:
 
 
 def side_baseline(run_dir: Path) -> dict:
-    from tl_grokking.checkpoints import load_run
+    from tl_grokking.runs.checkpoints import load_run
 
     start = time.perf_counter()
     load_run(run_dir).model()
@@ -179,8 +179,8 @@ def callback_overhead(epochs: int, threads: int) -> None:
     """
     import torch
 
-    from tl_grokking.progress import cheap_measures_callback
-    from tl_grokking.training import TrainConfig, train
+    from tl_grokking.analysis.progress import cheap_measures_callback
+    from tl_grokking.training.trainer import TrainConfig, train_model
 
     torch.set_num_threads(threads)
     config = TrainConfig(p=113, epochs=epochs, log_every=100, checkpoint_every=10**9)
@@ -200,7 +200,7 @@ def callback_overhead(epochs: int, threads: int) -> None:
 
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            train(config, tmp, progress=False, callbacks=[timed])
+            train_model(config, tmp, progress=False, callbacks=[timed])
             wall = time.perf_counter() - start
         print(
             f"callback {name}: {spent[0]:.2f} s in {spent[1]} calls over {epochs} epochs "

@@ -8,7 +8,7 @@ side by side, repeat by repeat, and medians are reported):
 (a) ``hooked_loop``: seconds per epoch of the loop of the TransformerLens grokking demo —
     HookedTransformer forward + backward on the training set, float64 cross-entropy on
     ``logits[:, -1]``, AdamW step, and the test loss every epoch (no grad);
-(b) ``trainer``: seconds per epoch of :func:`tl_grokking.training.train` at its defaults (log and
+(b) ``trainer``: seconds per epoch of :func:`tl_grokking.training.trainer.train_model` at its defaults (log and
     checkpoint every 100 epochs, progress bar off), called on a fresh temporary directory for
     ``--trainer-epochs`` epochs; the time includes model construction, the epoch-0 and final
     evaluations and checkpoints (so short calls overstate the steady-state cost);
@@ -37,9 +37,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tl_grokking.fastforward import final_logits
-from tl_grokking.model import ModelConfig, make_model
-from tl_grokking.training import TrainConfig, train
+from tl_grokking.model.fastforward import final_logits
+from tl_grokking.model.transformer import ModelConfig, make_model
+from tl_grokking.training.trainer import TrainConfig, train_model
 
 
 def _timed(fn) -> float:
@@ -149,7 +149,7 @@ def main() -> None:
         for i in range(args.repeats):
             t_loop.append(statistics.median(_timed(hooked_epoch) for _ in range(3)))
             run_cfg = config.replace(epochs=args.trainer_epochs)
-            result = train(run_cfg, Path(tmp) / f"run{i}", progress=False)
+            result = train_model(run_cfg, Path(tmp) / f"run{i}", progress=False)
             t_trainer.append(result.wall_time / args.trainer_epochs)
 
     med = statistics.median

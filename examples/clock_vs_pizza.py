@@ -5,7 +5,7 @@ rate and tell their algorithms apart (Zhong, Liu, Tegmark & Andreas 2023).
 * attn_rate 0.0: constant, uniform attention → the "pizza" algorithm.
 
 For each model it prints the gradient symmetricity (pizza ≈ 1, clock low) and the distance
-irrelevance (clock ≈ 1, pizza lower) and the verdict of ``classify``. Small settings, a few
+irrelevance (clock ≈ 1, pizza lower) and the verdict of ``classify_clock_pizza``. Small settings, a few
 seconds per model on a laptop CPU::
 
     python examples/clock_vs_pizza.py            # p = 31
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from tl_grokking.clock_pizza import classify
-from tl_grokking.training import TrainConfig, train
+from tl_grokking.analysis.clock_pizza import classify_clock_pizza
+from tl_grokking.training.trainer import TrainConfig, train_model
 
 
 def main() -> None:
@@ -52,8 +52,8 @@ def main() -> None:
             log_every=100,
             checkpoint_every=args.epochs,
         )
-        result = train(config, out / kind, overwrite=True, progress=False)
-        verdict = classify(result.model, config.make_task())
+        result = train_model(config, out / kind, overwrite=True, progress=False)
+        verdict = classify_clock_pizza(result.model, config.make_task())
         print(
             f"attn_rate {rate:.1f} (expected {kind}): trained {result.epoch} epochs in "
             f"{result.wall_time:.1f} s, test acc {result.metrics['test_acc']:.3f}\n"

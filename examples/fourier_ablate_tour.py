@@ -6,7 +6,7 @@ Usage::
 
 CHECKPOINT defaults to the fixture ``shared/fixtures/paper_original_format_no_wd.pth`` (p = 113,
 the authors' checkpoint format) next to the repository. Any format that
-``tl_grokking.checkpoints.load_checkpoint`` reads works, for any p.
+``tl_grokking.runs.checkpoints.load_checkpoint`` reads works, for any p.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 from tl_grokking import (
     ablation_table,
-    evaluate,
+    evaluate_model,
     fourier_ablate,
     key_frequencies,
     neuron_clusters,
@@ -32,9 +32,9 @@ DEFAULT = (
 
 def load(path: Path):
     try:
-        from tl_grokking.checkpoints import load_checkpoint
+        from tl_grokking.runs.checkpoints import load_checkpoint
     except ImportError:
-        sys.exit("tl_grokking.checkpoints.load_checkpoint is not available in this install")
+        sys.exit("tl_grokking.runs.checkpoints.load_checkpoint is not available in this install")
     if not path.exists():
         sys.exit(f"checkpoint not found: {path} (pass a path: fourier_ablate_tour.py CHECKPOINT)")
     return load_checkpoint(path)
@@ -66,7 +66,7 @@ def main() -> None:
                 fourier_ablate(model, keys.keys, "mlp_post", mode="keep", basis="block"),
             ),
         ]:
-            out = evaluate(model, fwd_hooks=hooks)
+            out = evaluate_model(model, fwd_hooks=hooks)
             print(f"{label:32s} loss {out['all_loss']:.3e}  acc {100 * out['all_acc']:.2f}%")
     print()
 

@@ -4,7 +4,7 @@
 # A notebook-style tour (the `# %%` cells run in VS Code / Jupyter, or top to bottom as a
 # script) of a single trained model: load it, find its key frequencies, and draw each figure
 # of the report with the function that makes it. Any checkpoint that
-# `tl_grokking.checkpoints.load_checkpoint` reads works — our run directories and safetensors,
+# `tl_grokking.runs.checkpoints.load_checkpoint` reads works — our run directories and safetensors,
 # the authors' original `.pth`, the TransformerLens demo file, plain state dicts — for any p.
 #
 # Usage as a script::
@@ -22,13 +22,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from tl_grokking import plots
-from tl_grokking.ablations import ablation_table
-from tl_grokking.checkpoints import load_checkpoint
-from tl_grokking.circuits import key_frequencies
-from tl_grokking.logits import all_logits, loss_and_accuracy, trig_logit_decomposition
-from tl_grokking.report import ReportSection, circuitsvis_element, render_report_html
-from tl_grokking.tasks import ModularAddition
+from tl_grokking.analysis.ablations import ablation_table
+from tl_grokking.analysis.circuits import key_frequencies
+from tl_grokking.analysis.logits import all_logits, loss_and_accuracy, trig_logit_decomposition
+from tl_grokking.data.tasks import ModularAddition
+from tl_grokking.figures import plots
+from tl_grokking.figures.report import ReportSection, circuitsvis_element, render_report_html
+from tl_grokking.runs.checkpoints import load_checkpoint
 
 FIXTURE = (
     Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paper_original_format_no_wd.pth"

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from tl_grokking.discrete_log import (
+from tl_grokking.analysis.fourier import fourier_basis, frequencies
+from tl_grokking.data.discrete_log import (
     frequency_mass_count,
     frequency_norms,
     primitive_root,
@@ -27,8 +28,7 @@ from tl_grokking.discrete_log import (
     reindexed_key_frequencies,
     reindexed_neuron_clusters,
 )
-from tl_grokking.fourier import fourier_basis, frequencies
-from tl_grokking.training import TrainConfig, train
+from tl_grokking.training.trainer import TrainConfig, train_model
 
 # Settings that grok within a few hundred epochs (seed 0); the same as tests/test_discrete_log.py.
 RUNS = {"sub": 31, "mul": 29}
@@ -53,7 +53,7 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="other_tasks_"))
     for name, p in RUNS.items():
         config = TrainConfig(task=name, p=p, **SETTINGS)
-        result = train(config, out / name, progress=False)
+        result = train_model(config, out / name, progress=False)
         model, task = result.model.eval(), config.make_task()
         n = task.fourier_size
         print(

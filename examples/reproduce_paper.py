@@ -7,7 +7,7 @@ Usage::
 
 Writes ``figures/<name>.html`` for every figure (plotly.js sits once beside them as
 ``plotly.min.js``: nothing is loaded from the network), or opens them in a browser with
-``--show``. Each figure is built by one function of :mod:`tl_grokking.plots`, from a model and
+``--show``. Each figure is built by one function of :mod:`tl_grokking.figures.plots`, from a model and
 its task or from explicit data, so the same lines work in a notebook.
 
 What the figures show (the paper's names):
@@ -28,14 +28,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tl_grokking import plots
-from tl_grokking.ablations import ablation_table
-from tl_grokking.checkpoints import load_run
-from tl_grokking.circuits import key_frequencies
-from tl_grokking.logits import trig_logit_decomposition
-from tl_grokking.phases import detect_phases
-from tl_grokking.progress import progress_measures, read_measures_csv
-from tl_grokking.runs import read_json
+from tl_grokking.analysis.ablations import ablation_table
+from tl_grokking.analysis.circuits import key_frequencies
+from tl_grokking.analysis.logits import trig_logit_decomposition
+from tl_grokking.analysis.phases import detect_phases
+from tl_grokking.analysis.progress import progress_measures, read_measures_csv
+from tl_grokking.figures import plots
+from tl_grokking.runs.checkpoints import load_run
+from tl_grokking.runs.rundir import read_json
 
 
 def figures(run_dir: Path) -> dict:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tl_grokking.model import make_model
-from tl_grokking.runs import checkpoint_path, load_safetensors
-from tl_grokking.training import TrainConfig, load_train_config, train
+from tl_grokking.model.transformer import make_model
+from tl_grokking.runs.rundir import checkpoint_path, load_safetensors
+from tl_grokking.training.trainer import TrainConfig, load_train_config, train_model
 
 #: Settings of the session-wide small grokking run (``TrainConfig(**SMALL_RUN_CONFIG)``).
 #: p = 29, 60 % train: memorised at epoch ~100, test accuracy >= 0.99 from epoch ~750.
@@ -41,7 +41,7 @@ def small_run(tmp_path_factory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matmuls: one thread is faster and bit-reproducible
     try:
-        train(TrainConfig(**SMALL_RUN_CONFIG), run_dir, progress=False)
+        train_model(TrainConfig(**SMALL_RUN_CONFIG), run_dir, progress=False)
     finally:
         torch.set_num_threads(threads)
     return run_dir
@@ -49,7 +49,7 @@ def small_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_task(small_run):
-    """The :class:`~tl_grokking.tasks.Task` of ``small_run`` (modular addition, p = 29)."""
+    """The :class:`~tl_grokking.data.tasks.Task` of ``small_run`` (modular addition, p = 29)."""
     return load_train_config(small_run).make_task()
 
 
@@ -83,7 +83,7 @@ def task_runs(tmp_path_factory) -> dict[str, Path]:
                 log_every=10, checkpoint_every=10,
             )  # fmt: skip
             runs[name] = root / f"run{i}"
-            train(config, runs[name], progress=False)
+            train_model(config, runs[name], progress=False)
     finally:
         torch.set_num_threads(threads)
     return runs

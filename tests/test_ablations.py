@@ -7,18 +7,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from tl_grokking.ablations import (
+from tl_grokking.analysis.ablations import (
     ablation_table,
     cluster_block_hooks,
     mlp_readout,
     replace_by_cluster_blocks,
 )
-from tl_grokking.circuits import NeuronClusters
-from tl_grokking.fourier import project_grid
-from tl_grokking.hooks import evaluate, grid_activations, mean_ablate, zero_ablate
-from tl_grokking.logits import all_logits, excluded_logits, loss_and_accuracy, restricted_logits
-from tl_grokking.model import ModelConfig, make_model
-from tl_grokking.tasks import ModularAddition
+from tl_grokking.analysis.circuits import NeuronClusters
+from tl_grokking.analysis.fourier import project_grid
+from tl_grokking.analysis.hooks import evaluate_model, grid_activations, mean_ablate, zero_ablate
+from tl_grokking.analysis.logits import (
+    all_logits,
+    excluded_logits,
+    loss_and_accuracy,
+    restricted_logits,
+)
+from tl_grokking.data.tasks import ModularAddition
+from tl_grokking.model.transformer import ModelConfig, make_model
 
 FIXTURE = (
     Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paper_original_format_no_wd.pth"
@@ -79,21 +84,23 @@ def test_neuron_rows_match_hooked_forward_passes(model, clusters, table):
         (False, "neurons -> own 3x3 block"),
         (True, "neurons -> own 3x3 block + unclustered dropped"),
     ]:
-        hooked = evaluate(model, task, cluster_block_hooks(model, clusters, drop_unclustered=drop))
+        hooked = evaluate_model(
+            model, task, cluster_block_hooks(model, clusters, drop_unclustered=drop)
+        )
         assert table[name].loss == pytest.approx(hooked["all_loss"], rel=1e-5)
         assert table[name].accuracy == pytest.approx(hooked["all_acc"])
     for k, n in [(2, 8), (5, 6)]:
-        hooked = evaluate(model, task, zero_ablate(model, "mlp_post", clusters.neurons(k)))
+        hooked = evaluate_model(model, task, zero_ablate(model, "mlp_post", clusters.neurons(k)))
         row = table[f"cluster k = {k} removed ({n} neurons)"]
         assert row.loss == pytest.approx(hooked["all_loss"], rel=1e-5)
-    attn = evaluate(model, task, zero_ablate(model, "attn_z"))
+    attn = evaluate_model(model, task, zero_ablate(model, "attn_z"))
     assert table["attention zero-ablated"].loss == pytest.approx(attn["all_loss"], rel=1e-6)
 
 
 def test_mean_ablation_variant(model, clusters):
     task = ModularAddition(P)
     t = ablation_table(model, task, key_freqs=[2], clusters=clusters, neuron_ablation="mean")
-    hooked = evaluate(model, task, mean_ablate(model, "mlp_post", clusters.neurons(5)))
+    hooked = evaluate_model(model, task, mean_ablate(model, "mlp_post", clusters.neurons(5)))
     assert t["cluster k = 5 removed (6 neurons)"].loss == pytest.approx(
         hooked["all_loss"], rel=1e-5
     )
@@ -137,7 +144,7 @@ def test_table_str_is_aligned(table):
 def test_fixture_ablation_table():
     if not FIXTURE.exists():
         pytest.skip(f"fixture checkpoint not found at {FIXTURE}")
-    from tl_grokking.checkpoints import load_checkpoint
+    from tl_grokking.runs.checkpoints import load_checkpoint
 
     model = load_checkpoint(FIXTURE)
     t = ablation_table(model)
@@ -154,7 +161,7 @@ def test_fixture_ablation_table():
 
 
 def test_small_grokked_model_table(small_model, small_task, small_run):
-    from tl_grokking.training import load_train_config
+    from tl_grokking.training.trainer import load_train_config
 
     config = load_train_config(small_run)
     train, _ = small_task.split(config.frac_train, config.seed)
@@ -174,7 +181,7 @@ def test_cli_ablate_matches_the_library(small_run, small_model, small_task, caps
     import json
 
     from tl_grokking.cli import main
-    from tl_grokking.training import load_train_config
+    from tl_grokking.training.trainer import load_train_config
 
     assert main(["ablate", str(small_run), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -196,7 +203,7 @@ def test_table_rejects_wrong_activations(model, clusters):
 
 
 def test_sub_table_drops_the_x_plus_y_rows_and_says_why(model, clusters):
-    from tl_grokking.tasks import make_task
+    from tl_grokking.data.tasks import make_task
 
     sub = make_task("sub", P)
     t = ablation_table(model, sub, key_freqs=[2, 5], clusters=clusters)
@@ -205,7 +212,7 @@ def test_sub_table_drops_the_x_plus_y_rows_and_says_why(model, clusters):
     assert len(t.notes) == 1 and "x+y rows" in t.notes[0] and "'sub'" in t.notes[0]
     assert "note:" in str(t) and t.to_dict()["notes"] == t.notes
     # the remaining rows are the task's own: the full-model row is sub's loss on all pairs
-    assert t["full model"].loss == pytest.approx(evaluate(model, sub)["all_loss"], rel=1e-9)
+    assert t["full model"].loss == pytest.approx(evaluate_model(model, sub)["all_loss"], rel=1e-9)
     with pytest.raises(ValueError, match="ablation table.*'mul'.*discrete_log"):
         ablation_table(model, make_task("mul", P), key_freqs=[2], clusters=clusters)
 

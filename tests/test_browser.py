@@ -310,7 +310,7 @@ def test_report_renders_offline_without_errors(chromium, small_run, tmp_path):
     error, every plotly figure has drawn its SVG, every circuitsvis view has content."""
     import torch
 
-    from tl_grokking.report import write_report
+    from tl_grokking.figures.report import write_report
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""Tests for tl_grokking.checkpoints: every format, conversions checked against independent
+"""Tests for tl_grokking.runs.checkpoints: every format, conversions checked against independent
 forwards, compatibility / shape / NaN / safety errors."""
 
 from __future__ import annotations
@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from tl_grokking.checkpoints import (
+from tl_grokking.data.tasks import ModularAddition
+from tl_grokking.model.transformer import (
+    IncompatibleModelError,
+    ModelConfig,
+    check_compatible,
+    make_model,
+    model_attn_rate,
+)
+from tl_grokking.runs.checkpoints import (
     CHECKPOINT_FORMATS,
     CheckpointFormatError,
     CheckpointShapeError,
@@ -23,21 +31,13 @@ from tl_grokking.checkpoints import (
     load_checkpoint,
     load_run,
 )
-from tl_grokking.model import (
-    IncompatibleModelError,
-    ModelConfig,
-    check_compatible,
-    make_model,
-    model_attn_rate,
-)
-from tl_grokking.runs import (
+from tl_grokking.runs.rundir import (
     RunDirError,
     append_metrics,
     checkpoint_path,
     save_safetensors,
     write_json,
 )
-from tl_grokking.tasks import ModularAddition
 
 FIXTURE = (
     Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paper_original_format_no_wd.pth"
@@ -423,13 +423,13 @@ def test_safetensors_outside_a_run(tmp_path):
 
 def test_trained_run_end_to_end(tmp_path):
     """A real (tiny) training run: the loaded split and model reproduce the logged metrics."""
-    from tl_grokking.training import TrainConfig, train
+    from tl_grokking.training.trainer import TrainConfig, train_model
 
     config = TrainConfig(
         p=17, d_model=24, n_heads=3, d_mlp=40, epochs=12, log_every=4, checkpoint_every=4,
         frac_train=0.5, seed=1, weight_decay=1.0,
     )  # fmt: skip
-    result = train(config, tmp_path / "run", progress=False)
+    result = train_model(config, tmp_path / "run", progress=False)
     run = load_run(tmp_path / "run")
     assert run.epochs == [0, 4, 8, 12]
     assert_same_params(run.model(), params(result.model))

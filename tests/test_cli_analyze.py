@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from tl_grokking.analysis.phases import detect_phases
+from tl_grokking.analysis.progress import read_measures_csv
 from tl_grokking.cli import build_parser, main
-from tl_grokking.model import ModelConfig, make_model
-from tl_grokking.phases import detect_phases
-from tl_grokking.progress import read_measures_csv
-from tl_grokking.runs import list_checkpoints, read_metrics, save_safetensors
+from tl_grokking.model.transformer import ModelConfig, make_model
+from tl_grokking.runs.rundir import list_checkpoints, read_metrics, save_safetensors
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -173,7 +173,7 @@ def test_two_checkpoints_give_measures_but_no_phases(run_copy, capsys):
 
 
 def test_analyze_a_division_run_omits_the_sum_direction_columns(task_runs, tmp_path):
-    from tl_grokking.progress import progress_measures
+    from tl_grokking.analysis.progress import progress_measures
 
     run_dir = tmp_path / "run"
     shutil.copytree(task_runs["div"], run_dir)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tl_grokking.cli import SUBCOMMANDS, main
-from tl_grokking.runs import list_checkpoints, read_metrics
-from tl_grokking.training import TrainConfig
+from tl_grokking.runs.rundir import list_checkpoints, read_metrics
+from tl_grokking.training.trainer import TrainConfig
 
 TINY_ARGS = [
     "--p", "13", "--frac-train", "0.5", "--d-model", "16", "--n-heads", "2", "--d-mlp", "32",

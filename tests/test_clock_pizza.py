@@ -7,18 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from tl_grokking.clock_pizza import (
+from tl_grokking.analysis.clock_pizza import (
     DISTANCE_IRRELEVANCE_THRESHOLD,
     GRADIENT_SYMMETRICITY_THRESHOLD,
     ClockPizzaVerdict,
-    classify,
+    classify_clock_pizza,
     correct_logit_grid,
     distance_irrelevance,
     distance_irrelevance_of_grid,
     gradient_symmetricity,
 )
-from tl_grokking.model import ModelConfig, make_model
-from tl_grokking.tasks import make_task
+from tl_grokking.data.tasks import make_task
+from tl_grokking.model.transformer import ModelConfig, make_model
 
 
 def _tiny(p: int = 11, attn_rate: float = 1.0, seed: int = 0):
@@ -105,7 +105,7 @@ def test_metrics_refuse_tasks_they_are_not_defined_for():
     with pytest.raises(ValueError, match="triples"):
         gradient_symmetricity(model, make_task("add", 11), triples=torch.tensor([[1, 2]]))
     with pytest.raises(ValueError, match="gs_threshold"):
-        classify(model, make_task("add", 11), gs_threshold=1.5)
+        classify_clock_pizza(model, make_task("add", 11), gs_threshold=1.5)
 
 
 def test_multiplication_uses_discrete_log_coordinates():
@@ -142,7 +142,7 @@ SETTINGS = {
 
 @pytest.fixture(scope="module")
 def clock_and_pizza(tmp_path_factory):
-    from tl_grokking.training import TrainConfig, train
+    from tl_grokking.training.trainer import TrainConfig, train_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -150,7 +150,7 @@ def clock_and_pizza(tmp_path_factory):
     try:
         for kind, rate in (("clock", 1.0), ("pizza", 0.0)):
             config = TrainConfig(**SETTINGS, attn_rate=rate)
-            result = train(config, tmp_path_factory.mktemp(kind), progress=False)
+            result = train_model(config, tmp_path_factory.mktemp(kind), progress=False)
             models[kind] = result.model.eval()
     finally:
         torch.set_num_threads(threads)
@@ -163,7 +163,10 @@ def test_trained_clock_and_pizza_fall_on_the_expected_sides(clock_and_pizza):
         for model in models.values():
             acc = (model(task.tokens())[:, -1].argmax(-1) == task.labels()).float().mean()
             assert acc >= 0.95
-    clock, pizza = classify(models["clock"], task), classify(models["pizza"], task)
+    clock, pizza = (
+        classify_clock_pizza(models["clock"], task),
+        classify_clock_pizza(models["pizza"], task),
+    )
     assert isinstance(clock, ClockPizzaVerdict)
     assert clock.attn_rate == 1.0 and pizza.attn_rate == 0.0
     # gradient symmetricity: pizza ~1 (forced by uniform attention), clock far below
@@ -174,5 +177,7 @@ def test_trained_clock_and_pizza_fall_on_the_expected_sides(clock_and_pizza):
     assert pizza.distance_irrelevance < DISTANCE_IRRELEVANCE_THRESHOLD
     assert (clock.label, pizza.label) == ("clock", "pizza")
     # the metrics' thresholds decide: demanding a q below the pizza's makes it ambiguous
-    strict = classify(models["pizza"], task, di_threshold=pizza.distance_irrelevance - 0.01)
+    strict = classify_clock_pizza(
+        models["pizza"], task, di_threshold=pizza.distance_irrelevance - 0.01
+    )
     assert strict.label == "ambiguous" and not strict.agree

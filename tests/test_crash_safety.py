@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tl_grokking.checkpoints import load_checkpoint, load_run
 from tl_grokking.cli import main
-from tl_grokking.runs import list_checkpoints, load_safetensors, read_metrics
-from tl_grokking.training import TrainConfig, train
+from tl_grokking.runs.checkpoints import load_checkpoint, load_run
+from tl_grokking.runs.rundir import list_checkpoints, load_safetensors, read_metrics
+from tl_grokking.training.trainer import TrainConfig, train_model
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
 
@@ -130,9 +130,9 @@ def test_output_path_under_a_file_is_refused(tmp_path):
     blocker = tmp_path / "results.txt"
     blocker.write_text("not a directory")
     with pytest.raises(NotADirectoryError, match="results.txt is a file, not a directory"):
-        train(SMALL, blocker / "run", progress=False)
+        train_model(SMALL, blocker / "run", progress=False)
     with pytest.raises(NotADirectoryError, match="results.txt is a file"):  # run dir is a file
-        train(SMALL, blocker, progress=False)
+        train_model(SMALL, blocker, progress=False)
     assert blocker.read_text() == "not a directory"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.txt"]
 
@@ -162,7 +162,7 @@ def test_unwritable_output_directory_is_refused(tmp_path):
     before = sorted(p.name for p in parent.iterdir())
     try:
         with pytest.raises(OSError):
-            train(SMALL, parent / "tl_grokking_run", progress=False)
+            train_model(SMALL, parent / "tl_grokking_run", progress=False)
         assert sorted(p.name for p in parent.iterdir()) == before
     finally:
         if parent.is_relative_to(tmp_path):

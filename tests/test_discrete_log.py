@@ -11,7 +11,8 @@ import math
 import pytest
 import torch
 
-from tl_grokking.discrete_log import (
+from tl_grokking.analysis.fourier import fourier_basis, frequencies
+from tl_grokking.data.discrete_log import (
     discrete_log_table,
     discrete_logarithm,
     frequency_mass_count,
@@ -25,9 +26,8 @@ from tl_grokking.discrete_log import (
     reindexed_tokens,
     reindexed_unembed_norms,
 )
-from tl_grokking.fourier import fourier_basis, frequencies
-from tl_grokking.model import ModelConfig, make_model
-from tl_grokking.tasks import make_task
+from tl_grokking.data.tasks import make_task
+from tl_grokking.model.transformer import ModelConfig, make_model
 
 PRIMES = [3, 5, 7, 11, 13, 23, 29, 31, 113]
 
@@ -217,7 +217,7 @@ COMMON_SETTINGS = {
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One small model per task, trained once with the library trainer."""
-    from tl_grokking.training import TrainConfig, train
+    from tl_grokking.training.trainer import TrainConfig, train_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -225,7 +225,7 @@ def trained(tmp_path_factory):
     try:
         for name, settings in TRAINED.items():
             config = TrainConfig(task=name, **settings, **COMMON_SETTINGS)
-            result = train(config, tmp_path_factory.mktemp(f"grok_{name}"), progress=False)
+            result = train_model(config, tmp_path_factory.mktemp(f"grok_{name}"), progress=False)
             out[name] = (result.model.eval(), config.make_task())
     finally:
         torch.set_num_threads(threads)
@@ -275,8 +275,8 @@ def test_multiplication_is_sparse_only_after_reindexing(trained):
 
 def test_identity_reindexing_agrees_with_the_token_order_analysis(trained):
     """For an additive task the group coordinates are the tokens: the rules must agree with
-    tl_grokking.circuits.key_frequencies (an independent implementation)."""
-    from tl_grokking.circuits import key_frequencies
+    tl_grokking.analysis.circuits.key_frequencies (an independent implementation)."""
+    from tl_grokking.analysis.circuits import key_frequencies
 
     model, task = trained["sub"]
     reference = key_frequencies(model, task, rule="all")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tl_grokking.circuits import key_frequencies, neuron_clusters
-from tl_grokking.fourier import (
+from tl_grokking.analysis.circuits import key_frequencies, neuron_clusters
+from tl_grokking.analysis.fourier import (
     basis_frequencies,
     block_fve,
     fourier_basis,
@@ -25,8 +25,8 @@ from tl_grokking.fourier import (
     project_grid,
     sum_directions,
 )
-from tl_grokking.model import ModelConfig, make_model
-from tl_grokking.tasks import ModularAddition
+from tl_grokking.data.tasks import ModularAddition
+from tl_grokking.model.transformer import ModelConfig, make_model
 
 FIXTURE = (
     Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paper_original_format_no_wd.pth"
@@ -293,7 +293,7 @@ def test_key_frequencies_embed_and_unembed_rules_on_planted_weights():
 def paper_model():
     if not FIXTURE.exists():
         pytest.skip(f"fixture checkpoint not found at {FIXTURE}")
-    from tl_grokking.checkpoints import load_checkpoint
+    from tl_grokking.runs.checkpoints import load_checkpoint
 
     return load_checkpoint(FIXTURE)
 

@@ -1,4 +1,4 @@
-"""Fourier-ablation hooks, the canonical-grid guard, grid activations and evaluate()."""
+"""Fourier-ablation hooks, the canonical-grid guard, grid activations and evaluate_model()."""
 
 from __future__ import annotations
 
@@ -7,10 +7,16 @@ import math
 import pytest
 import torch
 
-from tl_grokking.hooks import SITES, evaluate, fourier_ablate, grid_activations, zero_ablate
-from tl_grokking.logits import restricted_logits
-from tl_grokking.model import ModelConfig, make_model
-from tl_grokking.tasks import ModularAddition
+from tl_grokking.analysis.hooks import (
+    SITES,
+    evaluate_model,
+    fourier_ablate,
+    grid_activations,
+    zero_ablate,
+)
+from tl_grokking.analysis.logits import restricted_logits
+from tl_grokking.data.tasks import ModularAddition
+from tl_grokking.model.transformer import ModelConfig, make_model
 
 P = 13
 
@@ -134,7 +140,7 @@ def test_block_basis_on_a_grid_site(model, task):
     name = SITES["mlp_post"]
     hooks = fourier_ablate(model, [4], "mlp_post", mode="keep", basis="block")
     ablated = grid_activations(model, task, [name], fwd_hooks=hooks)[name].double()
-    from tl_grokking.fourier import fourier_basis
+    from tl_grokking.analysis.fourier import fourier_basis
 
     F = fourier_basis(P, dtype=torch.float64)[0]
     C = torch.einsum("ia,abn,jb->ijn", F, ablated.reshape(P, P, -1), F)
@@ -251,7 +257,7 @@ def brute_ce(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def test_evaluate_matches_brute_force(model, task):
     train, test = task.split(0.3, seed=0)
-    out = evaluate(model, task, train_indices=train)
+    out = evaluate_model(model, task, train_indices=train)
     logits = logits_of(model, task.tokens())[:, :P]
     labels = task.labels()
     assert out["all_loss"] == pytest.approx(brute_ce(logits, labels), rel=1e-9)
@@ -261,7 +267,7 @@ def test_evaluate_matches_brute_force(model, task):
     assert out["all_acc"] == pytest.approx(float(acc.mean()))
     assert out["test_acc"] == pytest.approx(float(acc[test].mean()))
     # under hooks: zero attention makes every input's logits equal → accuracy 1/p
-    zeroed = evaluate(model, task, fwd_hooks=zero_ablate(model, "attn_z"))
+    zeroed = evaluate_model(model, task, fwd_hooks=zero_ablate(model, "attn_z"))
     assert zeroed["all_acc"] == pytest.approx(1 / P)
     assert set(zeroed) == {"all_loss", "all_acc"}
 
@@ -278,18 +284,20 @@ def test_grid_activations_match_run_with_cache(model, task):
 
 
 def test_small_grokked_model_depends_on_its_key_frequencies(small_model, small_task):
-    from tl_grokking.circuits import key_frequencies
+    from tl_grokking.analysis.circuits import key_frequencies
 
     keys = key_frequencies(small_model, small_task, rule="unembed").keys
-    base = evaluate(small_model, small_task)
+    base = evaluate_model(small_model, small_task)
     assert base["all_acc"] == 1.0
-    no_keys = evaluate(small_model, small_task, fourier_ablate(small_model, keys, "embed"))
+    no_keys = evaluate_model(small_model, small_task, fourier_ablate(small_model, keys, "embed"))
     assert no_keys["all_acc"] < 0.2
     others = [k for k in range(1, small_task.p // 2 + 1) if k not in keys]
-    no_others = evaluate(small_model, small_task, fourier_ablate(small_model, others, "embed"))
+    no_others = evaluate_model(
+        small_model, small_task, fourier_ablate(small_model, others, "embed")
+    )
     assert no_others["all_acc"] > 0.95  # the other frequencies of W_E hardly matter
     only_blocks = fourier_ablate(small_model, keys, "mlp_post", mode="keep", basis="block")
-    assert evaluate(small_model, small_task, only_blocks)["all_acc"] > 0.95
+    assert evaluate_model(small_model, small_task, only_blocks)["all_acc"] > 0.95
 
 
 # ---- which analyses a task admits ------------------------------------------------------------
@@ -299,14 +307,14 @@ def test_small_grokked_model_depends_on_its_key_frequencies(small_model, small_t
     ("name", "capability", "instead"),
     [
         ("sub", "sum_directions", "token-order Fourier analyses still apply"),
-        ("mul", "token_fourier", "tl_grokking.discrete_log"),
-        ("div", "sum_directions", "tl_grokking.discrete_log"),
+        ("mul", "token_fourier", "tl_grokking.data.discrete_log"),
+        ("div", "sum_directions", "tl_grokking.data.discrete_log"),
         ("x2+y2", "token_fourier", "structure-free measures"),
     ],
 )
 def test_require_analysis_names_analysis_task_and_alternative(name, capability, instead):
-    from tl_grokking.hooks import require_analysis
-    from tl_grokking.tasks import make_task
+    from tl_grokking.analysis.hooks import require_analysis
+    from tl_grokking.data.tasks import make_task
 
     task = make_task(name, 7)
     with pytest.raises(ValueError) as err:
@@ -320,9 +328,9 @@ def test_require_analysis_names_analysis_task_and_alternative(name, capability, 
 
 
 def test_token_fourier_gates_keys_and_ablations_but_not_evaluate():
-    from tl_grokking.circuits import key_frequencies, neuron_clusters
-    from tl_grokking.hooks import resolve_task
-    from tl_grokking.tasks import make_task
+    from tl_grokking.analysis.circuits import key_frequencies, neuron_clusters
+    from tl_grokking.analysis.hooks import resolve_task
+    from tl_grokking.data.tasks import make_task
 
     model = make_model(ModelConfig(p=7, d_model=16, n_heads=2, d_mlp=16), seed=0)
     mul, div, sub = make_task("mul", 7), make_task("div", 7), make_task("sub", 7)
@@ -336,7 +344,7 @@ def test_token_fourier_gates_keys_and_ablations_but_not_evaluate():
     assert fourier_ablate(model, [1], "mlp_post", basis="block", task=sub)
     assert resolve_task(model, div, needs=None) is div
     # evaluate needs no structure: div's p(p-1) valid pairs, checked against a plain forward
-    out = evaluate(model, div)
+    out = evaluate_model(model, div)
     with torch.no_grad():
         logits = model(div.tokens())[:, -1, :7].double()
     expected = torch.nn.functional.cross_entropy(logits, div.labels())

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tl_grokking.logits import (
+from tl_grokking.analysis.logits import (
     all_logits,
     excluded_logits,
     loss_and_accuracy,
@@ -19,7 +19,7 @@ from tl_grokking.logits import (
     trig_approx_logits,
     trig_logit_decomposition,
 )
-from tl_grokking.tasks import ModularAddition
+from tl_grokking.data.tasks import ModularAddition
 
 FIXTURE = (
     Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paper_original_format_no_wd.pth"
@@ -167,7 +167,7 @@ def test_loss_and_accuracy_errors():
 def paper_logits():
     if not FIXTURE.exists():
         pytest.skip(f"fixture checkpoint not found at {FIXTURE}")
-    from tl_grokking.checkpoints import load_checkpoint
+    from tl_grokking.runs.checkpoints import load_checkpoint
 
     model = load_checkpoint(FIXTURE)
     assert model.cfg.d_vocab_out == 114  # the authors' extra '=' logit, dropped by all_logits
@@ -193,8 +193,8 @@ def test_fixture_loss_restricted_and_trig_fit(paper_logits):
 
 @pytest.mark.parametrize("name", ["sub", "mul", "x2+y2"])
 def test_trig_decomposition_refuses_tasks_without_sum_directions(name):
-    from tl_grokking.model import ModelConfig, make_model
-    from tl_grokking.tasks import make_task
+    from tl_grokking.data.tasks import make_task
+    from tl_grokking.model.transformer import ModelConfig, make_model
 
     p = 7
     task = make_task(name, p)

@@ -1,4 +1,4 @@
-"""Tests for tl_grokking.model: config validation, make_model, bias policy, attention rate,
+"""Tests for tl_grokking.model.transformer: config validation, make_model, bias policy, attention rate,
 compatibility checks, config round trip."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from tl_grokking.model import (
+from tl_grokking.data.tasks import ModularAddition
+from tl_grokking.model.transformer import (
     IncompatibleModelError,
     ModelConfig,
     check_compatible,
@@ -18,7 +19,6 @@ from tl_grokking.model import (
     model_attn_rate,
     validate_device,
 )
-from tl_grokking.tasks import ModularAddition
 
 SMALL = dict(p=17, d_model=24, n_heads=3, d_mlp=40)
 

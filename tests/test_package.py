@@ -21,12 +21,16 @@ def test_every_public_name_resolves_once():
         assert getattr(tl_grokking, name) is not None, name
 
 
-def test_lazy_names_are_exactly_the_figure_modules_public_api():
-    for module, names in tl_grokking._LAZY_NAMES.items():
-        mod = importlib.import_module(f"tl_grokking.{module}")
-        assert sorted(names) == sorted(mod.__all__), module
-        for name in names:
-            assert getattr(tl_grokking, name) is getattr(mod, name)
+def test_public_surface_is_curated_and_each_name_is_its_modules():
+    names = tl_grokking.__all__
+    assert len(names) <= 40
+    for name in names:
+        if name == "__version__":
+            continue
+        module = importlib.import_module(tl_grokking._EXPORTS[name])
+        assert name in module.__all__, (name, module.__name__)
+        assert getattr(tl_grokking, name) is getattr(module, name)
+    assert set(tl_grokking._EXPORTS) == set(names) - {"__version__"}
 
 
 def test_a_name_that_does_not_exist_raises_attribute_error():
@@ -38,20 +42,21 @@ def test_a_name_that_does_not_exist_raises_attribute_error():
         raise AssertionError("expected AttributeError")
 
 
-def test_import_does_not_load_plotly():
-    code = "import sys, tl_grokking; print('plotly' in sys.modules)"
+def test_import_loads_neither_torch_nor_plotly():
+    code = "import sys, tl_grokking; print([m for m in ('torch', 'plotly', 'transformer_lens') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "[]"
 
 
-def test_python_dash_m_cli_runs_the_command():
-    out = subprocess.run(
-        [sys.executable, "-m", "tl_grokking.cli", "--version"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert out.stdout.strip() == f"tl-grokking {tl_grokking.__version__}"
+def test_python_dash_m_runs_the_command():
+    for module in ("tl_grokking", "tl_grokking.cli"):
+        out = subprocess.run(
+            [sys.executable, "-m", module, "--version"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert out.stdout.strip() == f"tl-grokking {tl_grokking.__version__}", module
 
 
 def test_cli_lists_every_subcommand():

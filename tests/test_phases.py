@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from tl_grokking.phases import PhaseRule, Phases, detect_phases, first_epoch_at_or_above
-from tl_grokking.progress import progress_measures
+from tl_grokking.analysis.phases import PhaseRule, Phases, detect_phases, first_epoch_at_or_above
+from tl_grokking.analysis.progress import progress_measures
 
 
 @pytest.fixture(scope="module")

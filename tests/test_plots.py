@@ -13,12 +13,12 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from tl_grokking import plots
-from tl_grokking.ablations import AblationRow, AblationTable
-from tl_grokking.circuits import NeuronClusters
-from tl_grokking.logits import TrigDecomposition
-from tl_grokking.model import ModelConfig, make_model
-from tl_grokking.tasks import ModularAddition
+from tl_grokking.analysis.ablations import AblationRow, AblationTable
+from tl_grokking.analysis.circuits import NeuronClusters
+from tl_grokking.analysis.logits import TrigDecomposition
+from tl_grokking.data.tasks import ModularAddition
+from tl_grokking.figures import plots
+from tl_grokking.model.transformer import ModelConfig, make_model
 
 P = 17
 
@@ -92,8 +92,8 @@ def test_phase_spans_accepts_every_form_and_rejects_bad_spans():
 
 
 def test_phase_spans_of_detect_phases_output(small_run):
-    from tl_grokking.phases import detect_phases
-    from tl_grokking.runs import read_metrics
+    from tl_grokking.analysis.phases import detect_phases
+    from tl_grokking.runs.rundir import read_metrics
 
     metrics = [r for r in read_metrics(small_run)]
     cols = {k: [r[k] for r in metrics] for k in ("epoch", "train_loss", "test_loss", "test_acc")}
@@ -153,7 +153,7 @@ def test_progress_measures_panel_traces_equal_columns():
 
 
 def test_progress_measures_panel_reads_a_progress_measures_table(small_run):
-    from tl_grokking.progress import ProgressMeasures
+    from tl_grokking.analysis.progress import ProgressMeasures
 
     table = ProgressMeasures({"epoch": [0, 5], "gini_W_E": [0.2, 0.4], "train_loss": [2.0, 1.0]})
     fig = plots.progress_measures_panel(table)
@@ -366,7 +366,7 @@ def test_trig_identity_bars_equal_alphas():
 
 def test_trig_identity_of_planted_logits():
     """Logits that are exactly 3 cos(w_2(a+b-c)) - 0.5 cos(w_5(a+b-c)): the bars read 3, -0.5."""
-    from tl_grokking.logits import trig_logit_decomposition
+    from tl_grokking.analysis.logits import trig_logit_decomposition
 
     a = torch.arange(P).repeat_interleave(P)
     b = torch.arange(P).repeat(P)
@@ -402,7 +402,7 @@ def test_model_and_task_must_agree(model):
 
 
 def test_token_fourier_plots_refuse_other_tasks_by_name():
-    from tl_grokking.tasks import make_task
+    from tl_grokking.data.tasks import make_task
 
     p = 7
     model = make_model(ModelConfig(p=p, d_model=16, n_heads=2, d_mlp=16), seed=0)

@@ -12,18 +12,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from tl_grokking.checkpoints import load_run
-from tl_grokking.circuits import key_frequencies
-from tl_grokking.model import ModelConfig, make_model
-from tl_grokking.progress import (
+from tl_grokking.analysis.circuits import key_frequencies
+from tl_grokking.analysis.progress import (
     ProgressMeasures,
     cheap_measures_callback,
     gini,
     progress_measures,
     read_measures_csv,
 )
-from tl_grokking.runs import save_safetensors, write_json
-from tl_grokking.tasks import make_task
+from tl_grokking.data.tasks import make_task
+from tl_grokking.model.transformer import ModelConfig, make_model
+from tl_grokking.runs.checkpoints import load_run
+from tl_grokking.runs.rundir import save_safetensors, write_json
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -356,8 +356,8 @@ def test_without_a_split_loss_is_over_all_pairs():
 
 def test_logit_measures_equal_the_logits_module_definitions():
     """Same numbers as logits.restricted_logits / excluded_logits + a float64 cross-entropy."""
-    from tl_grokking.logits import excluded_logits, restricted_logits
-    from tl_grokking.progress import LogitMeasures
+    from tl_grokking.analysis.logits import excluded_logits, restricted_logits
+    from tl_grokking.analysis.progress import LogitMeasures
 
     task = make_task("add", 17)
     train, _ = task.split(0.4, seed=1)
@@ -391,7 +391,7 @@ def test_no_sparse_key_set_means_no_fourier_logit_measures():
 def test_tasks_without_sum_directions_keep_the_other_measures(task_runs, name):
     import torch.nn.functional as F
 
-    from tl_grokking.weights import embed_fourier_norms, unembed_fourier_norms
+    from tl_grokking.analysis.weights import embed_fourier_norms, unembed_fourier_norms
 
     run = load_run(task_runs[name])
     m = progress_measures(run, progress=False)
@@ -426,8 +426,8 @@ def test_tasks_without_sum_directions_keep_the_other_measures(task_runs, name):
 
 
 def test_analyze_run_writes_measures_and_phases(task_runs, tmp_path):
-    from tl_grokking.progress import MEASURES_FILE, PHASES_FILE, analyze_run
-    from tl_grokking.runs import read_json
+    from tl_grokking.analysis.progress import MEASURES_FILE, PHASES_FILE, analyze_run
+    from tl_grokking.runs.rundir import read_json
 
     run_dir = tmp_path / "run"
     shutil.copytree(task_runs["mul"], run_dir)

@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tl_grokking import plots
 from tl_grokking.cli import main
-from tl_grokking.report import (
+from tl_grokking.figures import plots
+from tl_grokking.figures.report import (
     RunStatus,
     build_report,
     external_urls,
     run_status,
     write_report,
 )
-from tl_grokking.runs import RunDirError, read_json, read_metrics, write_json
+from tl_grokking.runs.rundir import RunDirError, read_json, read_metrics, write_json
 
 FIGURE_ANCHORS = [
     "loss-curves",
@@ -120,8 +120,8 @@ def test_report_loads_nothing_from_the_network(page):
 def test_without_a_circuitsvis_bundle_the_patterns_are_tables(run_copy, monkeypatch):
     """A circuitsvis that ships no browser bundle: the page still loads nothing from the
     network and shows the example patterns as tables holding the same numbers."""
-    from tl_grokking import report
-    from tl_grokking.checkpoints import load_run
+    from tl_grokking.figures import report
+    from tl_grokking.runs.checkpoints import load_run
 
     def missing():
         raise FileNotFoundError("circuitsvis ships no browser bundle")
@@ -156,8 +156,8 @@ def test_external_url_checker_finds_each_kind():
 
 
 def test_summary_numbers_equal_the_run(page, run_copy):
-    from tl_grokking.checkpoints import load_run
-    from tl_grokking.circuits import key_frequencies
+    from tl_grokking.analysis.circuits import key_frequencies
+    from tl_grokking.runs.checkpoints import load_run
 
     metrics = read_metrics(run_copy)
     grok = next(r["epoch"] for r in metrics if r["test_acc"] >= 0.99)
@@ -179,9 +179,9 @@ def test_summary_numbers_equal_the_run(page, run_copy):
 def test_figures_in_the_page_equal_the_analysis(page, run_copy):
     """Progress measures were absent, so the report computed them: the panel equals
     progress_measures of the run, the shading equals detect_phases, the bars equal W_E's."""
-    from tl_grokking.checkpoints import load_run
-    from tl_grokking.phases import detect_phases
-    from tl_grokking.progress import progress_measures
+    from tl_grokking.analysis.phases import detect_phases
+    from tl_grokking.analysis.progress import progress_measures
+    from tl_grokking.runs.checkpoints import load_run
 
     assert not (run_copy / "measures.csv").exists()  # the report writes no analysis file
     assert "computed for this report" in page
@@ -202,7 +202,7 @@ def test_figures_in_the_page_equal_the_analysis(page, run_copy):
 
 
 def test_stored_measures_and_phases_are_used(run_copy, tmp_path):
-    from tl_grokking.progress import progress_measures
+    from tl_grokking.analysis.progress import progress_measures
 
     run = _copy_run(run_copy, tmp_path / "run")
     measures = progress_measures(run, progress=False)
@@ -230,7 +230,7 @@ def test_stored_measures_and_phases_are_used(run_copy, tmp_path):
 def test_out_of_date_measures_are_recomputed(run_copy, tmp_path):
     """measures.csv that does not cover the run's checkpoints (the run went on after
     `analyze`) is not shown: the measures and phases are computed again."""
-    from tl_grokking.progress import ProgressMeasures
+    from tl_grokking.analysis.progress import ProgressMeasures
 
     run = _copy_run(run_copy, tmp_path / "run")
     ProgressMeasures({"epoch": [0, 50], "train_loss": [9.0, 9.0]}).to_csv(run / "measures.csv")
@@ -276,8 +276,8 @@ def test_an_early_run_without_circuit_is_reported(run_copy, tmp_path):
     """Only the checkpoints of epochs 0 and 50 (memorisation, no cluster yet): the report
     still has the curves and the weights, skips the trig-identity fit and the ablations, and
     says why there are no phases."""
-    from tl_grokking.checkpoints import load_run
-    from tl_grokking.circuits import neuron_clusters
+    from tl_grokking.analysis.circuits import neuron_clusters
+    from tl_grokking.runs.checkpoints import load_run
 
     run = _copy_run(run_copy, tmp_path / "run")
     for path in (run / "checkpoints").iterdir():
@@ -440,7 +440,7 @@ SKIPS = {
 def test_report_of_every_task_says_what_was_skipped(task_runs, tmp_path, name):
     import html as html_lib
 
-    from tl_grokking.checkpoints import load_run
+    from tl_grokking.runs.checkpoints import load_run
 
     run_dir = tmp_path / "run"
     shutil.copytree(task_runs[name], run_dir)
@@ -454,9 +454,9 @@ def test_report_of_every_task_says_what_was_skipped(task_runs, tmp_path, name):
     assert "restricted_loss" not in (run_dir / "report.html").read_text()  # no such column
     run = load_run(run_dir)
     if name in ("mul", "div"):
-        from tl_grokking.discrete_log import reindexed_key_frequencies
+        from tl_grokking.data.discrete_log import reindexed_key_frequencies
 
-        assert 'id="discrete-log"' in page and "tl_grokking.discrete_log" in page
+        assert 'id="discrete-log"' in page and "tl_grokking.data.discrete_log" in page
         model = run.model(run.epochs[-1])
         embed_keys = reindexed_key_frequencies(model, run.task, rule="embed")
         assert f"embed: {list(embed_keys)}" in html_lib.unescape(page)

@@ -1,4 +1,4 @@
-"""Tests for tl_grokking.runs: atomic writes, metrics.jsonl, the checkpoint listing."""
+"""Tests for tl_grokking.runs.rundir: atomic writes, metrics.jsonl, the checkpoint listing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tl_grokking.runs import (
+from tl_grokking.runs.rundir import (
     RunDirError,
     append_metrics,
     atomic_write,

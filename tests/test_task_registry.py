@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tl_grokking.tasks import (
+from tl_grokking.data.tasks import (
     FOURIER_STRUCTURES,
     TASKS,
     CustomTask,
@@ -192,7 +192,7 @@ def test_custom_task_registers_for_its_p_only():
 
 
 def test_every_registered_task_builds_tokens_the_trainer_can_use():
-    from tl_grokking.training import TrainConfig
+    from tl_grokking.training.trainer import TrainConfig
 
     for name in sorted(EXPECTED_NAMES):
         config = TrainConfig(task=name, p=7, epochs=1)
@@ -203,13 +203,13 @@ def test_every_registered_task_builds_tokens_the_trainer_can_use():
 
 @pytest.mark.parametrize("name", ["div", "x3+xy"])
 def test_runs_of_other_tasks_train_and_load_back(tmp_path, name):
-    from tl_grokking.checkpoints import load_run
-    from tl_grokking.training import TrainConfig, train
+    from tl_grokking.runs.checkpoints import load_run
+    from tl_grokking.training.trainer import TrainConfig, train_model
 
     config = TrainConfig(
         task=name, p=7, epochs=4, d_model=8, n_heads=2, d_mlp=16, log_every=2, checkpoint_every=2
     )
-    result = train(config, tmp_path / name, progress=False)
+    result = train_model(config, tmp_path / name, progress=False)
     run = load_run(tmp_path / name)
     assert run.task.name == name and run.task.p == 7
     n = 7 * 6 if name == "div" else 49

@@ -1,11 +1,11 @@
-"""Tests for the core of tl_grokking.tasks: token layout, labels, grid order, the seeded split."""
+"""Tests for the core of tl_grokking.data.tasks: token layout, labels, grid order, the seeded split."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tl_grokking.tasks import (
+from tl_grokking.data.tasks import (
     ModularAddition,
     Task,
     make_task,

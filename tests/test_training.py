@@ -1,4 +1,4 @@
-"""Tests of the trainer (tl_grokking.training) against independent computations."""
+"""Tests of the trainer (tl_grokking.training.trainer) against independent computations."""
 
 from __future__ import annotations
 
@@ -8,16 +8,21 @@ import math
 import pytest
 import torch
 
-import tl_grokking.training as training
-from tl_grokking.model import make_model
-from tl_grokking.runs import checkpoint_path, list_checkpoints, load_safetensors, read_metrics
-from tl_grokking.tasks import make_task
-from tl_grokking.training import (
+import tl_grokking.training.trainer as training
+from tl_grokking.data.tasks import make_task
+from tl_grokking.model.transformer import make_model
+from tl_grokking.runs.rundir import (
+    checkpoint_path,
+    list_checkpoints,
+    load_safetensors,
+    read_metrics,
+)
+from tl_grokking.training.trainer import (
     TrainConfig,
     TrainingDivergedError,
     cross_entropy_final,
     load_train_config,
-    train,
+    train_model,
     warmup_factor,
 )
 
@@ -89,7 +94,7 @@ def test_cross_entropy_is_float64_and_matches_hand_computation():
 
 def test_logged_metrics_equal_independent_evaluation(tmp_path):
     config = TrainConfig(**TINY)
-    train(config, tmp_path, progress=False)
+    train_model(config, tmp_path, progress=False)
     task = make_task("add", 17)
     train_idx, test_idx = task.split(0.5, 0)
     tokens, labels = task.tokens(), task.labels()
@@ -121,7 +126,7 @@ def test_warmup_schedule_values(tmp_path):
     assert [warmup_factor(s, 10) for s in (0, 1, 5, 10, 11, 1000)] == [0, 0.1, 0.5, 1, 1, 1]
     assert warmup_factor(0, 0) == 1.0
     config = TrainConfig(**{**TINY, "epochs": 12, "log_every": 1, "checkpoint_every": 1})
-    train(config, tmp_path, progress=False)
+    train_model(config, tmp_path, progress=False)
     lrs = {r["epoch"]: r["lr"] for r in read_metrics(tmp_path)}
     assert lrs == {e: pytest.approx(3e-3 * min(e / 10, 1)) for e in range(13)}
     # The first step has learning rate 0 (LambdaLR semantics): AdamW leaves the weights alone.
@@ -134,8 +139,8 @@ def test_warmup_schedule_values(tmp_path):
 
 def test_same_seed_same_run_and_resume_is_bit_identical(tmp_path):
     config = TrainConfig(**TINY)
-    a = train(config, tmp_path / "a", progress=False)
-    b = train(config, tmp_path / "b", progress=False)
+    a = train_model(config, tmp_path / "a", progress=False)
+    b = train_model(config, tmp_path / "b", progress=False)
     for epoch, _ in list_checkpoints(tmp_path / "a"):
         sa, sb = _state(tmp_path / "a", epoch), _state(tmp_path / "b", epoch)
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -151,9 +156,9 @@ def test_same_seed_same_run_and_resume_is_bit_identical(tmp_path):
         return {}
 
     with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "c", progress=False, callbacks=[crash])
+        train_model(config, tmp_path / "c", progress=False, callbacks=[crash])
     assert max(r["epoch"] for r in read_metrics(tmp_path / "c")) == 20  # the 25 line never landed
-    resumed = train(config, tmp_path / "c", resume=True, progress=False)
+    resumed = train_model(config, tmp_path / "c", resume=True, progress=False)
     assert resumed.epoch == 40
     final_a, final_c = a.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(final_a[k], final_c[k]) for k in final_a)
@@ -163,8 +168,8 @@ def test_same_seed_same_run_and_resume_is_bit_identical(tmp_path):
 
     # Resume with more epochs continues the same trajectory as a longer uninterrupted run.
     longer = TrainConfig(**{**TINY, "epochs": 50})
-    extended = train(longer, tmp_path / "c", resume=True, progress=False)
-    straight = train(longer, tmp_path / "d", progress=False)
+    extended = train_model(longer, tmp_path / "c", resume=True, progress=False)
+    straight = train_model(longer, tmp_path / "d", progress=False)
     assert all(
         torch.equal(extended.model.state_dict()[k], v)
         for k, v in straight.model.state_dict().items()
@@ -186,7 +191,7 @@ def test_early_stop_matches_the_full_run(small_run, tmp_path):
     config = TrainConfig(
         **{**SMALL_RUN_CONFIG, "early_stop_acc": threshold, "early_stop_patience": patience}
     )
-    result = train(config, tmp_path, progress=False)
+    result = train_model(config, tmp_path, progress=False)
     assert result.stopped_early and result.epoch == expected
     assert read_metrics(tmp_path)[-1]["epoch"] == expected
     mine, reference = _state(tmp_path, expected), _state(small_run, expected)
@@ -196,7 +201,7 @@ def test_early_stop_matches_the_full_run(small_run, tmp_path):
 def test_divergence_raises_and_keeps_checkpoints(tmp_path, monkeypatch):
     config = TrainConfig(**TINY)
     reference = tmp_path / "ref"
-    train(config, reference, progress=False)
+    train_model(config, reference, progress=False)
     real = training.cross_entropy_final
     calls = {"n": 0}
 
@@ -210,7 +215,7 @@ def test_divergence_raises_and_keeps_checkpoints(tmp_path, monkeypatch):
 
     monkeypatch.setattr(training, "cross_entropy_final", poisoned)
     with pytest.raises(TrainingDivergedError, match="epoch 23"):
-        train(config, tmp_path / "run", progress=False)
+        train_model(config, tmp_path / "run", progress=False)
     assert isinstance(TrainingDivergedError("x"), RuntimeError)
     assert [e for e, _ in list_checkpoints(tmp_path / "run")] == [0, 10, 20]
     for epoch in (0, 10, 20):
@@ -223,7 +228,7 @@ def test_divergence_raises_and_keeps_checkpoints(tmp_path, monkeypatch):
 def test_huge_learning_rate_diverges_cleanly(tmp_path):
     config = TrainConfig(**{**TINY, "lr": 1e30, "warmup_steps": 0, "weight_decay": 0.0})
     with pytest.raises(TrainingDivergedError):
-        train(config, tmp_path, progress=False)
+        train_model(config, tmp_path, progress=False)
     assert (tmp_path / "checkpoints" / "epoch_0.safetensors").is_file()
 
 
@@ -232,20 +237,20 @@ def test_huge_learning_rate_diverges_cleanly(tmp_path):
 
 def test_existing_run_is_refused_unless_resume_or_overwrite(tmp_path):
     config = TrainConfig(**{**TINY, "epochs": 10})
-    train(config, tmp_path, progress=False)
+    train_model(config, tmp_path, progress=False)
     with pytest.raises(FileExistsError, match=r"lr: 0\.003 -> 0\.001"):
-        train(config.replace(lr=1e-3), tmp_path, progress=False)
+        train_model(config.replace(lr=1e-3), tmp_path, progress=False)
     with pytest.raises(FileExistsError, match="same|this configuration"):
-        train(config, tmp_path, progress=False)
+        train_model(config, tmp_path, progress=False)
     with pytest.raises(FileExistsError, match="seed"):
-        train(config.replace(seed=3), tmp_path, resume=True, progress=False)
-    redo = train(config.replace(lr=1e-3), tmp_path, overwrite=True, progress=False)
+        train_model(config.replace(seed=3), tmp_path, resume=True, progress=False)
+    redo = train_model(config.replace(lr=1e-3), tmp_path, overwrite=True, progress=False)
     assert redo.epoch == 10 and load_train_config(tmp_path).lr == 1e-3
     assert json.loads((tmp_path / "config.json").read_text()) == config.replace(lr=1e-3).to_dict()
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not empty"):
-        train(config, tmp_path / "other", progress=False)
+        train_model(config, tmp_path / "other", progress=False)
 
 
 def test_callbacks_are_merged_into_metric_lines(tmp_path):
@@ -257,7 +262,7 @@ def test_callbacks_are_merged_into_metric_lines(tmp_path):
         return {"w_e_norm": model.embed.W_E.norm().item()}
 
     config = TrainConfig(**{**TINY, "epochs": 30, "log_every": 10, "measure_every": 15})
-    train(config, tmp_path, progress=False, callbacks=[weight_norm])
+    train_model(config, tmp_path, progress=False, callbacks=[weight_norm])
     records = {r["epoch"]: r for r in read_metrics(tmp_path)}
     assert sorted(records) == [0, 10, 15, 20, 30]
     assert seen == [0, 15, 30]
@@ -312,7 +317,7 @@ def test_bad_architecture_and_unavailable_device(tmp_path):
     assert TrainConfig(d_model=30, n_heads=4, d_head=8).model_config().d_head == 8
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
-            train(TrainConfig(**{**TINY, "device": "cuda"}), tmp_path / "x", progress=False)
+            train_model(TrainConfig(**{**TINY, "device": "cuda"}), tmp_path / "x", progress=False)
         assert not (tmp_path / "x").exists()  # nothing written before validation
 
 

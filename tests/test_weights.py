@@ -7,9 +7,7 @@ import math
 import pytest
 import torch
 
-from tl_grokking.model import IncompatibleModelError, ModelConfig, make_model
-from tl_grokking.tasks import ModularAddition
-from tl_grokking.weights import (
+from tl_grokking.analysis.weights import (
     W_E,
     W_L,
     W_U,
@@ -20,6 +18,8 @@ from tl_grokking.weights import (
     norms_by_frequency,
     unembed_fourier_norms,
 )
+from tl_grokking.data.tasks import ModularAddition
+from tl_grokking.model.transformer import IncompatibleModelError, ModelConfig, make_model
 
 P = 11
 

@@ -1,103 +1,129 @@
-"""tl_grokking: reverse-engineering grokking in small transformers with TransformerLens.
+"""tl_grokking: reverse-engineer grokking in small transformers with TransformerLens.
 
-The public API is re-exported here; each module's ``__all__`` lists what it contributes.
-The figure modules (:mod:`~tl_grokking.plots`, :mod:`~tl_grokking.report`) import plotly and are
-loaded on first use of one of their names.
+The curated public API is listed in ``__all__`` below, one line per name, grouped by
+subpackage; everything else is reached through its module (``tl_grokking.analysis.fourier``,
+``tl_grokking.runs.rundir``, ...). ``docs/architecture.md`` maps the subpackages.
+
+Names are imported on first use (PEP 562), so ``import tl_grokking`` and the ``tl-grokking``
+command's ``--help`` load neither torch nor TransformerLens.
 """
 
-import importlib as _importlib
+from __future__ import annotations
 
-from ._version import __version__
-from .ablations import *  # noqa: F403
-from .ablations import __all__ as _ablations_all
-from .checkpoints import *  # noqa: F403
-from .checkpoints import __all__ as _checkpoints_all
-from .circuits import *  # noqa: F403
-from .circuits import __all__ as _circuits_all
-from .clock_pizza import *  # noqa: F403
-from .clock_pizza import __all__ as _clock_pizza_all
-from .discrete_log import *  # noqa: F403
-from .discrete_log import __all__ as _discrete_log_all
-from .fastforward import *  # noqa: F403
-from .fastforward import __all__ as _fastforward_all
-from .fourier import *  # noqa: F403
-from .fourier import __all__ as _fourier_all
-from .hooks import *  # noqa: F403
-from .hooks import __all__ as _hooks_all
-from .logits import *  # noqa: F403
-from .logits import __all__ as _logits_all
-from .model import *  # noqa: F403
-from .model import __all__ as _model_all
-from .phases import *  # noqa: F403
-from .phases import __all__ as _phases_all
-from .progress import *  # noqa: F403
-from .progress import __all__ as _progress_all
-from .runs import *  # noqa: F403
-from .runs import __all__ as _runs_all
-from .tasks import *  # noqa: F403
-from .tasks import __all__ as _tasks_all
-from .training import *  # noqa: F403
-from .training import __all__ as _training_all
-from .weights import *  # noqa: F403
-from .weights import __all__ as _weights_all
+import importlib
+from typing import TYPE_CHECKING, Any
 
-_LAZY_MODULES = ("plots", "report")
-_LAZY_NAMES = {
-    "plots": (
-        "loss_curves",
-        "progress_measures_panel",
-        "embedding_fourier_norms",
-        "unembed_fourier_heatmap",
-        "neuron_cluster_sizes",
-        "fve_histogram",
-        "neuron_activation_grids",
-        "attention_to_operands",
-        "attention_examples",
-        "attention_heads_view",
-        "trig_identity_coefficients",
-        "ablation_table_figure",
-        "phase_spans",
-        "PHASE_COLORS",
-    ),
-    "report": (
-        "build_report",
-        "write_report",
-        "run_status",
-        "RunStatus",
-        "REPORT_FILE",
-        "check_run_dir",
-        "external_urls",
-    ),
+from tl_grokking._version import __version__
+
+#: Public name -> the module that defines it.
+_EXPORTS: dict[str, str] = {
+    # data: tasks and the input grid
+    "Task": "tl_grokking.data.tasks",
+    "ModularAddition": "tl_grokking.data.tasks",
+    "make_task": "tl_grokking.data.tasks",
+    "make_custom_task": "tl_grokking.data.tasks",
+    # model: the TransformerLens seam
+    "ModelConfig": "tl_grokking.model.transformer",
+    "make_model": "tl_grokking.model.transformer",
+    # runs: run directories and checkpoints of every format
+    "load_checkpoint": "tl_grokking.runs.checkpoints",
+    "load_run": "tl_grokking.runs.checkpoints",
+    # training
+    "TrainConfig": "tl_grokking.training.trainer",
+    "train_model": "tl_grokking.training.trainer",
+    # analysis
+    "fourier_basis": "tl_grokking.analysis.fourier",
+    "grid_activations": "tl_grokking.analysis.hooks",
+    "evaluate_model": "tl_grokking.analysis.hooks",
+    "fourier_ablate": "tl_grokking.analysis.hooks",
+    "zero_ablate": "tl_grokking.analysis.hooks",
+    "mean_ablate": "tl_grokking.analysis.hooks",
+    "cluster_block_hooks": "tl_grokking.analysis.ablations",
+    "neuron_clusters": "tl_grokking.analysis.circuits",
+    "key_frequencies": "tl_grokking.analysis.circuits",
+    "embed_fourier_norms": "tl_grokking.analysis.weights",
+    "unembed_fourier_norms": "tl_grokking.analysis.weights",
+    "restricted_logits": "tl_grokking.analysis.logits",
+    "excluded_logits": "tl_grokking.analysis.logits",
+    "trig_logit_decomposition": "tl_grokking.analysis.logits",
+    "ablation_table": "tl_grokking.analysis.ablations",
+    "progress_measures": "tl_grokking.analysis.progress",
+    "analyze_run": "tl_grokking.analysis.progress",
+    "detect_phases": "tl_grokking.analysis.phases",
+    "classify_clock_pizza": "tl_grokking.analysis.clock_pizza",
+    # figures
+    "write_report": "tl_grokking.figures.report",
 }
-_LAZY = {name: module for module, names in _LAZY_NAMES.items() for name in names}
+
+__all__ = [
+    "__version__",
+    "Task",
+    "ModularAddition",
+    "make_task",
+    "make_custom_task",
+    "ModelConfig",
+    "make_model",
+    "load_checkpoint",
+    "load_run",
+    "TrainConfig",
+    "train_model",
+    "fourier_basis",
+    "grid_activations",
+    "evaluate_model",
+    "fourier_ablate",
+    "zero_ablate",
+    "mean_ablate",
+    "cluster_block_hooks",
+    "neuron_clusters",
+    "key_frequencies",
+    "embed_fourier_norms",
+    "unembed_fourier_norms",
+    "restricted_logits",
+    "excluded_logits",
+    "trig_logit_decomposition",
+    "ablation_table",
+    "progress_measures",
+    "analyze_run",
+    "detect_phases",
+    "classify_clock_pizza",
+    "write_report",
+]
+
+if TYPE_CHECKING:  # what a type checker and an IDE see; at run time __getattr__ loads these
+    from tl_grokking.analysis.ablations import ablation_table, cluster_block_hooks
+    from tl_grokking.analysis.circuits import key_frequencies, neuron_clusters
+    from tl_grokking.analysis.clock_pizza import classify_clock_pizza
+    from tl_grokking.analysis.fourier import fourier_basis
+    from tl_grokking.analysis.hooks import (
+        evaluate_model,
+        fourier_ablate,
+        grid_activations,
+        mean_ablate,
+        zero_ablate,
+    )
+    from tl_grokking.analysis.logits import (
+        excluded_logits,
+        restricted_logits,
+        trig_logit_decomposition,
+    )
+    from tl_grokking.analysis.phases import detect_phases
+    from tl_grokking.analysis.progress import analyze_run, progress_measures
+    from tl_grokking.analysis.weights import embed_fourier_norms, unembed_fourier_norms
+    from tl_grokking.data.tasks import ModularAddition, Task, make_custom_task, make_task
+    from tl_grokking.figures.report import write_report
+    from tl_grokking.model.transformer import ModelConfig, make_model
+    from tl_grokking.runs.checkpoints import load_checkpoint, load_run
+    from tl_grokking.training.trainer import TrainConfig, train_model
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'tl_grokking' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(f".{module}", __name__), name)
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 
 
-__all__ = [
-    "__version__",
-    *_ablations_all,
-    *_checkpoints_all,
-    *_circuits_all,
-    *_clock_pizza_all,
-    *_discrete_log_all,
-    *_fastforward_all,
-    *_fourier_all,
-    *_hooks_all,
-    *_logits_all,
-    *_model_all,
-    *_phases_all,
-    *_progress_all,
-    *_runs_all,
-    *_tasks_all,
-    *_training_all,
-    *_weights_all,
-    *_LAZY,
-]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from .._version import __version__
+from tl_grokking._version import __version__
 
 # Subcommand modules, in the order ``--help`` lists them. Each defines
 # ``register(subparsers)`` which adds a parser and sets ``func(args) -> int``.

@@ -2,6 +2,6 @@
 
 import sys
 
-from . import main
+from tl_grokking.cli import main
 
 sys.exit(main())

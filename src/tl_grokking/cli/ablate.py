@@ -1,6 +1,6 @@
 """``tl-grokking ablate CHECKPOINT``: key frequencies, neuron clusters and the ablation table.
 
-CHECKPOINT is anything :func:`tl_grokking.checkpoints.load_checkpoint` reads (a run directory,
+CHECKPOINT is anything :func:`tl_grokking.runs.checkpoints.load_checkpoint` reads (a run directory,
 one of our safetensors checkpoints, the authors' or the TransformerLens demo's ``.pth``). When
 the format records the train/test split (run directories, demo files), the excluded-loss rows
 are measured on the training pairs; otherwise pass ``--frac-train``/``--seed`` to rebuild a
@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from ._common import freq_list
+from tl_grokking.cli._common import freq_list
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,11 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..ablations import TABLE_HOOKS, ablation_table
-    from ..checkpoints import load_run
-    from ..circuits import key_frequencies, neuron_clusters
-    from ..hooks import grid_activations, resolve_task
-    from ..logits import trig_logit_decomposition
+    from tl_grokking.analysis.ablations import TABLE_HOOKS, ablation_table
+    from tl_grokking.analysis.circuits import key_frequencies, neuron_clusters
+    from tl_grokking.analysis.hooks import grid_activations, resolve_task
+    from tl_grokking.analysis.logits import trig_logit_decomposition
+    from tl_grokking.runs.checkpoints import load_run
 
     model, train_indices, task = _load(args, load_run)
     task = resolve_task(model, task)
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _load(args, load_run):
     """The model, the training indices (when the format records them) and the task."""
-    from ..checkpoints import CheckpointFormatError, load_checkpoint
+    from tl_grokking.runs.checkpoints import CheckpointFormatError, load_checkpoint
 
     try:
         run = load_run(args.checkpoint)

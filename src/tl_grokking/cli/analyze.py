@@ -1,9 +1,9 @@
 """``tl-grokking analyze RUN_DIR``: progress measures and phase boundaries of a training run.
 
 Writes ``RUN_DIR/measures.csv`` (one row per checkpoint epoch, one column per measure) and
-``RUN_DIR/phases.json`` (the boundaries of :func:`tl_grokking.phases.detect_phases`, the key
+``RUN_DIR/phases.json`` (the boundaries of :func:`tl_grokking.analysis.phases.detect_phases`, the key
 frequencies used and the rule that chose them), both atomically (via
-:func:`tl_grokking.progress.analyze_run`), and prints a short summary.
+:func:`tl_grokking.analysis.progress.analyze_run`), and prints a short summary.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..progress import MEASURES_FILE, PHASES_FILE
-from ..runs import read_json
-from ._common import freq_list
+from tl_grokking.analysis.progress import MEASURES_FILE, PHASES_FILE
+from tl_grokking.cli._common import freq_list
+from tl_grokking.runs.rundir import read_json
 
 __all__ = ["MEASURES_FILE", "PHASES_FILE", "register", "run"]
 
@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..progress import analyze_run
+    from tl_grokking.analysis.progress import analyze_run
 
     run_dir = Path(args.run_dir)
     key_freqs = None if args.key_freqs is None else [k for ks in args.key_freqs for k in ks]

@@ -1,7 +1,7 @@
 """``tl-grokking report RUN_DIR``: the self-contained HTML report of a run.
 
 Writes ``RUN_DIR/report.html`` (or ``--out``) atomically: run status, summary numbers, the
-configuration and every figure of :mod:`tl_grokking.plots`, with plotly.js and the circuitsvis
+configuration and every figure of :mod:`tl_grokking.figures.plots`, with plotly.js and the circuitsvis
 bundle inlined, so the page opens with no network.  Progress measures come from
 ``measures.csv`` / ``phases.json`` (``tl-grokking analyze``) when present, else are computed.
 """
@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import run_status, write_report
+    from tl_grokking.figures.report import run_status, write_report
 
     status = run_status(args.run_dir)  # RunDirError (a ValueError) before any work
     if args.out is not None:  # a bad --out fails now, not after minutes of analysis

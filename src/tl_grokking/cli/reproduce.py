@@ -27,13 +27,13 @@ from typing import Any
 
 import torch
 
-from ..training import TrainConfig
+from tl_grokking.training.trainer import TrainConfig
 
 __all__ = ["paper_config", "quick_config", "reproduce", "Reproduction"]
 
 
 def paper_config(*, seed: int = 0, device: str = "cpu", **changes: Any) -> TrainConfig:
-    """The paper's run: every :class:`~tl_grokking.training.TrainConfig` default (p = 113,
+    """The paper's run: every :class:`~tl_grokking.training.trainer.TrainConfig` default (p = 113,
     frac 0.3, 40k epochs, checkpoints every 100), with ``seed``, ``device`` and ``changes``."""
     return TrainConfig(seed=seed, device=device, **changes)
 
@@ -79,9 +79,9 @@ def reproduce(
     """Train ``config`` into ``out`` (resuming a run with the same configuration there),
     compute its progress measures and phases (``measures.csv``, ``phases.json``), and write
     ``report.html``.  ``log`` receives one-line progress messages (``print`` by default)."""
-    from ..progress import MEASURES_FILE, PHASES_FILE, analyze_run
-    from ..report import write_report
-    from ..training import train
+    from tl_grokking.analysis.progress import MEASURES_FILE, PHASES_FILE, analyze_run
+    from tl_grokking.figures.report import write_report
+    from tl_grokking.training.trainer import train_model
 
     out = Path(out)
     timings: dict[str, float] = {}
@@ -90,7 +90,7 @@ def reproduce(
         f"[1/3] training p = {config.p}, frac_train = {config.frac_train}, "
         f"{config.epochs} epochs, seed {config.seed}, on {config.device} -> {out}"
     )
-    result = train(config, out, resume=True, progress=progress)
+    result = train_model(config, out, resume=True, progress=progress)
     timings["train"] = time.perf_counter() - start
 
     log("[2/3] progress measures and phases (as tl-grokking analyze)")

@@ -1,6 +1,6 @@
 """``tl-grokking train``: train a grokking transformer and write a run directory.
 
-Every :class:`tl_grokking.training.TrainConfig` field has a flag (``--frac-train`` for
+Every :class:`tl_grokking.training.trainer.TrainConfig` field has a flag (``--frac-train`` for
 ``frac_train``, ...); defaults are the paper's (Nanda et al. 2023).
 """
 
@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..model import SUPPORTED_ACT_FNS, TRAINABLE_BIASES
+from tl_grokking.model.transformer import SUPPORTED_ACT_FNS, TRAINABLE_BIASES
 
 EPILOG = """\
 examples:
@@ -143,13 +143,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runs import CONFIG_FILE
-    from ..training import TrainConfig, train
+    from tl_grokking.runs.rundir import CONFIG_FILE
+    from tl_grokking.training.trainer import TrainConfig, train_model
 
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other; pass one of them")
     if args.resume and not (Path(args.out) / CONFIG_FILE).is_file():
-        # train(resume=True) would start a new run; from the shell that is usually a typo in --out
+        # train_model(resume=True) would start a new run; from the shell that is usually a typo in --out
         raise FileNotFoundError(
             f"--resume: {args.out} holds no run to resume (no {CONFIG_FILE}); "
             "drop --resume to start a new run there"
@@ -182,10 +182,10 @@ def run(args: argparse.Namespace) -> int:
     )
     callbacks = []
     if config.measure_every is not None:
-        from ..progress import cheap_measures_callback
+        from tl_grokking.analysis.progress import cheap_measures_callback
 
         callbacks.append(cheap_measures_callback(config.make_task()))
-    result = train(
+    result = train_model(
         config,
         Path(args.out),
         resume=args.resume,

@@ -3,10 +3,10 @@
 One optimiser step per epoch on the whole training split; AdamW (lr 1e-3, weight decay 1.0,
 betas (0.9, 0.98)); a linear warm-up ``lr · min(step / warmup_steps, 1)`` as in the authors'
 code (``LambdaLR``; the first step therefore has learning rate 0); cross-entropy on the final
-position computed in float64.  The forward pass is :func:`tl_grokking.fastforward.final_logits`
+position computed in float64.  The forward pass is :func:`tl_grokking.model.fastforward.final_logits`
 (only what the final-position loss needs).
 
-A run writes its directory as described in :mod:`tl_grokking.runs`:
+A run writes its directory as described in :mod:`tl_grokking.runs.rundir`:
 
 * ``config.json`` — :meth:`TrainConfig.to_dict`;
 * ``metrics.jsonl`` — one line per logged epoch (every ``log_every`` epochs, every
@@ -39,9 +39,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from .fastforward import final_logits, final_logits_batched
-from .model import ModelConfig, config_from_dict, make_model, validate_device
-from .runs import (
+from tl_grokking.data.tasks import TASKS, Task, make_task, validate_frac_train, validate_p
+from tl_grokking.model.fastforward import final_logits, final_logits_batched
+from tl_grokking.model.transformer import ModelConfig, config_from_dict, make_model, validate_device
+from tl_grokking.runs.rundir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
     METRICS_FILE,
@@ -56,14 +57,13 @@ from .runs import (
     save_safetensors,
     write_json,
 )
-from .tasks import TASKS, Task, make_task, validate_frac_train, validate_p
 
 __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingDivergedError",
     "Callback",
-    "train",
+    "train_model",
     "load_train_config",
     "cross_entropy_final",
     "warmup_factor",
@@ -139,7 +139,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.98
     warmup_steps: int = 10
-    # model (see tl_grokking.model.ModelConfig)
+    # model (see tl_grokking.model.transformer.ModelConfig)
     d_model: int = 128
     n_heads: int = 4
     d_head: int | None = None
@@ -224,7 +224,7 @@ class TrainConfig:
         self.model_config()
 
     def model_config(self) -> ModelConfig:
-        """The :class:`~tl_grokking.model.ModelConfig` of the model this run trains."""
+        """The :class:`~tl_grokking.model.transformer.ModelConfig` of the model this run trains."""
         return ModelConfig(
             p=self.p,
             d_model=self.d_model,
@@ -238,7 +238,7 @@ class TrainConfig:
         )
 
     def make_task(self) -> Task:
-        """The :class:`~tl_grokking.tasks.Task` this run trains on."""
+        """The :class:`~tl_grokking.data.tasks.Task` this run trains on."""
         return make_task(self.task, self.p)
 
     def to_dict(self) -> dict[str, Any]:
@@ -254,7 +254,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns."""
+    """What :func:`train_model` returns."""
 
     model: HookedTransformer
     metrics: dict[str, float]  # the last metrics line
@@ -442,7 +442,7 @@ def _is_finite(x: float) -> bool:
     return math.isfinite(x)
 
 
-def train(
+def train_model(
     config: TrainConfig,
     run_dir: str | os.PathLike,
     *,

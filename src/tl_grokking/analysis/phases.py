@@ -7,7 +7,7 @@ grokking —, the Gini coefficients rise, the memorising components are removed)
 the boundaries are ≈ 1.4k / 9.4k / 14k epochs.
 
 :func:`detect_phases` places the three boundaries deterministically from the progress measures
-(:class:`tl_grokking.progress.ProgressMeasures` or any mapping of columns). All losses are read on
+(:class:`tl_grokking.analysis.progress.ProgressMeasures` or any mapping of columns). All losses are read on
 a log10 scale; every rule is a fraction of a curve's own range, so nothing depends on p, the
 run length or the checkpoint interval. The rules (constants in :class:`PhaseRule`):
 

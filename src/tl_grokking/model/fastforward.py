@@ -8,10 +8,10 @@ final position needs:
   its position: ``k_j = (W_E[t_j] + W_pos[j]) W_K + b_K``.  They are tabulated once per call for
   every (position, token) pair — ``3 × d_vocab`` rows instead of ``3 × batch`` — and gathered;
 * the query of position 2 only (a table over the token at position 2, which is always ``=`` for
-  the tasks of :mod:`tl_grokking.tasks`);
+  the tasks of :mod:`tl_grokking.data.tasks`);
 * the attention pattern of the final query over the three positions, mixed with uniform
   attention when the model carries the attention-rate knob
-  (:func:`tl_grokking.model.model_attn_rate`);
+  (:func:`tl_grokking.model.transformer.model_attn_rate`);
 * the MLP and the unembedding of the final position only.
 
 Positions 0 and 1 never need the MLP or the unembedding, which is where almost all the FLOPs of
@@ -24,8 +24,8 @@ differentiable with the same gradients.
 three tokens; no normalisation; standard (learned, absolute) positional embeddings; ordinary
 multi-head attention (no grouped-query heads, rotary/alibi, soft-caps, QK-norm, clipping or
 attention sinks); a non-gated MLP with an activation of
-:data:`tl_grokking.model.SUPPORTED_ACT_FNS`; no output soft-cap; and no hooks other than the
-attention-rate hook of :func:`tl_grokking.model.make_model`.  Anything else — including a model
+:data:`tl_grokking.model.transformer.SUPPORTED_ACT_FNS`; no output soft-cap; and no hooks other than the
+attention-rate hook of :func:`tl_grokking.model.transformer.make_model`.  Anything else — including a model
 with user hooks attached, whose hooks the fast path would silently skip — goes through the plain
 ``model(tokens)[:, -1]``.
 """
@@ -38,7 +38,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from .model import SUPPORTED_ACT_FNS, model_attn_rate
+from tl_grokking.model.transformer import SUPPORTED_ACT_FNS, model_attn_rate
 
 __all__ = ["final_logits", "supports_fast_path", "final_logits_batched"]
 

@@ -27,7 +27,7 @@ Two metrics (their Definitions 4.1 and 4.2), computed here from their definition
   paper's clock: 0.85), pizza small (their pizza: 0.17; the paper's bands are pizza ∈ [0, 0.4],
   clock ∈ [0.4, 1]).
 
-:func:`classify` applies both thresholds (``s_g ≥ 0.98`` and ``q < 0.4`` → pizza; ``s_g < 0.98``
+:func:`classify_clock_pizza` applies both thresholds (``s_g ≥ 0.98`` and ``q < 0.4`` → pizza; ``s_g < 0.98``
 and ``q ≥ 0.4`` → clock) and reports ``"ambiguous"`` when the two metrics disagree, which
 happens for intermediate attention rates and narrow models; the numbers are always returned.
 
@@ -46,16 +46,16 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from .discrete_log import reindexed_tokens
-from .model import check_compatible, config_from_model, model_attn_rate
-from .tasks import Task, make_task
+from tl_grokking.data.discrete_log import reindexed_tokens
+from tl_grokking.data.tasks import Task, make_task
+from tl_grokking.model.transformer import check_compatible, config_from_model, model_attn_rate
 
 __all__ = [
     "gradient_symmetricity",
     "distance_irrelevance",
     "distance_irrelevance_of_grid",
     "correct_logit_grid",
-    "classify",
+    "classify_clock_pizza",
     "ClockPizzaVerdict",
     "GRADIENT_SYMMETRICITY_THRESHOLD",
     "DISTANCE_IRRELEVANCE_THRESHOLD",
@@ -181,7 +181,7 @@ def distance_irrelevance_of_grid(grid: Float[Tensor, "n n"]) -> float:
 
 @dataclass(frozen=True)
 class ClockPizzaVerdict:
-    """Result of :func:`classify`. ``label`` is "clock", "pizza" or "ambiguous" (the two
+    """Result of :func:`classify_clock_pizza`. ``label`` is "clock", "pizza" or "ambiguous" (the two
     metrics disagree); ``attn_rate`` is the rate installed on the model."""
 
     label: str
@@ -206,7 +206,7 @@ class ClockPizzaVerdict:
         )
 
 
-def classify(
+def classify_clock_pizza(
     model: HookedTransformer,
     task: Task | None = None,
     *,

@@ -3,7 +3,7 @@
 * **Neuron clusters.** Each MLP neuron's final-position activation over the p² grid, centred and
   2-D Fourier transformed, is mostly in the 3×3 block ``{const, cos k, sin k}²`` of one
   frequency k; the fraction of variance explained (FVE) by that block is
-  :func:`tl_grokking.fourier.block_fve`. Neurons with FVE ≥ 0.85 form the cluster of k.
+  :func:`tl_grokking.analysis.fourier.block_fve`. Neurons with FVE ≥ 0.85 form the cluster of k.
 * **Key frequencies** by three rules: the frequencies of the clusters; the large Fourier norms of
   the embedding W_E (the TransformerLens demo's rule); and those of the neuron→logit map W_L
   (the paper's appendix). :func:`key_frequencies` computes any or all and says whether they agree.
@@ -17,9 +17,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .fourier import block_fve, frequencies
-from .hooks import grid_activations, resolve_task
-from .weights import embed_fourier_norms, norms_by_frequency, unembed_fourier_norms
+from tl_grokking.analysis.fourier import block_fve, frequencies
+from tl_grokking.analysis.hooks import grid_activations, resolve_task
+from tl_grokking.analysis.weights import (
+    embed_fourier_norms,
+    norms_by_frequency,
+    unembed_fourier_norms,
+)
 
 __all__ = ["NeuronClusters", "KeyFrequencies", "neuron_clusters", "key_frequencies"]
 

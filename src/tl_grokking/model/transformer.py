@@ -68,7 +68,7 @@ class ModelConfig:
     attn_rate: float = 1.0
 
     def __post_init__(self) -> None:
-        from .tasks import validate_p
+        from tl_grokking.data.tasks import validate_p
 
         object.__setattr__(self, "p", validate_p(self.p))
         for field in ("d_model", "n_heads", "d_mlp", "n_layers"):

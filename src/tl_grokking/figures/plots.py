@@ -3,7 +3,7 @@
 Every function returns a :class:`plotly.graph_objects.Figure` and takes explicit data (metric
 records, a measures table, cluster assignments, ...) or a model and its task — never a file
 path, so the same figure can be drawn for a run on disk, a checkpoint in memory or a model
-being trained.  :mod:`tl_grokking.report` assembles them into one HTML page.
+being trained.  :mod:`tl_grokking.figures.report` assembles them into one HTML page.
 
 Figures (Nanda et al. 2023, names as in PAPER_NOTES):
 
@@ -36,13 +36,13 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from . import weights
-from .ablations import AblationTable
-from .circuits import NeuronClusters
-from .fourier import fourier_basis, to_grid
-from .hooks import grid_activations, require_analysis
-from .logits import TrigDecomposition
-from .tasks import ModularAddition, Task
+from tl_grokking.analysis import weights
+from tl_grokking.analysis.ablations import AblationTable
+from tl_grokking.analysis.circuits import NeuronClusters
+from tl_grokking.analysis.fourier import fourier_basis, to_grid
+from tl_grokking.analysis.hooks import grid_activations, require_analysis
+from tl_grokking.analysis.logits import TrigDecomposition
+from tl_grokking.data.tasks import ModularAddition, Task
 
 __all__ = [
     "PHASE_COLORS",
@@ -149,7 +149,7 @@ def _shade_phases(fig: go.Figure, spans: Sequence[tuple[str, float, float]], **w
 
 def _columns(table: Any) -> dict[str, list[float]]:
     """A measures table as ``{column: list}``: accepts a mapping of columns, a list of row
-    mappings, a :class:`~tl_grokking.progress.ProgressMeasures` (its ``columns``) or a
+    mappings, a :class:`~tl_grokking.analysis.progress.ProgressMeasures` (its ``columns``) or a
     DataFrame-like object with ``to_dict(orient="list")``."""
     if isinstance(getattr(table, "columns", None), Mapping):  # ProgressMeasures
         table = table.columns
@@ -195,7 +195,7 @@ def _cluster_data(
     threshold: float | None,
 ) -> tuple[list[int], list[float], float]:
     """``(frequency per neuron, FVE per neuron, threshold)`` from a
-    :class:`~tl_grokking.circuits.NeuronClusters` or from explicit per-neuron arrays."""
+    :class:`~tl_grokking.analysis.circuits.NeuronClusters` or from explicit per-neuron arrays."""
     if isinstance(clusters, NeuronClusters):
         freqs, fves = clusters.freq, clusters.fve
         threshold = clusters.threshold if threshold is None else threshold
@@ -232,7 +232,7 @@ def _grid_task(
 ) -> Task:
     """The task of a figure (default: addition): checked against the model, on the full
     (a, b) grid, and with capability ``needs`` of ``task.meaningful_analyses`` if given
-    (:func:`tl_grokking.hooks.require_analysis` raises ``ValueError`` naming ``analysis``)."""
+    (:func:`tl_grokking.analysis.hooks.require_analysis` raises ``ValueError`` naming ``analysis``)."""
     task = task if task is not None else ModularAddition(_model_p(model, None))
     _model_p(model, task)
     if needs is not None:
@@ -389,7 +389,7 @@ def embedding_fourier_norms(
     """Norm over d_model of each Fourier component of W_E (rows of ``F @ W_E[:p]``).
 
     Bars are in the basis order ``const, cos 1, sin 1, cos 2, ...`` (cos first), labelled with
-    the names from :func:`~tl_grokking.fourier.fourier_basis`.  A trained model is sparse here:
+    the names from :func:`~tl_grokking.analysis.fourier.fourier_basis`.  A trained model is sparse here:
     large norm only at a few key frequencies, which are drawn in a second colour.
     """
     p = _grid_task(model, task, "the W_E Fourier-norm plot", needs="token_fourier").p
@@ -429,7 +429,7 @@ def unembed_fourier_heatmap(
 ) -> go.Figure:
     """Heatmap of ``W_L @ F.T``: each neuron's read-out weights in the Fourier basis over c.
 
-    ``W_L = W_out W_U`` (restricted to the p classes, :func:`tl_grokking.weights.W_L`) maps MLP
+    ``W_L = W_out W_U`` (restricted to the p classes, :func:`tl_grokking.analysis.weights.W_L`) maps MLP
     neurons to logits; for a grokked model it is approximately rank 2|K|, reading cos(w_k c)
     and sin(w_k c) only.  Columns are basis rows (cos first); rows are neurons, grouped by
     cluster frequency (unclustered last) when ``clusters`` is given, else in index order.
@@ -490,7 +490,7 @@ def neuron_cluster_sizes(
 ) -> go.Figure:
     """Bar chart: how many neurons belong to each frequency cluster, plus the unclustered.
 
-    ``clusters`` is a :class:`~tl_grokking.circuits.NeuronClusters` (from ``neuron_clusters``),
+    ``clusters`` is a :class:`~tl_grokking.analysis.circuits.NeuronClusters` (from ``neuron_clusters``),
     or each neuron's best frequency with ``fve`` its fraction of variance explained.  A neuron
     is in the cluster of its best frequency when its FVE is ``>= threshold`` (default: the
     clusters' own threshold, else the paper's 0.85); the rest are "unclustered".
@@ -532,7 +532,7 @@ def fve_histogram(
 
     FVE = energy of the neuron's centred (a, b) activation in the 3×3 block
     ``{const, cos k, sin k} × {const, cos k, sin k}`` of its best k, over its total energy.
-    ``clusters`` is a :class:`~tl_grokking.circuits.NeuronClusters` or the FVE values.
+    ``clusters`` is a :class:`~tl_grokking.analysis.circuits.NeuronClusters` or the FVE values.
     """
     if isinstance(clusters, NeuronClusters):
         values = [float(v) for v in _as_list(clusters.fve)]
@@ -759,7 +759,7 @@ def attention_heads_view(
     """circuitsvis ``attention_heads`` views (one per example) for display in a notebook.
 
     Returns a list of ``circuitsvis`` RenderedHTML objects.  Note: outside a notebook, their
-    ``str()`` loads circuitsvis' JavaScript from a CDN; :mod:`tl_grokking.report` instead
+    ``str()`` loads circuitsvis' JavaScript from a CDN; :mod:`tl_grokking.figures.report` instead
     inlines the JavaScript bundle shipped in the circuitsvis package.
     """
     from circuitsvis.attention import attention_heads
@@ -789,7 +789,7 @@ def trig_identity_coefficients(
 ) -> go.Figure:
     """Bar chart of the coefficient α_k of each key frequency k in the logit decomposition.
 
-    ``decomposition`` is a :class:`~tl_grokking.logits.TrigDecomposition` (from
+    ``decomposition`` is a :class:`~tl_grokking.analysis.logits.TrigDecomposition` (from
     ``trig_logit_decomposition``; its ``fve`` and approximation loss go in the title) or a
     mapping frequency → α_k.  ``fve`` is the fraction of the logits' variance explained
     (paper: about 95 %).
@@ -845,7 +845,7 @@ def ablation_table_figure(
 ) -> go.Figure:
     """A plotly Table of ablation results.
 
-    ``rows`` is an :class:`~tl_grokking.ablations.AblationTable` (from ``ablation_table``), a
+    ``rows`` is an :class:`~tl_grokking.analysis.ablations.AblationTable` (from ``ablation_table``), a
     list of mappings (one per ablation), a mapping of columns, or a DataFrame.  Floats are
     shown with 4 significant digits (scientific notation for small losses).
     """

@@ -19,14 +19,14 @@ For every checkpoint of a run this computes, in float64:
 The key frequencies are fixed from the final checkpoint and reused for every earlier one
 (PAPER_NOTES §6), unless they are given explicitly.
 
-The numbers are those of :func:`tl_grokking.logits.restricted_logits` /
-:func:`tl_grokking.logits.excluded_logits` followed by a float64 cross-entropy, and of
-:func:`tl_grokking.weights.embed_fourier_norms` / :func:`~tl_grokking.weights.unembed_fourier_norms`
+The numbers are those of :func:`tl_grokking.analysis.logits.restricted_logits` /
+:func:`tl_grokking.analysis.logits.excluded_logits` followed by a float64 cross-entropy, and of
+:func:`tl_grokking.analysis.weights.embed_fourier_norms` / :func:`~tl_grokking.analysis.weights.unembed_fourier_norms`
 followed by :func:`gini`; :class:`LogitMeasures` computes the logit ones for many checkpoints
 without redoing per-run work.
 
 Speed: each checkpoint's logits on all p² inputs come from the fast final-position forward
-(:func:`tl_grokking.fastforward.final_logits_batched`, float32, then cast to float64); the
+(:func:`tl_grokking.model.fastforward.final_logits_batched`, float32, then cast to float64); the
 projection is a ``[2|K|, p²] @ [p², p]`` matmul against sum directions built once per run (never a
 p³ cube); the excluded losses touch only the training rows; one model is reloaded with each
 checkpoint's state dict; the Gini coefficients of all checkpoints are computed in one batch.
@@ -46,16 +46,16 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from .fastforward import final_logits_batched
-from .fourier import sum_directions, validate_freqs
-from .hooks import require_analysis
-from .model import check_compatible, config_from_model, validate_device
-from .runs import atomic_write_text, write_json
-from .tasks import Task, make_task
-from .weights import embed_fourier_norms, unembed_fourier_norms
+from tl_grokking.analysis.fourier import sum_directions, validate_freqs
+from tl_grokking.analysis.hooks import require_analysis
+from tl_grokking.analysis.weights import embed_fourier_norms, unembed_fourier_norms
+from tl_grokking.data.tasks import Task, make_task
+from tl_grokking.model.fastforward import final_logits_batched
+from tl_grokking.model.transformer import check_compatible, config_from_model, validate_device
+from tl_grokking.runs.rundir import atomic_write_text, write_json
 
 if TYPE_CHECKING:
-    from .phases import Phases
+    from tl_grokking.analysis.phases import Phases
 
 __all__ = [
     "ProgressMeasures",
@@ -253,7 +253,7 @@ def _final_logits_p(
 def _key_freqs_of(model: HookedTransformer, task: Task) -> tuple[list[int], str]:
     """Key frequencies of ``model`` by the first rule of :data:`KEY_FREQ_FALLBACK_RULES` that
     finds a sparse set (1 to :data:`MAX_KEY_FRACTION` of all frequencies), and its name."""
-    from .circuits import key_frequencies
+    from tl_grokking.analysis.circuits import key_frequencies
 
     limit = max(1, int(MAX_KEY_FRACTION * (task.p // 2)))
     tried = []
@@ -403,7 +403,7 @@ def _check_same_shapes(
 
 
 def _from_loaded_run(run: Any, device: torch.device) -> _Source:
-    from .checkpoints import CheckpointShapeError
+    from tl_grokking.runs.checkpoints import CheckpointShapeError
 
     epochs = [int(e) for e in run.epochs]
     if not epochs:
@@ -480,7 +480,7 @@ def _from_sequence(
     def as_model(epoch: int, obj: Any) -> HookedTransformer:
         if isinstance(obj, HookedTransformer):
             return obj if obj.W_E.device == device else obj.to(device, print_details=False)
-        from .checkpoints import load_checkpoint
+        from tl_grokking.runs.checkpoints import load_checkpoint
 
         return load_checkpoint(obj, device=str(device))  # any known state-dict layout
 
@@ -505,7 +505,7 @@ def _normalise_source(
     source: Any, task: Task | None, train_indices: Tensor | None, device: torch.device
 ) -> _Source:
     if isinstance(source, str | os.PathLike):
-        from .checkpoints import load_run
+        from tl_grokking.runs.checkpoints import load_run
 
         source = load_run(source)
     if hasattr(source, "epochs") and hasattr(source, "state_dict") and hasattr(source, "model"):
@@ -542,7 +542,7 @@ def progress_measures(
     """Progress measures of Nanda et al. (2023) at every checkpoint of a run.
 
     Args:
-        source: a run directory, a :class:`tl_grokking.checkpoints.LoadedRun`, or a sequence of
+        source: a run directory, a :class:`tl_grokking.runs.checkpoints.LoadedRun`, or a sequence of
             ``(epoch, HookedTransformer or state dict)``.
         task: the task (default: the run's, or modular addition with the model's p).
         key_freqs: the key frequencies K; default: fixed from the final checkpoint by the
@@ -680,18 +680,18 @@ def analyze_run(
     """Progress measures and phases of a run directory, stored next to its checkpoints.
 
     Computes :func:`progress_measures` at every checkpoint of ``run_dir`` and
-    :func:`tl_grokking.phases.detect_phases` on them, then writes, each atomically,
+    :func:`tl_grokking.analysis.phases.detect_phases` on them, then writes, each atomically,
     ``run_dir/measures.csv`` (:meth:`ProgressMeasures.to_csv`) and ``run_dir/phases.json`` (the
     phase boundaries plus ``key_freqs``, ``key_freq_rule`` and ``n_checkpoints``; with
     ``"phases": null`` and the ``"reason"`` when no phases can be detected, e.g. fewer than 3
     checkpoints). Returns ``(measures, phases)``, ``phases`` being ``None`` in that case.
 
     Raises ``FileNotFoundError`` if ``run_dir`` does not exist and
-    :class:`~tl_grokking.runs.RunDirError` if it is not a run directory or has no checkpoint.
+    :class:`~tl_grokking.runs.rundir.RunDirError` if it is not a run directory or has no checkpoint.
     """
-    from .checkpoints import load_run
-    from .phases import detect_phases
-    from .runs import RunDirError, is_run_dir, list_checkpoints
+    from tl_grokking.analysis.phases import detect_phases
+    from tl_grokking.runs.checkpoints import load_run
+    from tl_grokking.runs.rundir import RunDirError, is_run_dir, list_checkpoints
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

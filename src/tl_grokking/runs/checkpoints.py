@@ -23,7 +23,7 @@ Every state dict is checked before it becomes a model: structure (one layer, no 
 ``n_ctx`` 3, ``d_vocab_out`` p or p + 1, the requested p) → :class:`IncompatibleModelError` naming
 each failing property; every tensor's shape → :class:`CheckpointShapeError` naming the key; finite
 values → :class:`NonFiniteWeightsError` naming the tensor. The model is built with
-:func:`tl_grokking.model.make_model` and passes :func:`tl_grokking.model.check_compatible`.
+:func:`tl_grokking.model.transformer.make_model` and passes :func:`tl_grokking.model.transformer.check_compatible`.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from .model import IncompatibleModelError, ModelConfig, check_compatible, make_model
-from .runs import (
+from tl_grokking.model.transformer import IncompatibleModelError, ModelConfig, check_compatible, make_model
+from tl_grokking.runs.rundir import (
     CONFIG_FILE,
     RunDirError,
     is_run_dir,
@@ -54,7 +54,7 @@ from .runs import (
     read_json,
     read_metrics,
 )
-from .tasks import Task, make_task
+from tl_grokking.data.tasks import Task, make_task
 
 __all__ = [
     "CHECKPOINT_FORMATS",
@@ -173,7 +173,7 @@ def _file_kind(path: Path) -> str:
 def read_checkpoint_file(path: str | os.PathLike) -> tuple[Any, dict[str, str]]:
     """Read a checkpoint file without executing code; return ``(object, safetensors metadata)``.
 
-    safetensors files are read with :func:`tl_grokking.runs.load_safetensors`; torch files with
+    safetensors files are read with :func:`tl_grokking.runs.rundir.load_safetensors`; torch files with
     ``torch.load(map_location="cpu", weights_only=True)`` (CUDA-saved tensors land on the CPU).
     Raises :class:`UnsafeCheckpointError` for a pickle that would need to run code,
     :class:`CheckpointFormatError` for a corrupt, truncated or unrecognised file.
@@ -874,7 +874,7 @@ def load_checkpoint(
 
     ``epoch`` picks a checkpoint of a run (run directory, authors' full run, demo file); the
     default is the final model. ``p`` asserts the modulus (an
-    :class:`~tl_grokking.model.IncompatibleModelError` if the checkpoint has another).
+    :class:`~tl_grokking.model.transformer.IncompatibleModelError` if the checkpoint has another).
     The authors' ``p + 1`` output logits are kept (``d_vocab_out = p + 1``; analysis reads
     ``logits[..., :p]``) unless ``drop_eq_logit=True``. NaN/inf weights raise
     :class:`NonFiniteWeightsError` unless ``allow_nonfinite=True``.

@@ -226,7 +226,7 @@ class Task:
         self.require_structure("additive", "multiplicative", analysis="Fourier re-indexing")
         if self.fourier_structure == "additive":
             return torch.arange(self.p)
-        from .discrete_log import discrete_log_table
+        from tl_grokking.data.discrete_log import discrete_log_table
 
         return discrete_log_table(self.p)[0]
 
@@ -236,13 +236,13 @@ class Task:
 
         * ``"training"``: losses, accuracy, weight norms — every task.
         * ``"group_fourier"``: key frequencies and neuron clusters in group coordinates
-          (:mod:`tl_grokking.discrete_log`) — additive and multiplicative tasks.
+          (:mod:`tl_grokking.data.discrete_log`) — additive and multiplicative tasks.
         * ``"token_fourier"``: Fourier analysis indexed by the tokens over the full p² grid
           (``fourier``, ``hooks``, ``plots``, ``ablations``) — additive tasks.
         * ``"sum_directions"``: the ``a + b`` sum directions, so the restricted / excluded
           losses and the trig logit decomposition ``cos(w(a + b - c))`` — addition only.
         * ``"clock_pizza"``: gradient symmetricity and distance irrelevance
-          (:mod:`tl_grokking.clock_pizza`) — commutative group tasks (add, mul).
+          (:mod:`tl_grokking.analysis.clock_pizza`) — commutative group tasks (add, mul).
         """
         out = {"training"}
         if self.fourier_structure in ("additive", "multiplicative"):
@@ -267,7 +267,7 @@ class Task:
                 f"{analysis} needs a task with fourier_structure {accepted}; task "
                 f"{self.name!r} has fourier_structure {self.fourier_structure!r}"
                 + (
-                    " (use the discrete-log re-indexed analyses of tl_grokking.discrete_log)"
+                    " (use the discrete-log re-indexed analyses of tl_grokking.data.discrete_log)"
                     if self.fourier_structure == "multiplicative"
                     else ""
                 )

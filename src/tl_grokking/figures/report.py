@@ -1,7 +1,7 @@
 """The self-contained HTML report of a training run (``tl-grokking report RUN_DIR``).
 
 One file, ``RUN_DIR/report.html``, that opens with no network: plotly.js is inlined once in the
-page head, every figure of :mod:`tl_grokking.plots` is a ``<div>`` drawing from that one copy,
+page head, every figure of :mod:`tl_grokking.figures.plots` is a ``<div>`` drawing from that one copy,
 and the circuitsvis attention view uses the JavaScript bundle shipped inside the circuitsvis
 Python package (``circuitsvis/dist/cdn/iife.js``), inlined once, instead of the CDN import that
 ``circuitsvis``' own HTML uses outside a notebook.
@@ -12,7 +12,7 @@ configuration, and the figures.  Progress measures come from ``measures.csv`` /
 ``phases.json`` when ``tl-grokking analyze`` wrote them, and are computed otherwise.
 
 The page is built in memory and written atomically: on bad input (not a run directory, no
-checkpoints) a :class:`~tl_grokking.runs.RunDirError` is raised and nothing is written.
+checkpoints) a :class:`~tl_grokking.runs.rundir.RunDirError` is raised and nothing is written.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from ._version import __version__
-from .progress import MEASURES_FILE, PHASES_FILE
-from .runs import (
+from tl_grokking._version import __version__
+from tl_grokking.analysis.progress import MEASURES_FILE, PHASES_FILE
+from tl_grokking.runs.rundir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
     METRICS_FILE,
@@ -305,7 +305,7 @@ def _resume_epoch(run_dir: Path) -> int | None:
 
 
 def check_run_dir(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """Raise :class:`~tl_grokking.runs.RunDirError` unless ``run_dir`` is a run directory with
+    """Raise :class:`~tl_grokking.runs.rundir.RunDirError` unless ``run_dir`` is a run directory with
     at least one checkpoint; return its checkpoints."""
     run_dir = Path(run_dir)
     if not run_dir.exists():
@@ -468,8 +468,8 @@ class _Measures:
 def _load_or_compute_measures(run_dir: Path, run: Any, *, device: str, progress: bool) -> _Measures:
     """``measures.csv`` + ``phases.json`` written by ``tl-grokking analyze`` when present,
     otherwise computed here (in memory: the report writes no analysis file)."""
-    from .phases import detect_phases
-    from .progress import progress_measures, read_measures_csv
+    from tl_grokking.analysis.phases import detect_phases
+    from tl_grokking.analysis.progress import progress_measures, read_measures_csv
 
     csv_path, phases_path = run_dir / MEASURES_FILE, run_dir / PHASES_FILE
     table, stale = None, False
@@ -513,15 +513,15 @@ def build_report(
 ) -> str:
     """The HTML of the report of ``run_dir`` (nothing is written; see :func:`write_report`).
 
-    Raises :class:`~tl_grokking.runs.RunDirError` if ``run_dir`` is not a run directory or has
+    Raises :class:`~tl_grokking.runs.rundir.RunDirError` if ``run_dir`` is not a run directory or has
     no checkpoint.  The model analysed is the last checkpoint.  ``examples`` are the (a, b)
     inputs of the circuitsvis attention view.
     """
-    from . import plots
-    from .ablations import ablation_table
-    from .checkpoints import load_run
-    from .circuits import key_frequencies
-    from .logits import trig_logit_decomposition
+    from tl_grokking.analysis.ablations import ablation_table
+    from tl_grokking.analysis.circuits import key_frequencies
+    from tl_grokking.analysis.logits import trig_logit_decomposition
+    from tl_grokking.figures import plots
+    from tl_grokking.runs.checkpoints import load_run
 
     run_dir = Path(run_dir)
     status = run_status(run_dir)
@@ -728,8 +728,8 @@ def _note_section(title: str, text: str) -> ReportSection:
 
 def _skipped_section(title: str, task: Any, capability: str, analysis: str) -> ReportSection:
     """The note for an analysis that is not meaningful for ``task``: the message of
-    :func:`tl_grokking.hooks.require_analysis` (which task, which analysis, what instead)."""
-    from .hooks import require_analysis
+    :func:`tl_grokking.analysis.hooks.require_analysis` (which task, which analysis, what instead)."""
+    from tl_grokking.analysis.hooks import require_analysis
 
     try:
         require_analysis(task, capability, analysis)
@@ -739,10 +739,10 @@ def _skipped_section(title: str, task: Any, capability: str, analysis: str) -> R
 
 
 def _discrete_log_section(model: Any, task: Any) -> ReportSection:
-    """Key frequencies of a × / ÷ model in discrete-log order (:mod:`tl_grokking.discrete_log`):
+    """Key frequencies of a × / ÷ model in discrete-log order (:mod:`tl_grokking.data.discrete_log`):
     the Fourier norms of the re-indexed W_E and W_L per frequency of Z_{p-1}."""
-    from . import discrete_log as dl
-    from .fourier import frequencies
+    from tl_grokking.analysis.fourier import frequencies
+    from tl_grokking.data import discrete_log as dl
 
     n = task.fourier_size
     figure = go.Figure()
@@ -767,7 +767,7 @@ def _discrete_log_section(model: Any, task: Any) -> ReportSection:
         f"Task {html.escape(task.name)!r} is a · b^(±1) in Z_p^*, cyclic of order {n}: writing "
         "each non-zero token as a power of a primitive root g turns it into i ± j in "
         f"Z_{n}, and the paper's Fourier analysis applies in that order "
-        "(tl_grokking.discrete_log). Token 0 is left out. Key frequencies by rule: "
+        "(tl_grokking.data.discrete_log). Token 0 is left out. Key frequencies by rule: "
         f"{html.escape(found)}."
     )
     return ReportSection(
@@ -781,7 +781,7 @@ _DL_RULES = ("embed", "unembed", "clusters")
 def _key_frequency_summary(keys: Any, task: Any) -> list[tuple[str, str]]:
     """Summary rows on the key frequencies and neuron clusters (or why there are none)."""
     if keys is None:
-        from .hooks import require_analysis
+        from tl_grokking.analysis.hooks import require_analysis
 
         try:
             require_analysis(task, "token_fourier", "token-order key frequencies")
@@ -812,7 +812,7 @@ def _circuitsvis_section(
 ) -> ReportSection:
     """circuitsvis ``AttentionHeads`` views of a few inputs; plain HTML tables of the same
     patterns if the installed circuitsvis ships no browser bundle to inline."""
-    from .plots import attention_examples
+    from tl_grokking.figures.plots import attention_examples
 
     head_names = [f"head {h}" for h in range(model.cfg.n_heads)]
     patterns = attention_examples(model, task, examples)

@@ -1,7 +1,7 @@
 """Effective weight matrices of a one-layer grokking transformer, with the paper's names.
 
 All functions take a compatible :class:`~transformer_lens.HookedTransformer` (see
-:func:`tl_grokking.model.check_compatible`) and return detached float tensors. Only the p number
+:func:`tl_grokking.model.transformer.check_compatible`) and return detached float tensors. Only the p number
 tokens and the first p output classes are kept (the authors' checkpoints have a ``p + 1``-th
 output logit for ``=``; the analysis always ignores it).
 
@@ -25,8 +25,8 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from .fourier import basis_frequencies, fourier_transform
-from .model import check_compatible
+from tl_grokking.analysis.fourier import basis_frequencies, fourier_transform
+from tl_grokking.model.transformer import check_compatible
 
 __all__ = [
     "model_p",

@@ -9,12 +9,12 @@ root of p) every non-zero token x is ``g^i`` for a unique ``i = log_g x`` in Z_{
 
 So after re-indexing the non-zero tokens by their discrete logarithm, × is + mod ``p - 1`` and
 ÷ is - mod ``p - 1``, and the whole Fourier toolkit applies with basis size ``n = p - 1`` (even:
-the last basis row is the Nyquist cosine, see :func:`tl_grokking.fourier.fourier_basis`).
+the last basis row is the Nyquist cosine, see :func:`tl_grokking.analysis.fourier.fourier_basis`).
 Token 0 has no logarithm and is left out of these analyses.
 
 This module works in *group coordinates* for any task with a ``fourier_structure``: the
 identity order (n = p) for additive tasks and the discrete-log order (n = p - 1) for
-multiplicative ones, as given by :meth:`tl_grokking.tasks.Task.fourier_tokens`. It provides:
+multiplicative ones, as given by :meth:`tl_grokking.data.tasks.Task.fourier_tokens`. It provides:
 
 * number theory: :func:`primitive_root`, :func:`discrete_log_table`, :func:`discrete_logarithm`;
 * grids in group coordinates: :func:`reindexed_tokens`, :func:`reindex_grid`;
@@ -37,8 +37,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from .fourier import fourier_basis, fourier_transform, freq_rows, frequencies
-from .tasks import Task, is_prime, validate_p
+from tl_grokking.analysis.fourier import fourier_basis, fourier_transform, freq_rows, frequencies
+from tl_grokking.data.tasks import Task, is_prime, validate_p
 
 __all__ = [
     "primitive_root",
@@ -192,7 +192,7 @@ def reindexed_embedding(model: HookedTransformer, task: Task) -> Float[Tensor, "
 def reindexed_embed_norms(model: HookedTransformer, task: Task) -> Float[Tensor, " n"]:
     """Norm (over d_model) of each Fourier component of the re-indexed W_E, basis size n.
 
-    Row ``r`` is ``‖(F_n W_E[order])[r]‖``; rows follow :func:`tl_grokking.fourier.fourier_basis`
+    Row ``r`` is ``‖(F_n W_E[order])[r]‖``; rows follow :func:`tl_grokking.analysis.fourier.fourier_basis`
     (``[const, cos 1, sin 1, ...]``, Nyquist cosine last for even n).
     """
     w = reindexed_embedding(model, task).detach().to(torch.float64)

@@ -29,9 +29,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from .fourier import project_onto_sum_directions, validate_freqs
-from .hooks import require_analysis, resolve_task
-from .tasks import Task
+from tl_grokking.analysis.fourier import project_onto_sum_directions, validate_freqs
+from tl_grokking.analysis.hooks import require_analysis, resolve_task
+from tl_grokking.data.tasks import Task
 
 __all__ = [
     "all_logits",
@@ -62,7 +62,7 @@ def all_logits(
 
     One forward pass (under ``fwd_hooks`` if given); returned in ``dtype`` (float64 default).
     """
-    from .hooks import grid_tokens
+    from tl_grokking.analysis.hooks import grid_tokens
 
     tokens = grid_tokens(model, task)
     p = model.cfg.d_vocab - 1
@@ -189,7 +189,7 @@ def trig_logit_decomposition(
 
     ``model_or_logits``: a compatible model (its logits are computed over the whole grid) or an
     all-inputs logit matrix ``[p², ≥p]`` (only the first p classes are used). ``freqs`` defaults
-    to the model's key frequencies (:func:`tl_grokking.circuits.key_frequencies`). Memory beyond
+    to the model's key frequencies (:func:`tl_grokking.analysis.circuits.key_frequencies`). Memory beyond
     ``L`` is ``O(p² |K| + chunk · p)``. The features are those of ``a + b``: a ``task``
     without ``"sum_directions"`` in ``task.meaningful_analyses`` (anything but addition)
     raises ``ValueError``.
@@ -210,7 +210,7 @@ def trig_logit_decomposition(
         if task is not None:
             require_analysis(task, "sum_directions", _TRIG_ANALYSIS)
     else:
-        from .circuits import key_frequencies
+        from tl_grokking.analysis.circuits import key_frequencies
 
         task = resolve_task(model_or_logits, task, needs="sum_directions", analysis=_TRIG_ANALYSIS)
         L = all_logits(model_or_logits, task)
@@ -249,7 +249,7 @@ def trig_logit_decomposition(
 
 def _labels(task: Task | None, p: int, device) -> Tensor:
     if task is None:
-        from .tasks import ModularAddition
+        from tl_grokking.data.tasks import ModularAddition
 
         task = ModularAddition(p)
     return task.labels().to(device)

@@ -31,9 +31,9 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from .circuits import NeuronClusters, key_frequencies, neuron_clusters
-from .fourier import project_grid, project_onto_sum_directions, validate_freqs
-from .hooks import (
+from tl_grokking.analysis.circuits import NeuronClusters, key_frequencies, neuron_clusters
+from tl_grokking.analysis.fourier import project_grid, project_onto_sum_directions, validate_freqs
+from tl_grokking.analysis.hooks import (
     HookList,
     grid_activations,
     grid_fn_hook,
@@ -41,8 +41,8 @@ from .hooks import (
     require_analysis,
     resolve_task,
 )
-from .logits import loss_and_accuracy
-from .tasks import Task
+from tl_grokking.analysis.logits import loss_and_accuracy
+from tl_grokking.data.tasks import Task
 
 __all__ = [
     "AblationRow",
@@ -215,7 +215,7 @@ def ablation_table(
     :func:`neuron_clusters` at ``threshold``) are computed when not given. ``train_indices``
     (rows of ``task.pairs()``) select the training pairs for the excluded-loss rows. One forward
     pass over the grid in all, skipped when ``activations`` (the result of
-    :func:`~tl_grokking.hooks.grid_activations` for :data:`TABLE_HOOKS`) are given.
+    :func:`~tl_grokking.analysis.hooks.grid_activations` for :data:`TABLE_HOOKS`) are given.
     """
     if neuron_ablation not in NEURON_ABLATIONS:
         raise ValueError(

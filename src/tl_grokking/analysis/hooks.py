@@ -25,9 +25,15 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from .fourier import GRID_BASES, project_1d, project_grid, validate_freqs, validate_mode
-from .model import check_compatible
-from .tasks import ModularAddition, Task
+from tl_grokking.analysis.fourier import (
+    GRID_BASES,
+    project_1d,
+    project_grid,
+    validate_freqs,
+    validate_mode,
+)
+from tl_grokking.data.tasks import ModularAddition, Task
+from tl_grokking.model.transformer import check_compatible
 
 __all__ = [
     "SITES",
@@ -41,7 +47,7 @@ __all__ = [
     "grid_fn_hook",
     "zero_ablate",
     "mean_ablate",
-    "evaluate",
+    "evaluate_model",
 ]
 
 HookList = list[tuple[str, Callable]]
@@ -96,7 +102,7 @@ def _instead(task: Task, capability: str) -> str:
     """What to use instead of an analysis that needs ``capability`` on ``task``."""
     if task.fourier_structure == "multiplicative":
         return (
-            "use the discrete-log re-indexed analyses of tl_grokking.discrete_log "
+            "use the discrete-log re-indexed analyses of tl_grokking.data.discrete_log "
             "(reindexed_key_frequencies, reindexed_neuron_clusters, reindexed_embed_norms, "
             "reindexed_unembed_norms)"
         )
@@ -372,7 +378,7 @@ def mean_ablate(model: HookedTransformer, where: str, index=None) -> HookList:
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_model(
     model: HookedTransformer,
     task: Task | None = None,
     fwd_hooks: Iterable[tuple[str, Callable]] = (),
@@ -384,7 +390,7 @@ def evaluate(
     Returns ``all_loss, all_acc`` and, when ``train_indices`` (rows into ``task.pairs()``) is
     given, ``train_loss, train_acc, test_loss, test_acc`` (test = the complement).
     """
-    from .logits import loss_and_accuracy
+    from tl_grokking.analysis.logits import loss_and_accuracy
 
     task = resolve_task(model, task, needs=None)
     tokens = task.tokens().to(model.cfg.device)
