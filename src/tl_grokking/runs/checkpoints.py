@@ -44,7 +44,13 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from tl_grokking.model.transformer import IncompatibleModelError, ModelConfig, check_compatible, make_model
+from tl_grokking.data.tasks import Task, make_task
+from tl_grokking.model.transformer import (
+    IncompatibleModelError,
+    ModelConfig,
+    check_compatible,
+    make_model,
+)
 from tl_grokking.runs.rundir import (
     CONFIG_FILE,
     RunDirError,
@@ -54,7 +60,6 @@ from tl_grokking.runs.rundir import (
     read_json,
     read_metrics,
 )
-from tl_grokking.data.tasks import Task, make_task
 
 __all__ = [
     "CHECKPOINT_FORMATS",

@@ -20,7 +20,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -45,12 +45,18 @@ __all__ = [
     "append_metrics",
     "read_metrics",
     "RunDirError",
+    "GROK_ACC",
+    "grok_epoch",
 ]
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 RESUME_FILE = "resume.safetensors"
+#: Test accuracy at which a run counts as grokked. "The epoch at 99 %" everywhere (trainer,
+#: ``analyze``, the report, ``reproduce``) is :func:`grok_epoch` of the run's metrics log.
+GROK_ACC = 0.99
+
 _CKPT_RE = re.compile(r"^epoch_(\d+)\.safetensors$")
 
 
@@ -193,3 +199,17 @@ def rewrite_metrics(run_dir: str | os.PathLike, records: list[dict[str, Any]]) -
     """Atomically replace ``metrics.jsonl`` with ``records`` (used when resuming)."""
     text = "".join(json.dumps(r, sort_keys=True, allow_nan=True) + "\n" for r in records)
     atomic_write_text(Path(run_dir) / METRICS_FILE, text)
+
+
+def grok_epoch(records: Iterable[Mapping[str, Any]], threshold: float = GROK_ACC) -> int | None:
+    """The first epoch whose record has ``test_acc >= threshold`` (default :data:`GROK_ACC`).
+
+    ``records`` are metrics lines (``metrics.jsonl``, logged every ``log_every`` epochs) or
+    rows of a progress-measures table (one per checkpoint); the answer is only as fine as the
+    records, so the run's own metrics log is what every summary uses. ``None`` if never.
+    """
+    for record in records:
+        acc = record.get("test_acc")
+        if isinstance(acc, int | float) and acc >= threshold:
+            return int(record["epoch"])
+    return None

@@ -45,10 +45,12 @@ from tl_grokking.model.transformer import ModelConfig, config_from_dict, make_mo
 from tl_grokking.runs.rundir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
+    GROK_ACC,
     METRICS_FILE,
     RESUME_FILE,
     append_metrics,
     checkpoint_path,
+    grok_epoch,
     list_checkpoints,
     load_safetensors,
     read_json,
@@ -67,14 +69,10 @@ __all__ = [
     "load_train_config",
     "cross_entropy_final",
     "warmup_factor",
-    "GROK_ACC",
 ]
 
 #: A callback receives ``(epoch, model)`` and returns extra metrics for that epoch's line.
 Callback = Callable[[int, HookedTransformer], dict[str, float]]
-
-#: Test accuracy at which a run counts as grokked (``TrainResult.grok_epoch``).
-GROK_ACC = 0.99
 
 # Fields that may change when resuming: they do not alter the optimisation trajectory.
 _RESUMABLE_FIELDS = frozenset(
@@ -501,7 +499,7 @@ def train_model(
     write_json(run_dir / CONFIG_FILE, config.to_dict())
 
     history = read_metrics(run_dir)
-    grok_epoch = next((r["epoch"] for r in history if r.get("test_acc", 0) >= GROK_ACC), None)
+    first_grok = grok_epoch(history)
     streak = 0
     if config.early_stop_acc is not None:
         for record in history:
@@ -578,8 +576,8 @@ def train_model(
             final = epoch == config.epochs
             if final or is_log_epoch(epoch):
                 last = log(epoch, is_measure_epoch(epoch))
-                if grok_epoch is None and last["test_acc"] >= GROK_ACC:
-                    grok_epoch = epoch
+                if first_grok is None and last["test_acc"] >= GROK_ACC:
+                    first_grok = epoch
                 if bar is not None:
                     bar.set_postfix(
                         train_loss=f"{last['train_loss']:.3g}",
@@ -606,6 +604,6 @@ def train_model(
         epoch=epoch,
         run_dir=run_dir,
         wall_time=time.perf_counter() - start_time,
-        grok_epoch=grok_epoch,
+        grok_epoch=first_grok,
         stopped_early=stopped_early,
     )
