@@ -13,7 +13,8 @@ Usage::
 
     python benchmarks/analysis_speed.py [CHECKPOINT] [--repeat N] [--threads T]
 
-CHECKPOINT defaults to ``../shared/fixtures/paper_original_format_no_wd.pth``.
+CHECKPOINT defaults to ``tests/data/paper_no_wd.safetensors`` (the authors' no-weight-decay
+checkpoint, p = 113, converted).
 """
 
 from __future__ import annotations
@@ -26,9 +27,7 @@ from pathlib import Path
 
 import torch
 
-DEFAULT = (
-    Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paper_original_format_no_wd.pth"
-)
+DEFAULT = Path(__file__).resolve().parents[1] / "tests" / "data" / "paper_no_wd.safetensors"
 
 
 def rss_bytes() -> int:

@@ -1,7 +1,7 @@
 """Speed and peak memory of the progress measures over 150 checkpoints at p = 113.
 
-Compares :func:`tl_grokking.analysis.progress.progress_measures` with a straightforward implementation
-in the style of the TransformerLens grokking demo: per checkpoint it builds the model, runs the
+Compares :func:`tl_grokking.analysis.progress.progress_measures` with a straightforward
+implementation in the style of the TransformerLens grokking demo: per checkpoint it builds the model, runs the
 full HookedTransformer forward over all p² inputs, and for every key frequency k builds the p³
 cubes ``cos(w_k(a+b-c))`` and ``sin(w_k(a+b-c))`` and projects the logits onto them (for each
 output class c the (a, b)-slices of the two cubes span the same plane as ``cos/sin(w_k(a+b))``,
@@ -9,7 +9,7 @@ so this is the same ``P_K`` as §7), and recomputes the Fourier basis for the Gi
 
 Checkpoints: a real run directory with ≥ 150 checkpoints at p = 113 if one is given
 (``--run-dir``), else a synthetic run: 150 copies of the fixture checkpoint (authors' format,
-p = 113, ``shared/fixtures/paper_original_format_no_wd.pth``; a fresh paper-config model if it is
+p = 113, ``tests/data/paper_no_wd.safetensors``; a fresh paper-config model if it is
 absent) with Gaussian noise whose scale shrinks over the "epochs", written as an ordinary run
 directory (``config.json`` + ``checkpoints/epoch_<N>.safetensors``) in a temporary folder.
 
@@ -41,9 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-FIXTURE = (
-    Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paper_original_format_no_wd.pth"
-)
+FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "data" / "paper_no_wd.safetensors"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ rate and tell their algorithms apart (Zhong, Liu, Tegmark & Andreas 2023).
 * attn_rate 0.0: constant, uniform attention → the "pizza" algorithm.
 
 For each model it prints the gradient symmetricity (pizza ≈ 1, clock low) and the distance
-irrelevance (clock ≈ 1, pizza lower) and the verdict of ``classify_clock_pizza``. Small settings, a few
-seconds per model on a laptop CPU::
+irrelevance (clock ≈ 1, pizza lower) and the verdict of ``classify_clock_pizza``. Small
+settings, a few seconds per model on a laptop CPU::
 
     python examples/clock_vs_pizza.py            # p = 31
     python examples/clock_vs_pizza.py --p 59 --d-model 128 --d-mlp 512   # the paper's p (slower)

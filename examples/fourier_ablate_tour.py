@@ -4,8 +4,9 @@ Usage::
 
     python examples/fourier_ablate_tour.py [CHECKPOINT]
 
-CHECKPOINT defaults to the fixture ``shared/fixtures/paper_original_format_no_wd.pth`` (p = 113,
-the authors' checkpoint format) next to the repository. Any format that
+CHECKPOINT defaults to ``tests/data/paper_no_wd.safetensors``, shipped with the repository:
+the paper authors' checkpoint ``paper_original_format_no_wd.pth`` (p = 113, trained without
+weight decay) converted to our format (tests/data/README.md). Any format that
 ``tl_grokking.runs.checkpoints.load_checkpoint`` reads works, for any p.
 """
 
@@ -25,9 +26,7 @@ from tl_grokking import (
     trig_logit_decomposition,
 )
 
-DEFAULT = (
-    Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paper_original_format_no_wd.pth"
-)
+DEFAULT = Path(__file__).resolve().parents[1] / "tests" / "data" / "paper_no_wd.safetensors"
 
 
 def load(path: Path):

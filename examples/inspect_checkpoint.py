@@ -11,9 +11,10 @@
 #
 #     python examples/inspect_checkpoint.py [CHECKPOINT] [--out tour.html]
 #
-# CHECKPOINT defaults to the fixture `shared/fixtures/paper_original_format_no_wd.pth` (p = 113,
-# the authors' format, trained without weight decay). As a script it writes every figure into one
-# self-contained HTML page (default `checkpoint_tour.html`), which opens offline.
+# CHECKPOINT defaults to `tests/data/paper_no_wd.safetensors`, shipped with the repository: the
+# authors' p = 113 model, trained without weight decay (see tests/data/README.md). As a script
+# it writes every figure into one self-contained HTML page (default `checkpoint_tour.html`),
+# which opens offline.
 
 # %%
 from __future__ import annotations
@@ -30,13 +31,13 @@ from tl_grokking.figures import plots
 from tl_grokking.figures.report import ReportSection, circuitsvis_element, render_report_html
 from tl_grokking.runs.checkpoints import load_checkpoint
 
-FIXTURE = (
-    Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paper_original_format_no_wd.pth"
+DEFAULT_CHECKPOINT = (
+    Path(__file__).resolve().parents[1] / "tests" / "data" / "paper_no_wd.safetensors"
 )
 IN_NOTEBOOK = "ipykernel" in sys.modules
 
 parser = argparse.ArgumentParser(description="A figure-by-figure tour of one checkpoint.")
-parser.add_argument("checkpoint", nargs="?", type=Path, default=FIXTURE)
+parser.add_argument("checkpoint", nargs="?", type=Path, default=DEFAULT_CHECKPOINT)
 parser.add_argument("--out", type=Path, default=Path("checkpoint_tour.html"))
 args = parser.parse_args([] if IN_NOTEBOOK else None)
 if not args.checkpoint.exists():

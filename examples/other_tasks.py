@@ -19,15 +19,14 @@ from pathlib import Path
 
 import torch
 
-from tl_grokking.analysis.fourier import fourier_basis, frequencies
-from tl_grokking.data.discrete_log import (
+from tl_grokking.analysis.circuits import key_frequencies
+from tl_grokking.analysis.fourier import frequencies
+from tl_grokking.analysis.weights import (
+    embed_fourier_norms,
     frequency_mass_count,
-    frequency_norms,
-    primitive_root,
-    reindexed_embed_norms,
-    reindexed_key_frequencies,
-    reindexed_neuron_clusters,
+    norms_by_frequency,
 )
+from tl_grokking.data.discrete_log import primitive_root
 from tl_grokking.training.trainer import TrainConfig, train_model
 
 # Settings that grok within a few hundred epochs (seed 0); the same as tests/test_discrete_log.py.
@@ -65,20 +64,24 @@ def main() -> None:
                 f"  re-indexed by the discrete log base g = {primitive_root(p)}: "
                 f"Fourier basis over Z_{n}, tokens {task.fourier_tokens().tolist()}"
             )
-        for rule in ("embed", "unembed", "clusters"):
-            keys = reindexed_key_frequencies(model, task, rule=rule)
-            print(f"  key frequencies ({rule:8s}): {keys}")
-        clusters = reindexed_neuron_clusters(model, task)
-        sizes = {k: len(v) for k, v in clusters.clusters.items()}
-        print(f"  neuron clusters (FVE >= 0.85): {sizes}, {clusters.n_clustered}/{config.d_mlp}")
-        per_freq = frequency_norms(reindexed_embed_norms(model, task), n)
+        # One call, three rules, in the task's group coordinates (reindex=None: Z_p for -,
+        # Z_{p-1} in discrete-log order for ×).
+        keys = key_frequencies(model, task)
+        for rule, found in keys.by_rule.items():
+            print(f"  key frequencies ({rule:8s}): {found}")
+        clusters = keys.clusters
+        assert clusters is not None  # the cluster rule was computed
+        print(
+            f"  neuron clusters (FVE >= 0.85): {clusters.sizes}, "
+            f"{clusters.n_clustered}/{config.d_mlp}"
+        )
+        per_freq = norms_by_frequency(embed_fourier_norms(model, task))
         print(
             f"  W_E: {frequency_mass_count(per_freq)} of {len(frequencies(n))} frequencies "
             "hold 90 % of the Fourier energy"
         )
         if task.fourier_structure == "multiplicative":
-            raw = fourier_basis(p, dtype=torch.float64)[0] @ model.W_E[:p].detach().double()
-            raw_per_freq = frequency_norms(raw.norm(dim=1), p)
+            raw_per_freq = norms_by_frequency(embed_fourier_norms(model, task, reindex=False))
             print(
                 f"  (without re-indexing: {frequency_mass_count(raw_per_freq)} of "
                 f"{len(frequencies(p))} frequencies over Z_{p})"

@@ -7,8 +7,8 @@ Usage::
 
 Writes ``figures/<name>.html`` for every figure (plotly.js sits once beside them as
 ``plotly.min.js``: nothing is loaded from the network), or opens them in a browser with
-``--show``. Each figure is built by one function of :mod:`tl_grokking.figures.plots`, from a model and
-its task or from explicit data, so the same lines work in a notebook.
+``--show``. Each figure is built by one function of :mod:`tl_grokking.figures.plots`, from a
+model and its task or from explicit data, so the same lines work in a notebook.
 
 What the figures show (the paper's names):
 

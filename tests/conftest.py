@@ -3,18 +3,53 @@
 ``small_run`` trains, once per test session, a small modular-addition model that really groks
 (memorises by epoch ~100 with test accuracy ~0.56, then generalises: test accuracy 1.0 from
 epoch ~750 on). ``SMALL_RUN_CONFIG`` holds its settings (``TrainConfig`` keyword arguments).
+
+``paper_checkpoint`` / ``paper_model`` and ``shipped_run`` are the data shipped in
+``tests/data/`` (see its README): the authors' p = 113 checkpoint as safetensors, and a tiny
+p = 23 run directory (copied per test, so a test may write into it).
 """
 
 from __future__ import annotations
 
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
+import jaxtyping
 import pytest
 import torch
 
 from tl_grokking.model.transformer import make_model
 from tl_grokking.runs.rundir import checkpoint_path, load_safetensors
 from tl_grokking.training.trainer import TrainConfig, load_train_config, train_model
+
+
+@pytest.fixture
+def unchecked_types():
+    """A context manager that switches off the run-time type checker for the calls inside it.
+
+    The suite checks every hint of ``tl_grokking.analysis`` at run time (beartype, set up by
+    ``--jaxtyping-packages`` in pyproject.toml). Tests of *deliberately* ill-typed input (a
+    string for a frequency, a wrong-shaped grid) wrap just those calls in
+    ``with unchecked_types():`` so that the library's own ``ValueError`` naming the field — what
+    users get — is what they check, not beartype's rejection of the call.
+    """
+
+    @contextmanager
+    def off():
+        jaxtyping.config.update("jaxtyping_disable", True)
+        try:
+            yield
+        finally:
+            jaxtyping.config.update("jaxtyping_disable", False)
+
+    return off
+
+
+#: Data shipped with the repository (tests/data/README.md).
+DATA_DIR = Path(__file__).resolve().parent / "data"
+PAPER_CHECKPOINT = DATA_DIR / "paper_no_wd.safetensors"
+SHIPPED_RUN = DATA_DIR / "run_p23"
 
 #: Settings of the session-wide small grokking run (``TrainConfig(**SMALL_RUN_CONFIG)``).
 #: p = 29, 60 % train: memorised at epoch ~100, test accuracy >= 0.99 from epoch ~750.
@@ -87,3 +122,26 @@ def task_runs(tmp_path_factory) -> dict[str, Path]:
     finally:
         torch.set_num_threads(threads)
     return runs
+
+
+@pytest.fixture(scope="session")
+def paper_checkpoint() -> Path:
+    """``tests/data/paper_no_wd.safetensors``: the authors' p = 113 model (no weight decay)."""
+    return PAPER_CHECKPOINT
+
+
+@pytest.fixture(scope="session")
+def paper_model(paper_checkpoint):
+    """The shipped p = 113 checkpoint as a HookedTransformer (114 output logits), in eval mode.
+    Shared by the session: do not modify its weights."""
+    from tl_grokking.runs.checkpoints import load_checkpoint
+
+    model = load_checkpoint(paper_checkpoint, p=113)
+    model.eval()
+    return model
+
+
+@pytest.fixture
+def shipped_run(tmp_path) -> Path:
+    """A fresh copy of ``tests/data/run_p23`` (p = 23, 600 epochs, groks at epoch 340)."""
+    return Path(shutil.copytree(SHIPPED_RUN, tmp_path / "run_p23"))

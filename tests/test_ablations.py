@@ -15,7 +15,8 @@ from tl_grokking.analysis.ablations import (
 )
 from tl_grokking.analysis.circuits import NeuronClusters
 from tl_grokking.analysis.fourier import project_grid
-from tl_grokking.analysis.hooks import evaluate_model, grid_activations, mean_ablate, zero_ablate
+from tl_grokking.analysis.grid import evaluate_model, grid_activations
+from tl_grokking.analysis.hooks import mean_ablate, zero_ablate
 from tl_grokking.analysis.logits import (
     all_logits,
     excluded_logits,
@@ -129,6 +130,47 @@ def test_block_replacement_and_readout(model, clusters):
     assert dropped[:, 14:].abs().max() == 0
 
 
+def test_row_names_are_exactly_those_of_the_module_doc(table):
+    import re
+
+    from tl_grokking.analysis import ablations
+
+    rows_doc = ablations.__doc__.split("The restricted / excluded rows")[0]  # the list of rows
+    templates = re.findall(r'``"([^"]+)"``', rows_doc)
+    assert "full model" in templates and "attention zero-ablated" in templates
+    patterns = [re.escape(t).replace(r"\{k\}", r"\d+").replace(r"\{n\}", r"\d+") for t in templates]
+    used = set()
+    for row in table.rows:
+        hits = [
+            t for t, pat in zip(templates, patterns, strict=True) if re.fullmatch(pat, row.name)
+        ]
+        assert hits, f"row {row.name!r} is not listed in the module doc {templates}"
+        used.update(hits)
+        assert table[row.name].name == row.name
+    assert used == set(templates)  # every listed name is a row of this (add, with split) table
+
+
+def test_clusters_in_discrete_log_order_stay_on_their_own_grid(model):
+    from tl_grokking.analysis.circuits import neuron_clusters
+    from tl_grokking.data.tasks import make_task
+
+    mul = make_task("mul", P)
+    clusters = neuron_clusters(model, mul)  # group coordinates: the (p-1)² grid
+    assert clusters.discrete_log and clusters.n == P - 1
+    post = grid_activations(model, mul, "mlp_post", reindex=None)["blocks.0.mlp.hook_post"]
+    replaced = replace_by_cluster_blocks(post.double(), clusters)
+    for k in clusters.sizes:
+        idx = clusters.neurons(k)
+        expected = project_grid(post[:, idx].double(), P - 1, [k], basis="block", mode="keep")
+        torch.testing.assert_close(replaced[:, idx], expected)
+    with pytest.raises(ValueError, match="post must be"):
+        replace_by_cluster_blocks(post[:-1], clusters)
+    with pytest.raises(ValueError, match="discrete-log order"):
+        cluster_block_hooks(model, clusters)
+    with pytest.raises(ValueError, match="clusters must be in token order"):
+        ablation_table(model, ModularAddition(P), key_freqs=[1], clusters=clusters)
+
+
 def test_table_str_is_aligned(table):
     text = str(table)
     lines = text.splitlines()
@@ -197,8 +239,8 @@ def test_cli_ablate_matches_the_library(small_run, small_model, small_task, caps
     assert "error" in capsys.readouterr().err
 
 
-def test_table_rejects_wrong_activations(model, clusters):
-    with pytest.raises(ValueError, match="activations"):
+def test_table_rejects_wrong_activations(model, clusters, unchecked_types):
+    with unchecked_types(), pytest.raises(ValueError, match="activations"):
         ablation_table(model, clusters=clusters, activations={"blocks.0.mlp.hook_post": None})
 
 

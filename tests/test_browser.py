@@ -48,7 +48,7 @@ _RENDER_STATE_JS = """
   const cvDrawn = cv.filter(d => d.children.length > 0 && d.innerText.length > 0);
   return JSON.stringify({n_plots: plots.length, n_drawn: drawn.length,
                          n_cv: cv.length, n_cv_drawn: cvDrawn.length,
-                         ids: drawn.map(d => d.id)});
+                         ids: drawn.map(d => d.id), injected: window.__tlg_injected === 1});
 })()
 """
 
@@ -328,6 +328,26 @@ def test_report_renders_offline_without_errors(chromium, small_run, tmp_path):
     assert state["n_cv"] >= 1 and state["n_cv_drawn"] == state["n_cv"]
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_html_in_the_run_does_not_run_in_the_browser(chromium, small_run, tmp_path):
+    """A run whose directory name, configuration and phases.json hold HTML that would set a
+    flag (and fetch a missing image) if it ran: the page draws, nothing ran, no error."""
+    import torch
+
+    from test_report import make_injected_run
+    from tl_grokking.figures.report import write_report
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        page = write_report(make_injected_run(small_run, tmp_path), tmp_path / "report.html")
+    finally:
+        torch.set_num_threads(threads)
+    state = inspect_page(page, timeout=40)
+    assert state["loaded"] and state["errors"] == []
+    assert state["n_plots"] >= 8 and state["n_drawn"] == state["n_plots"]
+    assert state["injected"] is False
 
 
 def test_a_cdn_reference_would_be_caught(chromium, tmp_path):

@@ -121,9 +121,52 @@ def test_key_freqs_option(run_copy, capsys):
         "excluded_loss_k5",
     ]
     assert "rule: given" in capsys.readouterr().out
-    # the comma form of ``tl-grokking ablate`` works too
-    assert main(["analyze", str(run_copy), "--key-freqs", "5,2", "--no-progress"]) == 0
-    assert json.loads((run_copy / "phases.json").read_text())["key_freqs"] == [2, 5]
+    # the comma form, the comma-and-space form, and the list before RUN_DIR work too
+    for argv in (
+        [str(run_copy), "--key-freqs", "5,3"],
+        [str(run_copy), "--key-freqs", "5,", "3"],
+        ["--key-freqs", "5", "3", str(run_copy)],
+    ):
+        (run_copy / "phases.json").unlink()
+        assert main(["analyze", *argv, "--no-progress"]) == 0, argv
+        assert json.loads((run_copy / "phases.json").read_text())["key_freqs"] == [3, 5]
+
+
+KEY_FREQS_FORMS = [
+    ["--key-freqs", "14", "19", "RUN"],
+    ["--key-freqs", "14,19", "RUN"],
+    ["--key-freqs", "14,", "19", "RUN"],
+    ["--key-freqs", "14 19", "RUN"],
+    ["--key-freqs=14,19", "RUN"],
+    ["--key-freqs=14", "19", "RUN"],
+    ["RUN", "--key-freqs", "14", "19"],
+    ["RUN", "--key-freqs", "14", "19", "--device", "cpu"],
+    ["--device", "cpu", "--key-freqs", "14", ",", "19", "RUN"],
+]
+
+
+@pytest.mark.parametrize("command", ["analyze", "ablate"])
+@pytest.mark.parametrize("argv", KEY_FREQS_FORMS)
+def test_key_freqs_parse_the_same_in_every_command_and_position(command, argv):
+    args = build_parser().parse_args([command, *argv])
+    assert args.key_freqs == [14, 19]
+    assert (args.run_dir if command == "analyze" else args.checkpoint) == "RUN"
+
+
+@pytest.mark.parametrize("command", ["analyze", "ablate"])
+@pytest.mark.parametrize("value", ["", " ", ",", "x", "1.5", "14,x"])
+def test_bad_key_freqs_values_are_refused_by_the_parser(command, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args([command, "RUN", "--key-freqs", value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --key-freqs" in err and ("at least one integer" in err or "integers" in err)
+
+
+def test_ablate_takes_the_space_separated_key_freqs(small_run, capsys):
+    assert main(["ablate", str(small_run), "--key-freqs", "3", "5", "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)["ablation_table"]
+    assert table["key_freqs"] == [3, 5]
 
 
 def test_bad_key_freqs(run_copy, capsys):

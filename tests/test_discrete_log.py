@@ -1,33 +1,34 @@
-"""Discrete-log re-indexing and Fourier analysis in group coordinates.
+"""Discrete-log re-indexing: the number theory, the grid in group coordinates, and two small
+trained models (− and ×) analysed in their group coordinates with the one analysis stack.
 
 The training-based tests (one small model for - and one for ×, trained once per module) check
-that the models grok and that their key frequencies are sparse after re-indexing.
+that the models grok, that their key frequencies are sparse after re-indexing and that × is
+not sparse without it. The planted-structure tests of the group-coordinate analyses are with
+the analyses they test (``test_fourier.py``, ``test_weights.py``).
 """
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
+from tl_grokking.analysis.circuits import key_frequencies
 from tl_grokking.analysis.fourier import fourier_basis, frequencies
+from tl_grokking.analysis.weights import (
+    embed_fourier_norms,
+    frequency_mass_count,
+    norms_by_frequency,
+    unembed_fourier_norms,
+)
 from tl_grokking.data.discrete_log import (
     discrete_log_table,
     discrete_logarithm,
-    frequency_mass_count,
-    frequency_norms,
+    is_prime,
     primitive_root,
     reindex_grid,
-    reindexed_embed_norms,
-    reindexed_key_frequencies,
-    reindexed_neuron_clusters,
-    reindexed_neuron_fve,
     reindexed_tokens,
-    reindexed_unembed_norms,
 )
 from tl_grokking.data.tasks import make_task
-from tl_grokking.model.transformer import ModelConfig, make_model
 
 PRIMES = [3, 5, 7, 11, 13, 23, 29, 31, 113]
 
@@ -52,7 +53,12 @@ def test_known_primitive_roots():
         assert primitive_root(p) == g
 
 
-@pytest.mark.parametrize("bad", [4, 9, 15, 1, 2, "7", 7.5])
+def test_is_prime_against_the_definition():
+    for n in range(-2, 200):
+        assert is_prime(n) == (n >= 2 and all(n % d for d in range(2, n)))
+
+
+@pytest.mark.parametrize("bad", [4, 9, 15, 1, 2, "7", 7.5, True])
 def test_non_primes_are_refused(bad):
     with pytest.raises(ValueError, match="p must be"):
         primitive_root(bad)
@@ -109,86 +115,9 @@ def test_reindexed_tokens_and_grid(name):
         reindex_grid(code[:-1], task)
 
 
-def test_polynomial_tasks_are_refused_with_a_clear_message():
-    model = make_model(ModelConfig(p=7, d_model=8, n_heads=2, d_mlp=8))
-    with pytest.raises(ValueError, match="fourier_structure.*'x2\\+y2'.*None"):
-        reindexed_key_frequencies(model, make_task("x2+y2", 7))
-
-
-def _plant_embedding(model, task, k: int, scale: float = 1.0) -> None:
-    """Write cos/sin of frequency k (in group coordinates) into W_E's first two dims."""
-    n = task.fourier_size
-    order = task.fourier_tokens()
-    angle = 2 * math.pi * k * torch.arange(n) / n
-    with torch.no_grad():
-        model.W_E.zero_()
-        model.W_E[order, 0] = scale * torch.cos(angle)
-        model.W_E[order, 1] = scale * torch.sin(angle)
-
-
-@pytest.mark.parametrize("name,k", [("mul", 4), ("div", 5), ("add", 3)])
-def test_embed_rule_finds_a_planted_frequency_in_group_coordinates(name, k):
-    p = 13
-    task = make_task(name, p)
-    model = make_model(ModelConfig(p=p, d_model=8, n_heads=2, d_mlp=8))
-    _plant_embedding(model, task, k)
-    n = task.fourier_size
-    norms = reindexed_embed_norms(model, task)
-    assert norms.shape == (n,)
-    # closed form: cos/sin of frequency k have norm sqrt(n/2) along their own basis rows
-    basis, names = fourier_basis(n, dtype=torch.float64)
-    assert norms[names.index(f"cos {k}")] == pytest.approx(math.sqrt(n / 2), rel=1e-6)
-    assert norms[names.index(f"sin {k}")] == pytest.approx(math.sqrt(n / 2), rel=1e-6)
-    assert norms.pow(2).sum() == pytest.approx(n, rel=1e-6)  # Parseval: ‖W_E[order]‖² = n
-    assert reindexed_key_frequencies(model, task, rule="embed") == [k]
-    per_freq = frequency_norms(norms, n)
-    assert frequency_mass_count(per_freq) == 1
-    if name in ("mul", "div"):
-        # in the token (not re-indexed) order the same embedding is spread over many freqs
-        raw = torch.fft.rfft(model.W_E[:p, :2].detach().double(), dim=0).abs().pow(2).sum(1)[1:]
-        assert int((raw >= 0.25 * raw.max()).sum()) > 1
-
-
-def test_nyquist_frequency_of_even_group_size():
-    p = 13  # n = 12: frequency 6 is the Nyquist cosine (one basis row)
-    task = make_task("mul", p)
-    model = make_model(ModelConfig(p=p, d_model=8, n_heads=2, d_mlp=8))
-    _plant_embedding(model, task, 6)
-    norms = reindexed_embed_norms(model, task)
-    assert frequency_norms(norms, 12)[-1] == pytest.approx(math.sqrt(12), rel=1e-6)
-    assert reindexed_key_frequencies(model, task, rule="embed") == [6]
-
-
-def test_neuron_fve_matches_a_closed_form_on_a_known_activation():
-    """A model whose MLP output we replace by a known function of (log a, log b)."""
-    p = 11
-    task = make_task("mul", p)
-    n = task.fourier_size  # 10
-    model = make_model(ModelConfig(p=p, d_model=8, n_heads=2, d_mlp=3))
-    i = torch.arange(n).repeat_interleave(n).double()
-    j = torch.arange(n).repeat(n).double()
-    w = 2 * math.pi / n
-    planted = torch.stack(
-        [
-            torch.cos(w * 2 * (i + j)),  # pure frequency 2: FVE 1 at k = 2
-            torch.cos(w * 3 * i) + torch.cos(w * 1 * j),  # half k = 3, half k = 1
-            torch.cos(w * 4 * i) * torch.cos(w * 1 * j),  # cross term: in no 3x3 block
-        ],
-        dim=1,
-    ).float()
-
-    def replace(post, hook):  # the analysis runs the batch in group order (reindexed_tokens)
-        assert post.shape[0] == n * n
-        out = post.clone()
-        out[:, -1, :] = planted
-        return out
-
-    with model.hooks(fwd_hooks=[("blocks.0.mlp.hook_post", replace)]):
-        fve = reindexed_neuron_fve(model, task)
-    assert fve.shape == (3, len(frequencies(n)))
-    assert fve[0, 1] == pytest.approx(1.0, abs=1e-6)  # k = 2 is column 1
-    assert fve[1, 2] == pytest.approx(0.5, abs=1e-6) and fve[1, 0] == pytest.approx(0.5, abs=1e-6)
-    assert fve[2].max() == pytest.approx(0.0, abs=1e-6)
+def test_reindexed_tokens_refuse_tasks_without_a_group():
+    with pytest.raises(ValueError, match="'x2\\+y2'.*fourier_structure None"):
+        reindexed_tokens(make_task("x2+y2", 7))
 
 
 # ---- trained models ---------------------------------------------------------------------------
@@ -247,38 +176,62 @@ def test_small_models_grok_and_their_key_frequencies_are_sparse(trained, name):
     test_acc = float((logits.argmax(-1) == task.labels()[test_idx]).float().mean())
     assert test_acc >= 0.95
     n = task.fourier_size
-    per_freq = frequency_norms(reindexed_embed_norms(model, task), n)
+    per_freq = norms_by_frequency(embed_fourier_norms(model, task))  # group coordinates
     n_freqs = len(frequencies(n))
+    assert per_freq.shape == (n_freqs,)
     # at most a third of the frequencies hold 90 % of W_E's Fourier energy (group coordinates)
     assert frequency_mass_count(per_freq, 0.9) <= n_freqs / 3
-    embed_keys = reindexed_key_frequencies(model, task, rule="embed")
+    keys = key_frequencies(model, task)  # all three rules, in the task's group coordinates
+    assert keys.n == n and keys.discrete_log == (name == "mul")
+    embed_keys = keys.by_rule["embed"]
     assert 1 <= len(embed_keys) <= n_freqs / 3
-    clusters = reindexed_neuron_clusters(model, task)
+    clusters = keys.clusters
+    assert clusters is not None and clusters.n == n
     assert clusters.n_clustered >= model.cfg.d_mlp // 8
-    assert set(clusters.key_freqs) <= set(embed_keys)
-    unembed_keys = reindexed_key_frequencies(model, task, rule="unembed")
-    assert set(unembed_keys) & set(embed_keys)
-    assert reindexed_unembed_norms(model, task).shape == (n,)
+    assert set(clusters.sizes) <= set(embed_keys)
+    assert set(keys.by_rule["unembed"]) & set(embed_keys)
+    assert unembed_fourier_norms(model, task).shape == (n,)
 
 
 def test_multiplication_is_sparse_only_after_reindexing(trained):
+    """docs/tasks.md: × mod 29 has keys {3, 5} in Z_28 by all three rules, and 2 of its 14
+    re-indexed frequencies hold 90 % of W_E's energy against 13 of 14 in token order."""
     model, task = trained["mul"]
-    p = task.p
-    # token order (no re-indexing): basis size p over tokens 0..p-1; the energy is spread out
+    p, n = task.p, task.fourier_size
+    # token order (no re-indexing): basis size p over tokens 0..p-1, checked by hand
     raw = fourier_basis(p, dtype=torch.float64)[0] @ model.W_E[:p].detach().double()
-    raw_per_freq = frequency_norms(raw.norm(dim=1), p)
-    reindexed = frequency_norms(reindexed_embed_norms(model, task), task.fourier_size)
+    raw_per_freq = norms_by_frequency(raw.norm(dim=1))
+    token_order = norms_by_frequency(embed_fourier_norms(model, task, reindex=False))
+    torch.testing.assert_close(token_order, raw_per_freq)
+    # group order, by hand: rows W_E[g^0], W_E[g^1], ... in the size-(p - 1) basis
+    exp, _ = discrete_log_table(p)
+    by_hand = fourier_basis(n, dtype=torch.float64)[0] @ model.W_E[exp].detach().double()
+    reindexed = norms_by_frequency(embed_fourier_norms(model, task))
+    torch.testing.assert_close(reindexed, norms_by_frequency(by_hand.norm(dim=1)))
     assert frequency_mass_count(raw_per_freq, 0.9) > len(frequencies(p)) / 2
-    assert frequency_mass_count(reindexed, 0.9) <= len(frequencies(task.fourier_size)) / 3
+    assert frequency_mass_count(reindexed, 0.9) <= len(frequencies(n)) / 3
+    assert frequency_mass_count(raw_per_freq, 0.9) == 13
+    assert frequency_mass_count(reindexed, 0.9) == 2
+    keys = key_frequencies(model, task)
+    assert keys.by_rule == {"clusters": [3, 5], "embed": [3, 5], "unembed": [3, 5]}
+    # without the re-indexing the embed rule sees no sparse set
+    assert len(key_frequencies(model, task, rule="embed", reindex=False).keys) > 2
     assert _accuracy(model, task) >= 0.95
 
 
-def test_identity_reindexing_agrees_with_the_token_order_analysis(trained):
-    """For an additive task the group coordinates are the tokens: the rules must agree with
-    tl_grokking.analysis.circuits.key_frequencies (an independent implementation)."""
-    from tl_grokking.analysis.circuits import key_frequencies
-
+def test_identity_reindexing_is_the_token_order_analysis(trained):
+    """For an additive task the group coordinates are the tokens: reindex None, True and False
+    give the same key frequencies, and the evidence is the brute-force Fourier norm."""
     model, task = trained["sub"]
-    reference = key_frequencies(model, task, rule="all")
-    for rule in ("embed", "unembed", "clusters"):
-        assert reindexed_key_frequencies(model, task, rule=rule) == sorted(reference.by_rule[rule])
+    p = task.p
+    results = [key_frequencies(model, task, reindex=r) for r in (None, True, False)]
+    for kf in results[1:]:
+        assert kf.by_rule == results[0].by_rule and not kf.discrete_log
+        for rule in ("embed", "unembed", "clusters"):
+            torch.testing.assert_close(kf.evidence[rule], results[0].evidence[rule])
+    basis = fourier_basis(p, dtype=torch.float64)[0]
+    expected = norms_by_frequency((basis @ model.W_E[:p].detach().double()).norm(dim=1))
+    torch.testing.assert_close(results[0].evidence["embed"], expected)
+    assert results[0].by_rule["embed"] == [
+        k for k in range(1, p // 2 + 1) if expected[k - 1] > expected.max() / 4
+    ]

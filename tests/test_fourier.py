@@ -1,4 +1,5 @@
-"""Fourier basis, transforms, projections, neuron clusters and key frequencies.
+"""Fourier basis, transforms, projections, neuron clusters and key frequencies (token order and
+the group coordinates of the task: discrete-log order for ×, ÷).
 
 Numbers are checked against brute-force sums written out here, synthetic tensors with planted
 Fourier structure, and the fixture checkpoint (p = 113, authors' format).
@@ -14,18 +15,25 @@ import torch
 
 from tl_grokking.analysis.circuits import key_frequencies, neuron_clusters
 from tl_grokking.analysis.fourier import (
+    SumProjection,
     basis_frequencies,
     block_fve,
     fourier_basis,
     fourier_transform,
     fourier_transform_2d,
+    frequencies,
     grid_mask,
     inverse_fourier_transform_2d,
     project_1d,
     project_grid,
     sum_directions,
 )
-from tl_grokking.data.tasks import ModularAddition
+from tl_grokking.analysis.weights import (
+    embed_fourier_norms,
+    frequency_mass_count,
+    norms_by_frequency,
+)
+from tl_grokking.data.tasks import ModularAddition, make_task
 from tl_grokking.model.transformer import ModelConfig, make_model
 
 FIXTURE = (
@@ -164,6 +172,54 @@ def test_project_grid_block_matches_masked_full_transform():
         torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
 
 
+def brute_sum_projection(x: torch.Tensor, p: int, freqs) -> torch.Tensor:
+    """P_K written out: each column projected onto normalised cos/sin(w_k(a+b))."""
+    a = torch.arange(p).repeat_interleave(p).double()
+    b = torch.arange(p).repeat(p).double()
+    out = torch.zeros_like(x, dtype=torch.float64)
+    for k in freqs:
+        for fn in (torch.cos, torch.sin):
+            v = fn(2 * math.pi * k * (a + b) / p)
+            if v.norm() < 1e-9:  # the Nyquist sine of even p is zero
+                continue
+            v = v / v.norm()
+            out += v[:, None] * (v @ x.double())[None, :]
+    return out
+
+
+@pytest.mark.parametrize("p", [11, 12])
+def test_sum_projection_restricted_and_excluded_match_brute_force(p):
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(p * p, 5, generator=gen, dtype=torch.float64)
+    K = [2, p // 2]  # p // 2 is the Nyquist frequency for even p (one direction)
+    proj_K = brute_sum_projection(x, p, K)
+    train = torch.randperm(p * p, generator=gen)[: p * p // 3]
+    proj = SumProjection(p, K, rows=train)
+    assert proj.dirs.shape == (3 if p % 2 == 0 else 4, p * p)
+    coeffs = proj.coefficients(x)
+    torch.testing.assert_close(proj.project(x, coeffs), proj_K)
+    torch.testing.assert_close(proj.restricted(x), proj_K + x.mean(dim=0, keepdim=True))
+    torch.testing.assert_close(proj.excluded(x, coeffs), (x - proj_K)[train])
+    torch.testing.assert_close(proj.on_rows(x), x[train])
+    for k in K:
+        one = brute_sum_projection(x, p, [k])
+        torch.testing.assert_close(proj.excluded(x, coeffs, freq=k), (x - one)[train])
+        gathered = proj.excluded(x, coeffs, freq=k, x_rows=proj.on_rows(x))
+        torch.testing.assert_close(gathered, (x - one)[train])
+    everywhere = SumProjection(p, K)
+    torch.testing.assert_close(everywhere.excluded(x), x - proj_K)
+    # project_grid(basis="sum") is the same projection
+    torch.testing.assert_close(project_grid(x, p, K, basis="sum"), everywhere.restricted(x))
+    with pytest.raises(ValueError, match="freq must be one of"):
+        proj.excluded(x, freq=1)
+    with pytest.raises(ValueError, match="grid"):
+        proj.coefficients(x[:-1])
+    with pytest.raises(ValueError, match="rows"):
+        SumProjection(p, K, rows=torch.tensor([p * p]))
+    with pytest.raises(ValueError, match="key_freqs"):
+        SumProjection(p, [0], field="key_freqs")
+
+
 def test_grid_mask_counts():
     p = 13
     for K in ([1], [2, 5], [1, 2, 3, 4, 5, 6]):
@@ -234,6 +290,28 @@ def test_block_fve_matches_brute_force_and_recovers_planted_frequencies():
     assert block_fve(torch.ones(p * p, 2), p).abs().max() == 0  # dead neuron: 0, not NaN
 
 
+@pytest.mark.parametrize("n", [10, 12])
+def test_block_fve_on_an_even_grid_has_a_nyquist_block(n):
+    """Even n (n = p - 1 after the discrete-log re-indexing): frequency n/2 has the 2×2 block
+    {const, cos n/2}²; checked against the full 2-D transform with the written-out basis."""
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(n * n, 4, generator=gen, dtype=torch.float64)
+    B = brute_basis(n)
+    fve = block_fve(x, n)
+    assert fve.shape == (n // 2, 4)
+    for col in range(4):
+        g = (x[:, col] - x[:, col].mean()).reshape(n, n)
+        C = B @ g @ B.T
+        for k in range(1, n // 2 + 1):
+            idx = [0, 2 * k - 1] if 2 * k == n else [0, 2 * k - 1, 2 * k]
+            expected = C[idx][:, idx].square().sum() / C.square().sum()
+            assert float(fve[k - 1, col]) == pytest.approx(float(expected), abs=1e-12)
+    # a pure Nyquist pattern cos(pi (i + j)) lies in that block
+    i = torch.arange(n).repeat_interleave(n).double()
+    j = torch.arange(n).repeat(n).double()
+    assert float(block_fve(torch.cos(math.pi * (i + j)), n)[-1]) == pytest.approx(1.0)
+
+
 def test_neuron_clusters_on_planted_activations():
     p = 13
     model = make_model(ModelConfig(p=p, d_model=16, n_heads=2, d_mlp=8))
@@ -284,6 +362,128 @@ def test_key_frequencies_embed_and_unembed_rules_on_planted_weights():
     assert "rules agree: no" in str(kf)
     with pytest.raises(ValueError, match="rule"):
         key_frequencies(model, rule="biggest")
+
+
+def test_norm_rules_keep_norms_strictly_above_max_over_four():
+    """The one threshold convention of the norm rules: norm > fraction × max ("max/4")."""
+    from tl_grokking.analysis.circuits import _above_max_fraction
+
+    norms = torch.tensor([4.0, 1.0, 1.0 + 1e-12, 0.5, 4.0], dtype=torch.float64)
+    keys, cut = _above_max_fraction(norms, 0.25)
+    assert cut == 1.0 and keys == [1, 3, 5]  # exactly max/4 (k = 2) is not a key
+
+
+def test_neuron_clusters_in_discrete_log_coordinates_match_a_closed_form():
+    """A × model whose MLP output is replaced by known functions of (log a, log b): the group
+    grid is run in discrete-log order, and the FVE of each planted neuron is known exactly."""
+    p = 11
+    task = make_task("mul", p)
+    n = task.fourier_size  # 10
+    model = make_model(ModelConfig(p=p, d_model=8, n_heads=2, d_mlp=3))
+    i = torch.arange(n).repeat_interleave(n).double()
+    j = torch.arange(n).repeat(n).double()
+    w = 2 * math.pi / n
+    planted = torch.stack(
+        [
+            torch.cos(w * 2 * (i + j)),  # pure frequency 2: FVE 1 at k = 2
+            torch.cos(w * 3 * i) + torch.cos(w * 1 * j),  # half k = 3, half k = 1
+            torch.cos(w * 4 * i) * torch.cos(w * 1 * j),  # cross term: in no 3x3 block
+        ],
+        dim=1,
+    ).float()
+    batches = []
+
+    def replace(post, hook):  # the analysis runs the batch in group order (reindexed_tokens)
+        batches.append(post.shape[0])
+        if post.shape[0] != n * n:
+            return post
+        out = post.clone()
+        out[:, -1, :] = planted
+        return out
+
+    with model.hooks(fwd_hooks=[("blocks.0.mlp.hook_post", replace)]):
+        clusters = neuron_clusters(model, task)  # reindex=None: the group coordinates of ×
+        token_order = neuron_clusters(model, task, reindex=False)
+    assert batches == [n * n, p * p]  # the group grid, then (reindex=False) the token grid
+    fve = clusters.fve_all
+    assert fve.shape == (len(frequencies(n)), 3)
+    assert clusters.n == n and clusters.discrete_log and not token_order.discrete_log
+    assert fve[1, 0] == pytest.approx(1.0, abs=1e-6)  # k = 2 is row 1
+    assert fve[2, 1] == pytest.approx(0.5, abs=1e-6) and fve[0, 1] == pytest.approx(0.5, abs=1e-6)
+    assert fve[:, 2].max() == pytest.approx(0.0, abs=1e-6)
+    assert clusters.sizes == {2: 1} and clusters.n_clustered == 1
+    assert "discrete-log order over Z_10" in str(clusters)
+    assert token_order.n == p and token_order.fve_all.shape == (p // 2, 3)
+    # the same numbers from activations given in group order, without a forward pass
+    given = neuron_clusters(model, task, activations=planted)
+    torch.testing.assert_close(given.fve_all, fve)
+    with pytest.raises(ValueError, match="activations must be"):
+        neuron_clusters(model, task, activations=planted[:-1])
+    with pytest.raises(ValueError, match="clusters are for p = 11 over Z_11"):
+        key_frequencies(model, task, rule="clusters", clusters=token_order)
+
+
+def _plant_embedding(model, task, k: int, scale: float = 1.0) -> None:
+    """Write cos/sin of frequency k (in group coordinates) into W_E's first two dims."""
+    n = task.fourier_size
+    order = task.fourier_tokens()
+    angle = 2 * math.pi * k * torch.arange(n) / n
+    with torch.no_grad():
+        model.W_E.zero_()
+        model.W_E[order, 0] = scale * torch.cos(angle)
+        model.W_E[order, 1] = scale * torch.sin(angle)
+
+
+@pytest.mark.parametrize("name,k", [("mul", 4), ("div", 5), ("add", 3)])
+def test_embed_rule_finds_a_planted_frequency_in_group_coordinates(name, k):
+    p = 13
+    task = make_task(name, p)
+    model = make_model(ModelConfig(p=p, d_model=8, n_heads=2, d_mlp=8))
+    _plant_embedding(model, task, k)
+    n = task.fourier_size
+    norms = embed_fourier_norms(model, task)
+    assert norms.shape == (n,)
+    # closed form: cos/sin of frequency k have norm sqrt(n/2) along their own basis rows
+    _, names = fourier_basis(n, dtype=torch.float64)
+    assert norms[names.index(f"cos {k}")] == pytest.approx(math.sqrt(n / 2), rel=1e-6)
+    assert norms[names.index(f"sin {k}")] == pytest.approx(math.sqrt(n / 2), rel=1e-6)
+    assert norms.pow(2).sum() == pytest.approx(n, rel=1e-6)  # Parseval: ‖W_E[order]‖² = n
+    kf = key_frequencies(model, task, rule="embed")
+    assert kf.keys == [k] and kf.n == n and kf.discrete_log == (name != "add")
+    per_freq = norms_by_frequency(norms)
+    torch.testing.assert_close(kf.evidence["embed"], per_freq)
+    assert frequency_mass_count(per_freq) == 1
+    if name in ("mul", "div"):
+        # in the token (not re-indexed) order the same embedding is spread over many freqs
+        raw = torch.fft.rfft(model.W_E[:p, :2].detach().double(), dim=0).abs().pow(2).sum(1)[1:]
+        assert int((raw >= 0.25 * raw.max()).sum()) > 1
+        assert len(key_frequencies(model, task, rule="embed", reindex=False).keys) > 1
+
+
+def test_nyquist_frequency_of_even_group_size():
+    p = 13  # n = 12: frequency 6 is the Nyquist cosine (one basis row)
+    task = make_task("mul", p)
+    model = make_model(ModelConfig(p=p, d_model=8, n_heads=2, d_mlp=8))
+    _plant_embedding(model, task, 6)
+    per_freq = norms_by_frequency(embed_fourier_norms(model, task))
+    assert per_freq.shape == (6,)
+    assert per_freq[-1] == pytest.approx(math.sqrt(12), rel=1e-6)
+    assert key_frequencies(model, task, rule="embed").keys == [6]
+
+
+def test_tasks_without_a_group_are_refused_unless_in_token_order(unchecked_types):
+    model = make_model(ModelConfig(p=7, d_model=8, n_heads=2, d_mlp=8))
+    task = make_task("x2+y2", 7)
+    for fn in (key_frequencies, neuron_clusters):
+        with pytest.raises(ValueError, match="'x2\\+y2'.*fourier_structure None.*structure-free"):
+            fn(model, task)
+        with pytest.raises(ValueError, match="'x2\\+y2'"):
+            fn(model, task, reindex=True)
+    # token order is explicit and computable for any task on the full grid
+    kf = key_frequencies(model, task, reindex=False)
+    assert kf.n == 7 and set(kf.by_rule) == {"clusters", "embed", "unembed"}
+    with unchecked_types(), pytest.raises(ValueError, match="reindex must be"):
+        key_frequencies(model, make_task("add", 7), reindex="yes")
 
 
 # ---- the fixture checkpoint (p = 113, authors' format, trained without weight decay) -------------

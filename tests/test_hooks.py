@@ -1,4 +1,5 @@
-"""Fourier-ablation hooks, the canonical-grid guard, grid activations and evaluate_model()."""
+"""Fourier-ablation hooks and the canonical-grid guard (the model over the grid, evaluate_model
+and the task gates are tested in ``test_grid.py`` and ``test_task_registry.py``)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,8 @@ import math
 import pytest
 import torch
 
-from tl_grokking.analysis.hooks import (
-    SITES,
-    evaluate_model,
-    fourier_ablate,
-    grid_activations,
-    zero_ablate,
-)
+from tl_grokking.analysis.grid import SITES, evaluate_model, grid_activations
+from tl_grokking.analysis.hooks import fourier_ablate
 from tl_grokking.analysis.logits import restricted_logits
 from tl_grokking.data.tasks import ModularAddition
 from tl_grokking.model.transformer import ModelConfig, make_model
@@ -244,45 +240,6 @@ def test_fourier_ablate_bad_input(model, kwargs, match):
         fourier_ablate(model, **kwargs)
 
 
-# ---- evaluate -----------------------------------------------------------------------------------
-
-
-def brute_ce(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    logits = logits.double()
-    total = 0.0
-    for row, y in zip(logits, labels.tolist(), strict=True):
-        total += float(torch.logsumexp(row, 0) - row[y])
-    return total / len(labels)
-
-
-def test_evaluate_matches_brute_force(model, task):
-    train, test = task.split(0.3, seed=0)
-    out = evaluate_model(model, task, train_indices=train)
-    logits = logits_of(model, task.tokens())[:, :P]
-    labels = task.labels()
-    assert out["all_loss"] == pytest.approx(brute_ce(logits, labels), rel=1e-9)
-    assert out["train_loss"] == pytest.approx(brute_ce(logits[train], labels[train]), rel=1e-9)
-    assert out["test_loss"] == pytest.approx(brute_ce(logits[test], labels[test]), rel=1e-9)
-    acc = (logits.argmax(-1) == labels).double()
-    assert out["all_acc"] == pytest.approx(float(acc.mean()))
-    assert out["test_acc"] == pytest.approx(float(acc[test].mean()))
-    # under hooks: zero attention makes every input's logits equal → accuracy 1/p
-    zeroed = evaluate_model(model, task, fwd_hooks=zero_ablate(model, "attn_z"))
-    assert zeroed["all_acc"] == pytest.approx(1 / P)
-    assert set(zeroed) == {"all_loss", "all_acc"}
-
-
-def test_grid_activations_match_run_with_cache(model, task):
-    names = ["mlp_post", "blocks.0.hook_resid_mid", "logits"]
-    acts = grid_activations(model, task, names)
-    _, cache = model.run_with_cache(task.tokens())
-    for n in names:
-        name = SITES.get(n, n)
-        torch.testing.assert_close(acts[name], cache[name][:, -1])
-    with pytest.raises(ValueError, match="where"):
-        grid_activations(model, task, ["nope"])
-
-
 def test_small_grokked_model_depends_on_its_key_frequencies(small_model, small_task):
     from tl_grokking.analysis.circuits import key_frequencies
 
@@ -300,54 +257,21 @@ def test_small_grokked_model_depends_on_its_key_frequencies(small_model, small_t
     assert evaluate_model(small_model, small_task, only_blocks)["all_acc"] > 0.95
 
 
-# ---- which analyses a task admits ------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("name", "capability", "instead"),
-    [
-        ("sub", "sum_directions", "token-order Fourier analyses still apply"),
-        ("mul", "token_fourier", "tl_grokking.data.discrete_log"),
-        ("div", "sum_directions", "tl_grokking.data.discrete_log"),
-        ("x2+y2", "token_fourier", "structure-free measures"),
-    ],
-)
-def test_require_analysis_names_analysis_task_and_alternative(name, capability, instead):
-    from tl_grokking.analysis.hooks import require_analysis
-    from tl_grokking.data.tasks import make_task
-
-    task = make_task(name, 7)
-    with pytest.raises(ValueError) as err:
-        require_analysis(task, capability, "the frobnication")
-    msg = str(err.value)
-    assert "the frobnication" in msg and repr(name) in msg and instead in msg
-    require_analysis(task, "training", "anything")  # always meaningful
-    require_analysis(make_task("add", 7), capability, "anything")  # add admits everything
-    with pytest.raises(ValueError, match="capability must be one of"):
-        require_analysis(task, "no such thing", "x")
-
-
-def test_token_fourier_gates_keys_and_ablations_but_not_evaluate():
-    from tl_grokking.analysis.circuits import key_frequencies, neuron_clusters
-    from tl_grokking.analysis.hooks import resolve_task
+def test_sum_basis_needs_a_plus_b_and_the_token_grid():
     from tl_grokking.data.tasks import make_task
 
     model = make_model(ModelConfig(p=7, d_model=16, n_heads=2, d_mlp=16), seed=0)
-    mul, div, sub = make_task("mul", 7), make_task("div", 7), make_task("sub", 7)
-    for fn in (key_frequencies, neuron_clusters):
-        with pytest.raises(ValueError, match="'mul'.*discrete_log"):
-            fn(model, mul)
-    with pytest.raises(ValueError, match="cannot compute Fourier ablation.*'mul'"):
+    mul, sub = make_task("mul", 7), make_task("sub", 7)
+    with pytest.raises(ValueError, match="cannot compute Fourier ablation.*'mul'.*discrete_log"):
         fourier_ablate(model, [1], "embed", task=mul)
     with pytest.raises(ValueError, match="basis='sum'.*'sub'"):
         fourier_ablate(model, [1], "mlp_post", task=sub)
     assert fourier_ablate(model, [1], "mlp_post", basis="block", task=sub)
-    assert resolve_task(model, div, needs=None) is div
-    # evaluate needs no structure: div's p(p-1) valid pairs, checked against a plain forward
-    out = evaluate_model(model, div)
-    with torch.no_grad():
-        logits = model(div.tokens())[:, -1, :7].double()
-    expected = torch.nn.functional.cross_entropy(logits, div.labels())
-    assert out["all_loss"] == pytest.approx(float(expected), rel=1e-9)
-    with pytest.raises(ValueError, match="every pair.*'div'"):
-        grid_activations(model, div)
+
+
+def test_hooks_reexport_the_grid_names():
+    from tl_grokking.analysis import grid, hooks
+
+    for name in ("SITES", "resolve_site", "resolve_task", "grid_tokens", "grid_activations"):
+        assert getattr(hooks, name) is getattr(grid, name)
+    assert hooks.evaluate_model is grid.evaluate_model

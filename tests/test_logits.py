@@ -149,8 +149,8 @@ def test_restricted_and_excluded_logits():
         excluded_logits(L, p, [7])
 
 
-def test_loss_and_accuracy_errors():
-    with pytest.raises(ValueError, match="labels"):
+def test_loss_and_accuracy_errors(unchecked_types):
+    with unchecked_types(), pytest.raises(ValueError, match="labels"):
         loss_and_accuracy(torch.zeros(3, 5), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="empty"):
         loss_and_accuracy(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long))
@@ -179,7 +179,7 @@ def test_fixture_loss_restricted_and_trig_fit(paper_logits):
     assert L.shape == (113 * 113, 113) and L.dtype == torch.float64
     labels = ModularAddition(113).labels()
     loss, acc = loss_and_accuracy(L, labels)
-    assert 5e-8 < loss < 5e-7 and acc == 1.0  # PAPER_NOTES §10: full loss ≈ 1e-7, 100 %
+    assert 5e-8 < loss < 5e-7 and acc == 1.0  # the fixture: full loss ≈ 1e-7, 100 % accuracy
     restricted, r_acc = loss_and_accuracy(restricted_logits(L, 113, [36, 52]), labels)
     assert restricted < loss and r_acc == 1.0
     excluded, _ = loss_and_accuracy(excluded_logits(L, 113, [36, 52]), labels)

@@ -1,5 +1,5 @@
-"""Tests for tl_grokking.model.transformer: config validation, make_model, bias policy, attention rate,
-compatibility checks, config round trip."""
+"""Tests for tl_grokking.model (config, transformer) and the field validators: config validation,
+make_model, bias policy, attention rate, compatibility checks, config round trip."""
 
 from __future__ import annotations
 
@@ -66,11 +66,45 @@ def test_config_dict_round_trip_and_unknown_fields():
 
 def test_validate_device():
     assert validate_device("cpu") == torch.device("cpu")
-    with pytest.raises(ValueError, match=r"^device must be"):
-        validate_device("tpu")
+    assert validate_device(torch.device("cpu")) == torch.device("cpu")
+    for bad in ("tpu", "CPU", "cuda:x", "meta", "", None, 3):
+        with pytest.raises(ValueError, match=r"^device must be"):
+            validate_device(bad)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"CUDA is not available"):
             validate_device("cuda")
+
+
+def test_field_checks_without_torch():
+    """The one set of field validators (tl_grokking._validation) behind ModelConfig and
+    TrainConfig: integers (numpy integers and integral floats from JSON pass, bools do not),
+    intervals, choices and the syntax of a device string."""
+    import numpy as np
+
+    from tl_grokking._validation import check_choice, check_device, check_float, check_int
+
+    assert check_int(np.int64(5), "n") == 5 and check_int(4.0, "n") == 4
+    assert check_int(0, "seed", minimum=0) == 0
+    for bad in (0, -1, 2.5, True, "3", None, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"^n must be a positive integer"):
+            check_int(bad, "n")
+    with pytest.raises(ValueError, match=r"^seed must be an integer >= 0, got -1"):
+        check_int(-1, "seed", minimum=0)
+    assert check_float("0.5", "x", 0, 1) == 0.5
+    with pytest.raises(ValueError, match=r"^lr must be in \(0, inf\), got 0"):
+        check_float(0, "lr", 0, math.inf, low_open=True, high_open=True)
+    for bad in (float("nan"), 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"^x must be in \[0, 1\]"):
+            check_float(bad, "x", 0, 1)
+    for bad in ("a", None, True):
+        with pytest.raises(ValueError, match=r"^x must be a number"):
+            check_float(bad, "x", 0, 1)
+    assert check_choice("mlp", "b", ("none", "mlp")) == "mlp"
+    with pytest.raises(ValueError, match=r"^b must be one of \('none', 'mlp'\), got 'x'"):
+        check_choice("x", "b", ("none", "mlp"))
+    for good in ("cpu", "cuda", "cuda:1", "mps", "mps:0"):
+        assert check_device(good) == good
+    assert check_device(torch.device("cuda:2")) == "cuda:2"
 
 
 # ---- make_model ---------------------------------------------------------------------------------

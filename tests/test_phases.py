@@ -9,8 +9,18 @@ import math
 import pytest
 import torch
 
-from tl_grokking.analysis.phases import PhaseRule, Phases, detect_phases, first_epoch_at_or_above
+from tl_grokking.analysis.phases import (
+    PhaseRule,
+    Phases,
+    analysis_notes,
+    boundaries_text,
+    detect_phases,
+    first_epoch_at_or_above,
+    grok_summary,
+    phases_record,
+)
 from tl_grokking.analysis.progress import progress_measures
+from tl_grokking.runs.rundir import GROK_ACC
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +155,18 @@ def test_to_dict_is_json_and_round_trips_the_numbers():
     assert data["cleanup_end"] == 12300
     assert data["rule"]["onset_fractions"] == [0.1, 0.5]
     assert "9400" in str(ph) and "12300" in str(ph)
+    # the checkpoint-resolution epoch at 99 % is labelled as such
+    assert "first checkpoint with test accuracy ≥ 99 %: epoch 10400 (checkpoint resolution)" in (
+        str(ph).splitlines()
+    )
+
+
+def test_the_grok_threshold_is_the_one_of_the_run_directory():
+    assert PhaseRule().grok_acc == GROK_ACC
+    cols = paper_like()
+    # first checkpoint at or above GROK_ACC, whatever its value
+    want = next(e for e, a in zip(cols["epoch"], cols["test_acc"], strict=True) if a >= GROK_ACC)
+    assert detect_phases(cols).test_acc_99_epoch == want
 
 
 def test_custom_rule_changes_the_memorisation_boundary():
@@ -217,3 +239,72 @@ def test_a_creeping_gini_does_not_tie_cleanup_end_to_the_run_length():
         ]
         ends.append(detect_phases(cols).cleanup_end)
     assert ends == [12300, 12300, 12300]
+
+
+# ---------------------------------------------------------------------------------------------
+# what people read: the record, the caveats, the epoch at 99 %
+# ---------------------------------------------------------------------------------------------
+
+
+class _Measures:
+    """A measures table as progress_measures returns it (columns, key frequencies, rule)."""
+
+    def __init__(self, columns: dict, key_freqs: list[int], key_freq_rule: str) -> None:
+        self.columns, self.key_freqs, self.key_freq_rule = columns, key_freqs, key_freq_rule
+
+
+def test_phases_record_is_the_phases_json_record():
+    phases, record = phases_record(_Measures(paper_like(last=12_000), [3, 7], "clusters"))
+    assert phases is not None and record == {
+        **phases.to_dict(),
+        "key_freqs": [3, 7],
+        "key_freq_rule": "clusters",
+        "n_checkpoints": 121,
+    }
+    assert json.loads(json.dumps(record)) == record
+    short = {k: v[:2] for k, v in paper_like().items()}
+    phases, record = phases_record(_Measures(short, [], "given"))
+    assert phases is None and record["phases"] is None and "at least 3" in record["reason"]
+
+
+def test_analysis_notes_are_every_caveat():
+    _, record = phases_record(_Measures(paper_like(last=12_000), [3, 7], "clusters"))
+    assert analysis_notes(record) == list(record["notes"]) and record["notes"]
+    _, record = phases_record(_Measures(paper_like(last=9000), [], "none found (clusters: 0)"))
+    notes = analysis_notes(record)
+    assert any("no grokking detected" in n for n in notes)
+    assert (
+        notes[-1]
+        == "no key frequencies, so no restricted / excluded losses (none found (clusters: 0))"
+    )
+    fallback = analysis_notes({"phases": [], "key_freqs": [5], "key_freq_rule": "embed"})
+    assert fallback == [
+        "key frequencies from the fallback rule 'embed': the neuron-cluster rule found no "
+        "sparse set of frequencies at the last checkpoint"
+    ]
+    assert analysis_notes({"phases": None, "reason": "need at least 3 checkpoints, got 2"}) == [
+        "phases not detected: need at least 3 checkpoints, got 2"
+    ]
+    assert analysis_notes({"phases": [], "key_freq_rule": "given", "key_freqs": [1]}) == []
+    assert analysis_notes(None) == []
+
+
+def test_boundaries_text():
+    record = detect_phases(paper_like()).to_dict()
+    assert boundaries_text(record) == (
+        "phases over epochs 0–20000: memorisation ends 1400, circuit formation ends 9400, "
+        "cleanup ends 12300"
+    )
+    record = detect_phases(paper_like(last=9000)).to_dict()
+    assert boundaries_text(record).endswith("circuit formation ends —, cleanup ends —")
+
+
+def test_grok_summary_is_grok_epoch_of_the_metrics_log():
+    metrics = [{"epoch": e, "test_acc": min(1.0, e / 1000)} for e in range(0, 1501, 25)]
+    assert (
+        grok_summary(metrics, 25) == "first at epoch 1000 (metrics.jsonl, logged every 25 epochs)"
+    )
+    assert grok_summary(metrics[:10], 25) == (
+        "not reached by epoch 225 (metrics.jsonl, logged every 25 epochs)"
+    )
+    assert grok_summary([{"note": "no epoch"}]) == "unknown (no metrics.jsonl records)"

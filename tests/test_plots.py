@@ -396,6 +396,32 @@ def test_ablation_table_cells():
     assert list(same.data[0].cells.values[1]) == ["1.5"]
 
 
+def test_one_number_format_for_report_figures_and_cli():
+    """fmt_num is the one display format (figures, report, console): 4 significant digits,
+    scientific below 1e-3 and from 1e5 on, integers in full; importable without torch."""
+    import subprocess
+    import sys
+
+    from tl_grokking._format import fmt_num
+
+    assert fmt_num(None) == "—"
+    assert (fmt_num(1400), fmt_num(12300.0), fmt_num(1.0), fmt_num(0.0)) == (
+        "1400",
+        "12300",
+        "1",
+        "0",
+    )
+    assert (fmt_num(2.41e-7), fmt_num(0.0123), fmt_num(1.5)) == ("2.410e-07", "0.0123", "1.5")
+    assert (fmt_num(123456.7), fmt_num(-4.2e-5)) == ("1.235e+05", "-4.200e-05")
+    assert (fmt_num(float("nan")), fmt_num(float("inf"))) == ("nan", "inf")
+    assert fmt_num(torch.tensor(0.25, dtype=torch.float64)) == "0.25"
+    assert (fmt_num("add"), fmt_num(True)) == ("add", "True")
+    fig = plots.trig_identity_coefficients({3: 2.5e-7, 5: 1.25})
+    assert list(fig.data[0].text) == ["2.500e-07", "1.25"]
+    code = "import sys, tl_grokking._format; sys.exit(bool({'torch', 'plotly'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
 def test_model_and_task_must_agree(model):
     with pytest.raises(ValueError, match="p = 19"):
         plots.embedding_fourier_norms(model, ModularAddition(19))

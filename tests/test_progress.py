@@ -412,8 +412,11 @@ def test_tasks_without_sum_directions_keep_the_other_measures(task_runs, name):
     test[train] = False
     assert m["train_loss"][-1] == pytest.approx(float(F.cross_entropy(logits[train], y[train])))
     assert m["test_loss"][-1] == pytest.approx(float(F.cross_entropy(logits[test], y[test])))
-    assert m["gini_W_E"][-1] == pytest.approx(float(gini(embed_fourier_norms(model))))
-    assert m["gini_W_L"][-1] == pytest.approx(float(gini(unembed_fourier_norms(model))))
+    # the Gini coefficients are taken in the task's coordinates (discrete-log order for × ÷)
+    assert m["gini_W_E"][-1] == pytest.approx(float(gini(embed_fourier_norms(model, task))))
+    assert m["gini_W_L"][-1] == pytest.approx(float(gini(unembed_fourier_norms(model, task))))
+    n = task.fourier_size or task.p
+    assert embed_fourier_norms(model, task).shape == (n,)
     with pytest.raises(ValueError, match=f"restricted / excluded.*{re.escape(repr(name))}"):
         progress_measures(run, key_freqs=[1], progress=False)
     with pytest.raises(ValueError, match=f"restricted / excluded.*{re.escape(repr(name))}"):

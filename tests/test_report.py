@@ -4,6 +4,7 @@ with nothing written, a run still training says so, and ``tl-grokking reproduce`
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import shutil
@@ -11,13 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from markupsafe import Markup
 
 from tl_grokking.cli import main
 from tl_grokking.figures import plots
 from tl_grokking.figures.report import (
+    ReportSection,
     RunStatus,
     build_report,
     external_urls,
+    render_report_html,
     run_status,
     write_report,
 )
@@ -94,6 +98,19 @@ def _summary_value(page: str, label: str) -> str:
     return match.group(1)
 
 
+def _caveats(page: str) -> list[str]:
+    """The items of the page's Caveats box, as plain text."""
+    box = re.search(r'<div class="caveats" id="caveats">(.*?)</div>', page, flags=re.DOTALL)
+    if box is None:
+        return []
+    return [html.unescape(c) for c in re.findall(r"<li>(.*?)</li>", box.group(1), re.DOTALL)]
+
+
+def _notes(console: str) -> list[str]:
+    """The caveats a command printed (its ``note: ...`` lines)."""
+    return [line.removeprefix("note: ") for line in console.splitlines() if line[:6] == "note: "]
+
+
 # ---------------------------------------------------------------------------------------------
 # contents
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +178,9 @@ def test_summary_numbers_equal_the_run(page, run_copy):
 
     metrics = read_metrics(run_copy)
     grok = next(r["epoch"] for r in metrics if r["test_acc"] >= 0.99)
-    assert _summary_value(page, "epoch at 99 % test accuracy") == str(grok)
+    assert _summary_value(page, "test accuracy ≥ 99 %") == (
+        f"first at epoch {grok} (metrics.jsonl, logged every 50 epochs)"
+    )
     last = metrics[-1]
     final = _summary_value(page, "final losses (epoch 1000)")
     assert f"train {last['train_loss']:.3e}" in final or f"train {last['train_loss']:.4g}" in final
@@ -191,11 +210,17 @@ def test_figures_in_the_page_equal_the_analysis(page, run_copy):
     for name in ("restricted_loss", "excluded_loss", "gini_W_E", "gini_W_L", "sum_sq_weights"):
         assert _values(traces[name]["y"]) == pytest.approx(measures[name], rel=1e-9)
         assert _values(traces[name]["x"]) == measures["epoch"]
-    spans = plots.phase_spans(detect_phases(measures))
+    phases = detect_phases(measures)
+    spans = plots.phase_spans(phases)
     assert spans, "the small run groks: phases are detected"
     phase_text = _summary_value(page, "phase boundaries (epochs)")
     for _, start, end in spans:
         assert f"{start:g}–{end:g}" in phase_text
+    # the run stops while a Gini coefficient still rises: the caveat is on the page
+    assert any(
+        "still rising at the last checkpoint" in n and "lower bound" in n for n in phases.notes
+    )
+    assert _caveats(page) == list(phases.notes)
     bars = _figure_traces(page, "embedding")[0]
     want = plots.embedding_fourier_norms(run.model(), run.task).data[0].y
     assert _values(bars["y"]) == pytest.approx(list(want), rel=1e-9)
@@ -240,6 +265,162 @@ def test_out_of_date_measures_are_recomputed(run_copy, tmp_path):
     traces = {t["meta"]: t for t in _figure_traces(page, "progress-measures")}
     assert _values(traces["train_loss"]["x"]) == list(range(0, 1001, 50))
     assert "cleanup 0–50" not in _summary_value(page, "phase boundaries (epochs)")
+
+
+# ---------------------------------------------------------------------------------------------
+# one epoch at 99 %, every caveat of analyze, the run directory as given
+# ---------------------------------------------------------------------------------------------
+
+
+def test_one_epoch_at_99_percent_and_the_same_caveats_everywhere(
+    run_copy, tmp_path, monkeypatch, capsys
+):
+    """Checkpoints every 100 epochs, metrics every 50: the first *checkpoint* at 99 % test
+    accuracy (phases.json's test_acc_99_epoch) comes after the first *logged* epoch there.
+    analyze, reproduce and the report all give the logged one (grok_epoch of metrics.jsonl)
+    with its resolution, and the same caveats (the run ends inside cleanup)."""
+    from tl_grokking.cli import reproduce as reproduce_cli
+    from tl_grokking.runs.rundir import grok_epoch
+    from tl_grokking.training.trainer import TrainConfig
+
+    run = _copy_run(run_copy, tmp_path / "run")
+    for path in (run / "checkpoints").iterdir():
+        if int(path.stem.removeprefix("epoch_")) % 100:
+            path.unlink()
+    config = {**read_json(run / "config.json"), "checkpoint_every": 100}
+    write_json(run / "config.json", config)
+    assert main(["analyze", str(run), "--no-progress"]) == 0
+    analyzed = capsys.readouterr().out
+    # reproduce of this (finished) run: resumed, nothing retrained, analysed again, reported
+    monkeypatch.setattr(
+        reproduce_cli, "quick_config", lambda **kw: TrainConfig.from_dict({**config, **kw})
+    )
+    assert main(["reproduce", "--quick", "--out", str(run), "--no-progress"]) == 0
+    reproduced = capsys.readouterr().out
+    page = (run / "report.html").read_text(encoding="utf-8")
+
+    logged = grok_epoch(read_metrics(run))
+    at_checkpoint = read_json(run / "phases.json")["test_acc_99_epoch"]
+    assert logged is not None and at_checkpoint > logged  # not vacuous: the two differ
+    text = f"first at epoch {logged} (metrics.jsonl, logged every 50 epochs)"
+    assert f"test accuracy ≥ 99 %: {text}" in analyzed.splitlines()
+    assert f"test accuracy ≥ 99 %: {text}" in reproduced.splitlines()
+    assert html.unescape(_summary_value(page, "test accuracy ≥ 99 %")) == text
+    for shown in (analyzed, reproduced, html.unescape(page)):
+        assert f"epoch {at_checkpoint} (" not in shown and f"at epoch {at_checkpoint}" not in shown
+
+    notes = _notes(analyzed)
+    assert any("still rising at the last checkpoint" in n and "lower bound" in n for n in notes)
+    assert _notes(reproduced) == notes
+    assert _caveats(page) == notes
+
+
+def test_a_run_that_has_not_grokked_says_so_everywhere(run_copy, tmp_path, capsys):
+    """Stopped at epoch 500, before the test-loss cliff: analyze prints the no-grokking note,
+    the report lists it under Caveats."""
+    run = _copy_run(run_copy, tmp_path / "run")
+    for path in (run / "checkpoints").iterdir():
+        if int(path.stem.removeprefix("epoch_")) > 500:
+            path.unlink()
+    assert main(["analyze", str(run), "--no-progress"]) == 0
+    notes = _notes(capsys.readouterr().out)
+    assert any("no grokking detected" in n for n in notes)
+    assert _caveats(build_report(run)) == notes
+
+
+def test_the_run_directory_is_never_an_absolute_path(page, run_copy, tmp_path, monkeypatch):
+    """Given an absolute path outside the working directory, the page names only the run;
+    a relative path is shown as given, an absolute one inside the working directory relative
+    to it."""
+    from tl_grokking.figures.report import _display_path
+
+    assert _summary_value(page, "run directory") == run_copy.name
+    assert str(run_copy.parent) not in page
+    monkeypatch.chdir(tmp_path)
+    assert _display_path(Path("runs/quick")) == "runs/quick"
+    assert _display_path(tmp_path / "runs" / "quick") == "runs/quick"
+    assert _display_path(tmp_path.parent / "elsewhere" / "run7") == "run7"
+
+
+# ---------------------------------------------------------------------------------------------
+# the template: escaping, package data
+# ---------------------------------------------------------------------------------------------
+
+#: HTML that would set a flag (and fetch a missing file) if it ever ran as HTML.
+PAYLOAD = '<img src=x onerror="window.__tlg_injected=1">'
+
+
+def make_injected_run(src: Path, parent: Path) -> Path:
+    """A copy of run ``src`` whose directory name, a configuration value and ``phases.json``
+    (a phase name, a note, the key-frequency rule) hold :data:`PAYLOAD`."""
+    run = _copy_run(src, parent / PAYLOAD)
+    config = read_json(run / "config.json")
+    write_json(run / "config.json", {**config, "device": "cpu" + PAYLOAD})
+    write_json(
+        run / "phases.json",
+        {
+            "phases": [{"name": PAYLOAD, "start": 0, "end": 100}],
+            "notes": [PAYLOAD],
+            "key_freqs": [],
+            "key_freq_rule": "none " + PAYLOAD,
+        },
+    )
+    return run
+
+
+def _outside_scripts(page: str) -> str:
+    return re.sub(r"<script\b[^>]*>.*?</script>", "", page, flags=re.DOTALL)
+
+
+def test_html_in_run_names_config_and_phases_is_shown_as_text(run_copy, tmp_path):
+    page = write_report(make_injected_run(run_copy, tmp_path)).read_text(encoding="utf-8")
+    assert PAYLOAD not in page
+    assert not re.search(r"<img\b", _outside_scripts(page))
+    assert f"<title>Grokking report — {Markup.escape(PAYLOAD)}</title>" in page
+    caveats = _caveats(page)
+    assert PAYLOAD in caveats  # the note, as text
+    assert any(PAYLOAD in c and "no key frequencies" in c for c in caveats)  # the rule
+    assert html.unescape(_summary_value(page, "run directory")) == PAYLOAD
+    assert Markup.escape(json.dumps("cpu" + PAYLOAD)) in page  # the configuration
+    assert external_urls(page) == []
+
+
+def test_render_escapes_text_and_keeps_trusted_html():
+    section = ReportSection("<i>s</i>", caption="<b>kept</b>", skipped=("<u>note</u>",))
+    page = render_report_html(
+        "<t>",
+        [section],
+        subtitle="<sub>",
+        banner=("done", "<banner>"),
+        summary=[("<label>", "<value>"), ("bold", Markup("<b>{}</b>").format("<x>"))],
+        caveats=["<caveat>"],
+        config={"k": "</pre><script>alert(1)</script>"},
+    )
+    body = _outside_scripts(page)
+    for text in ("<t>", "<sub>", "<banner>", "<label>", "<value>", "<caveat>", "<i>s</i>"):
+        assert text not in body and str(Markup.escape(text)) in body
+    assert "<b>kept</b>" in body and "<b>&lt;x&gt;</b>" in body
+    assert "<b>Skipped:</b> &lt;u&gt;note&lt;/u&gt;" in body
+    assert "<script>alert(1)" not in page
+
+
+def test_the_templates_ship_as_package_data():
+    """The installed package reads its templates with importlib.resources, and pyproject.toml
+    lists them as package data (so a wheel holds them) and jinja2 as a dependency."""
+    from fnmatch import fnmatch
+    from importlib.resources import files
+
+    tomllib = pytest.importorskip("tomllib")
+    templates = files("tl_grokking.figures").joinpath("templates")
+    names = sorted(p.name for p in templates.iterdir() if p.name.endswith(".j2"))
+    assert {"report.html.j2", "captions.html.j2"} <= set(names)
+    assert "<!DOCTYPE html>" in templates.joinpath("report.html.j2").read_text(encoding="utf-8")
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["tl_grokking.figures"]
+    assert all(any(fnmatch(f"templates/{n}", g) for g in globs) for n in names)
+    assert any(
+        d.replace(" ", "").startswith("jinja2>=") for d in pyproject["project"]["dependencies"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,6 +474,7 @@ def test_an_early_run_without_circuit_is_reported(run_copy, tmp_path):
     assert _summary_value(page, "phase boundaries (epochs)").startswith(
         "phases not detected: need at least 3 checkpoints"
     )
+    assert _caveats(page)[0].startswith("phases not detected: need at least 3 checkpoints")
     assert 'class="banner running"' in page
 
 
@@ -380,7 +562,7 @@ def test_report_cli_writes_to_out(run_copy, tmp_path, capsys):
 
 
 def test_reproduce_settings():
-    """The paper's setting is PAPER_NOTES §2–3; the quick one differs only where it says."""
+    """The paper's setting (Nanda et al. 2023, §2–3); the quick one differs only where it says."""
     from tl_grokking.cli.reproduce import paper_config, quick_config
 
     paper = paper_config(seed=3)
@@ -418,6 +600,10 @@ def test_reproduce_quick_end_to_end(tmp_path, capsys):
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "measures.csv (from tl-grokking analyze)" in page
     assert f"report:        {(out / 'report.html').resolve()}" in text
+    grok = "not reached by epoch 100 (metrics.jsonl, logged every 25 epochs)"
+    assert f"test accuracy ≥ 99 %: {grok}" in text.splitlines()
+    assert html.unescape(_summary_value(page, "test accuracy ≥ 99 %")) == grok
+    assert _notes(text) == _caveats(page)
     # running it again resumes the finished run: nothing is retrained
     before = (out / "checkpoints" / "epoch_100.safetensors").stat().st_mtime_ns
     assert (
@@ -454,11 +640,11 @@ def test_report_of_every_task_says_what_was_skipped(task_runs, tmp_path, name):
     assert "restricted_loss" not in (run_dir / "report.html").read_text()  # no such column
     run = load_run(run_dir)
     if name in ("mul", "div"):
-        from tl_grokking.data.discrete_log import reindexed_key_frequencies
+        from tl_grokking.analysis.circuits import key_frequencies
 
         assert 'id="discrete-log"' in page and "tl_grokking.data.discrete_log" in page
         model = run.model(run.epochs[-1])
-        embed_keys = reindexed_key_frequencies(model, run.task, rule="embed")
+        embed_keys = key_frequencies(model, run.task, rule="embed").keys  # discrete-log order
         assert f"embed: {list(embed_keys)}" in html_lib.unescape(page)
     else:
         assert 'id="discrete-log"' not in page

@@ -11,15 +11,19 @@ from safetensors import safe_open
 
 from tl_grokking.runs.rundir import (
     RunDirError,
+    RunDirNotFoundError,
     append_metrics,
     atomic_write,
     atomic_write_text,
+    checkpoint_epoch,
     checkpoint_path,
     is_run_dir,
     list_checkpoints,
     load_safetensors,
     read_json,
     read_metrics,
+    require_run_dir,
+    resume_epoch,
     rewrite_metrics,
     save_safetensors,
     write_json,
@@ -128,3 +132,42 @@ def test_atomic_write_gives_the_file_ordinary_permissions(tmp_path):
     plain = tmp_path / "plain.txt"
     plain.write_text("x")
     assert stat.S_IMODE(os.stat(target).st_mode) == stat.S_IMODE(os.stat(plain).st_mode)
+
+
+def test_checkpoint_epoch_reads_only_checkpoint_names(tmp_path):
+    assert checkpoint_epoch("epoch_12.safetensors") == 12
+    assert checkpoint_epoch(tmp_path / "checkpoints" / "epoch_0.safetensors") == 0
+    for name in ("epoch_x.safetensors", ".epoch_3.safetensors.ab.tmp", "epoch_3.pt", "resume"):
+        assert checkpoint_epoch(name) is None, name
+
+
+def test_require_run_dir_says_what_is_wrong(tmp_path):
+    """The one run-directory check behind load_run, analyze and report."""
+    with pytest.raises(RunDirNotFoundError, match=r"run directory .*missing does not exist"):
+        require_run_dir(tmp_path / "missing")
+    assert issubclass(RunDirNotFoundError, FileNotFoundError)
+    assert issubclass(RunDirNotFoundError, RunDirError)
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(RunDirError, match=r"file\.txt is a file, not a directory"):
+        require_run_dir(tmp_path / "file.txt")
+    with pytest.raises(RunDirError, match=r"not a run directory: no config\.json"):
+        require_run_dir(tmp_path)
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(RunDirError, match=r"config\.json must hold a JSON object"):
+        require_run_dir(tmp_path)
+    (tmp_path / "config.json").write_text('{"p": 1')
+    with pytest.raises(RunDirError, match=r"config\.json is not valid JSON"):
+        require_run_dir(tmp_path)
+    write_json(tmp_path / "config.json", {"p": 17})
+    with pytest.raises(RunDirError, match="has no checkpoints"):
+        require_run_dir(tmp_path)
+    save_safetensors({"w": torch.zeros(1)}, checkpoint_path(tmp_path, 5))
+    assert require_run_dir(tmp_path) == list_checkpoints(tmp_path)
+
+
+def test_resume_epoch(tmp_path):
+    assert resume_epoch(tmp_path) is None
+    save_safetensors({"w": torch.zeros(1)}, tmp_path / "resume.safetensors", {"epoch": "40"})
+    assert resume_epoch(tmp_path) == 40
+    (tmp_path / "resume.safetensors").write_bytes(b"cut off")
+    assert resume_epoch(tmp_path) is None

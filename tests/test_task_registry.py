@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 from tl_grokking.data.tasks import (
+    CAPABILITIES,
     FOURIER_STRUCTURES,
     TASKS,
     CustomTask,
@@ -129,12 +132,43 @@ def test_fourier_structure_and_group_sizes():
                 task.fourier_tokens()
 
 
-def test_require_structure_names_the_analysis_and_task():
-    with pytest.raises(ValueError, match="restricted loss.*'x3\\+xy'"):
-        make_task("x3+xy", 7).require_structure("additive", analysis="restricted loss")
-    with pytest.raises(ValueError, match="discrete_log"):
-        make_task("mul", 7).require_structure("additive", analysis="restricted loss")
-    make_task("sub", 7).require_structure("additive", analysis="anything")
+@pytest.mark.parametrize(
+    ("name", "capability", "instead"),
+    [
+        ("sub", "sum_directions", "token-order Fourier analyses still apply"),
+        ("sub", "clock_pizza", "token-order Fourier analyses still apply"),
+        ("mul", "token_fourier", "tl_grokking.data.discrete_log"),
+        ("div", "sum_directions", "tl_grokking.data.discrete_log"),
+        ("x2+y2", "token_fourier", "structure-free measures"),
+        ("x3+xy", "group_fourier", "structure-free measures"),
+    ],
+)
+def test_require_names_analysis_task_and_alternative(name, capability, instead):
+    """The one gate: Task.require(capability, analysis)."""
+    task = make_task(name, 7)
+    with pytest.raises(ValueError) as err:
+        task.require(capability, "the frobnication")
+    msg = str(err.value)
+    assert "the frobnication" in msg and repr(name) in msg and instead in msg
+    assert f"fourier_structure {task.fourier_structure!r}" in msg
+    assert CAPABILITIES[capability] in msg  # what the analysis needs
+    task.require("training", "anything")  # always meaningful
+    make_task("add", 7).require(capability, "anything")  # add admits everything
+    with pytest.raises(ValueError, match="capability must be one of"):
+        task.require("no such thing", "x")
+
+
+def test_require_agrees_with_meaningful_analyses():
+    for name in EXPECTED_NAMES:
+        task = make_task(name, 7)
+        for capability in CAPABILITIES:
+            if capability in task.meaningful_analyses:
+                task.require(capability, "x")
+            else:
+                with pytest.raises(
+                    ValueError, match=f"cannot compute x for task '{re.escape(name)}'"
+                ):
+                    task.require(capability, "x")
 
 
 # ---- custom tasks ----------------------------------------------------------------------------

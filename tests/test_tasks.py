@@ -1,4 +1,4 @@
-"""Tests for the core of tl_grokking.data.tasks: token layout, labels, grid order, the seeded split."""
+"""The core of tl_grokking.data.tasks: token layout, labels, grid order, the seeded split."""
 
 from __future__ import annotations
 

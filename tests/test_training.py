@@ -330,3 +330,113 @@ def test_config_round_trip(tmp_path):
     model_config = config.model_config()
     assert (model_config.p, model_config.d_head, model_config.trainable_biases) == (17, 8, "mlp")
     assert config.make_task().p == 17
+
+
+# ---- resuming with the stored configuration, error wording, one source of defaults ----------
+
+
+def test_resume_config_changes_only_what_may_change(tmp_path):
+    from tl_grokking.training.config import RESUMABLE_FIELDS, ResumeConfigError, resume_config
+
+    config = TrainConfig(**{**TINY, "epochs": 20, "seed": 4, "trainable_biases": "mlp"})
+    train_model(config, tmp_path / "run", progress=False)
+    assert resume_config(tmp_path / "run") == config
+    longer = resume_config(tmp_path / "run", epochs=30, log_every=10, seed=4)  # seed: unchanged
+    assert longer == config.replace(epochs=30, log_every=10)
+    with pytest.raises(ResumeConfigError, match=r"different lr, p \(lr: 0\.003 -> 0\.01; p") as e:
+        resume_config(tmp_path / "run", lr=0.01, p=19, epochs=50)
+    assert e.value.changes == {"lr": (0.003, 0.01), "p": (17, 19)}
+    assert all(name in str(e.value) for name in RESUMABLE_FIELDS)
+    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+        resume_config(tmp_path / "nothing")
+    # the resumed run continues the same trajectory as a straight run to 30 epochs
+    resumed = train_model(longer, tmp_path / "run", resume=True, progress=False)
+    straight = train_model(longer, tmp_path / "straight", progress=False)
+    final_r, final_s = resumed.model.state_dict(), straight.model.state_dict()
+    assert all(torch.equal(final_r[k], final_s[k]) for k in final_s)
+
+
+def test_resume_from_the_initial_state_logs_each_epoch_once(tmp_path):
+    """A crash before the first checkpoint after epoch 0 leaves the resume state of epoch 0;
+    resuming from it must not write epoch 0's line twice."""
+    config = TrainConfig(**{**TINY, "epochs": 12, "log_every": 2, "checkpoint_every": 10})
+
+    def crash(epoch, model):
+        if epoch == 6:
+            raise KeyboardInterrupt
+        return {}
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(config, tmp_path / "c", progress=False, callbacks=[crash])
+    train_model(config, tmp_path / "c", resume=True, progress=False)
+    train_model(config, tmp_path / "ref", progress=False)
+    assert [r["epoch"] for r in read_metrics(tmp_path / "c")] == [0, 2, 4, 6, 8, 10, 12]
+    assert _without_elapsed(read_metrics(tmp_path / "c")) == _without_elapsed(
+        read_metrics(tmp_path / "ref")
+    )
+    for epoch in (0, 10, 12):
+        mine, ref = _state(tmp_path / "c", epoch), _state(tmp_path / "ref", epoch)
+        assert all(torch.equal(mine[k], ref[k]) for k in mine)
+
+
+def test_api_errors_name_keyword_arguments(tmp_path):
+    """The library says ``resume=True`` / ``overwrite=True``; the flags are the CLI's words
+    (kept on the exception as ``cli_message``)."""
+    config = TrainConfig(**{**TINY, "epochs": 4})
+    train_model(config, tmp_path, progress=False)
+    for attempt in (config, config.replace(lr=0.01)):
+        with pytest.raises(FileExistsError) as err:
+            train_model(attempt, tmp_path, progress=False)
+        assert "resume=True" in str(err.value) and "overwrite=True" in str(err.value)
+        assert "--" not in str(err.value)
+        assert "--resume" in err.value.cli_message and "=True" not in err.value.cli_message
+    with pytest.raises(FileExistsError, match="overwrite=True") as err:
+        train_model(config.replace(seed=2), tmp_path, resume=True, progress=False)
+    assert "--" not in str(err.value)
+    with pytest.raises(NotADirectoryError, match=r"^run_dir .*config\.json is a file") as err:
+        train_model(config, tmp_path / "config.json" / "run", progress=False)
+    assert err.value.cli_message.startswith("--out ")
+
+
+def test_train_config_fields_declare_help_and_share_the_model_defaults():
+    import dataclasses
+
+    from tl_grokking.model.config import ModelConfig
+
+    model_fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    for field in dataclasses.fields(TrainConfig):
+        assert field.metadata["help"] and field.metadata["group"], field.name
+        if field.name in model_fields:  # the architecture: ModelConfig's default and help
+            assert field.default == model_fields[field.name].default, field.name
+            assert field.metadata["help"] == model_fields[field.name].metadata["help"]
+    assert TrainConfig().model_config() == ModelConfig()
+    # ModelConfig checks (and normalises) the architecture once, for both
+    config = TrainConfig(p=13.0, d_model=16.0, n_heads=2, d_head=None)
+    assert type(config.p) is int and type(config.d_model) is int and config.d_head is None
+    with pytest.raises(ValueError, match=r"^d_mlp must be a positive integer"):
+        TrainConfig(d_mlp=0)
+
+
+def test_config_modules_import_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import tl_grokking.training.config, tl_grokking.model.config, tl_grokking.runs.rundir\n"
+        "from tl_grokking.model.config import ModelConfig\n"
+        "ModelConfig(p=7, d_model=8, n_heads=2)\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'transformer_lens') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_helpers_return_what_they_say():
+    config = TrainConfig(**{**TINY, "measure_every": 3})
+    assert [training._is_log_epoch(config, e) for e in (3, 4, 5, 6)] == [True, False, True, True]
+    plain = TrainConfig(**TINY)
+    assert all(type(training._is_log_epoch(plain, e)) is bool for e in range(7))
+    assert training._is_measure_epoch(plain, 7) is True
+    assert training._is_measure_epoch(config, 4) is False
+    assert training._is_measure_epoch(config, config.epochs) is True

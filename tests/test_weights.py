@@ -15,10 +15,12 @@ from tl_grokking.analysis.weights import (
     W_neur,
     embed_fourier_norms,
     fourier_norms,
+    frequency_mass_count,
     norms_by_frequency,
     unembed_fourier_norms,
 )
-from tl_grokking.data.tasks import ModularAddition
+from tl_grokking.data.discrete_log import discrete_log_table
+from tl_grokking.data.tasks import ModularAddition, make_task
 from tl_grokking.model.transformer import IncompatibleModelError, ModelConfig, make_model
 
 P = 11
@@ -150,6 +152,54 @@ def test_model_fourier_norms(model):
     torch.testing.assert_close(
         embed_fourier_norms(model).square().sum(), W_E(model).double().square().sum()
     )
+
+
+def brute_norms(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Norm of each cos-first basis row's coefficients of ``x`` ([n, ...]), written out."""
+    rows = []
+    for k in range(n // 2 + 1):
+        for fn in (math.cos, math.sin):
+            if fn is math.sin and (k == 0 or 2 * k == n):
+                continue
+            v = torch.tensor([fn(2 * math.pi * k * t / n) for t in range(n)]).double()
+            rows.append(v / v.norm())
+    return torch.stack([(r @ x.double().reshape(n, -1)).norm() for r in rows])
+
+
+@pytest.mark.parametrize("name", ["add", "sub", "mul", "div", "x2+y2"])
+def test_fourier_norms_in_the_coordinates_of_the_task(model, name):
+    """reindex=None: the task's group order (discrete-log order over Z_10 for × and ÷, token 0
+    dropped); False: token order over Z_11; True: the group order, refused without a group."""
+    task = make_task(name, P)
+    WE, WL = W_E(model), W_L(model)
+    exp, _ = discrete_log_table(P)
+    group = exp if name in ("mul", "div") else torch.arange(P)
+    natural = group if task.fourier_structure is not None else torch.arange(P)
+    n = natural.shape[0]
+    torch.testing.assert_close(embed_fourier_norms(model, task), brute_norms(WE[natural], n))
+    torch.testing.assert_close(unembed_fourier_norms(model, task), brute_norms(WL[:, natural].T, n))
+    torch.testing.assert_close(embed_fourier_norms(model, task, reindex=False), brute_norms(WE, P))
+    torch.testing.assert_close(
+        unembed_fourier_norms(model, task, reindex=False), brute_norms(WL.T, P)
+    )
+    if task.fourier_structure is None:
+        with pytest.raises(ValueError, match="Fourier norms of W_E.*'x2\\+y2'"):
+            embed_fourier_norms(model, task, reindex=True)
+    else:
+        torch.testing.assert_close(
+            embed_fourier_norms(model, task, reindex=True), embed_fourier_norms(model, task)
+        )
+
+
+def test_frequency_mass_count_closed_form(unchecked_types):
+    norms = torch.tensor([3.0, 4.0, 0.0, 0.0])  # energies 9, 16: 64 % in one, 100 % in two
+    assert frequency_mass_count(norms, 0.6) == 1
+    assert frequency_mass_count(norms, 0.64) == 1
+    assert frequency_mass_count(norms, 0.9) == 2
+    assert frequency_mass_count(torch.ones(5), 1.0) == 5
+    for bad in (0.0, 1.5, "0.9", True):
+        with unchecked_types(), pytest.raises(ValueError, match="mass"):
+            frequency_mass_count(norms, bad)
 
 
 def test_incompatible_model_is_rejected():

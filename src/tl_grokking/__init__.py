@@ -23,18 +23,18 @@ _EXPORTS: dict[str, str] = {
     "make_task": "tl_grokking.data.tasks",
     "make_custom_task": "tl_grokking.data.tasks",
     # model: the TransformerLens seam
-    "ModelConfig": "tl_grokking.model.transformer",
+    "ModelConfig": "tl_grokking.model.config",
     "make_model": "tl_grokking.model.transformer",
     # runs: run directories and checkpoints of every format
     "load_checkpoint": "tl_grokking.runs.checkpoints",
     "load_run": "tl_grokking.runs.checkpoints",
     # training
-    "TrainConfig": "tl_grokking.training.trainer",
+    "TrainConfig": "tl_grokking.training.config",
     "train_model": "tl_grokking.training.trainer",
     # analysis
     "fourier_basis": "tl_grokking.analysis.fourier",
-    "grid_activations": "tl_grokking.analysis.hooks",
-    "evaluate_model": "tl_grokking.analysis.hooks",
+    "grid_activations": "tl_grokking.analysis.grid",
+    "evaluate_model": "tl_grokking.analysis.grid",
     "fourier_ablate": "tl_grokking.analysis.hooks",
     "zero_ablate": "tl_grokking.analysis.hooks",
     "mean_ablate": "tl_grokking.analysis.hooks",
@@ -94,13 +94,8 @@ if TYPE_CHECKING:  # what a type checker and an IDE see; at run time __getattr__
     from tl_grokking.analysis.circuits import key_frequencies, neuron_clusters
     from tl_grokking.analysis.clock_pizza import classify_clock_pizza
     from tl_grokking.analysis.fourier import fourier_basis
-    from tl_grokking.analysis.hooks import (
-        evaluate_model,
-        fourier_ablate,
-        grid_activations,
-        mean_ablate,
-        zero_ablate,
-    )
+    from tl_grokking.analysis.grid import evaluate_model, grid_activations
+    from tl_grokking.analysis.hooks import fourier_ablate, mean_ablate, zero_ablate
     from tl_grokking.analysis.logits import (
         excluded_logits,
         restricted_logits,
@@ -111,9 +106,11 @@ if TYPE_CHECKING:  # what a type checker and an IDE see; at run time __getattr__
     from tl_grokking.analysis.weights import embed_fourier_norms, unembed_fourier_norms
     from tl_grokking.data.tasks import ModularAddition, Task, make_custom_task, make_task
     from tl_grokking.figures.report import write_report
-    from tl_grokking.model.transformer import ModelConfig, make_model
+    from tl_grokking.model.config import ModelConfig
+    from tl_grokking.model.transformer import make_model
     from tl_grokking.runs.checkpoints import load_checkpoint, load_run
-    from tl_grokking.training.trainer import TrainConfig, train_model
+    from tl_grokking.training.config import TrainConfig
+    from tl_grokking.training.trainer import train_model
 
 
 def __getattr__(name: str) -> Any:

@@ -27,13 +27,16 @@ Two metrics (their Definitions 4.1 and 4.2), computed here from their definition
   paper's clock: 0.85), pizza small (their pizza: 0.17; the paper's bands are pizza ∈ [0, 0.4],
   clock ∈ [0.4, 1]).
 
-:func:`classify_clock_pizza` applies both thresholds (``s_g ≥ 0.98`` and ``q < 0.4`` → pizza; ``s_g < 0.98``
-and ``q ≥ 0.4`` → clock) and reports ``"ambiguous"`` when the two metrics disagree, which
-happens for intermediate attention rates and narrow models; the numbers are always returned.
+:func:`classify_clock_pizza` applies both thresholds (``s_g ≥ 0.98`` and ``q < 0.4`` → pizza;
+``s_g < 0.98`` and ``q ≥ 0.4`` → clock) and reports ``"ambiguous"`` when the two metrics
+disagree, which happens for intermediate attention rates and narrow models; the numbers are
+always returned.
 
 The metrics are defined for commutative group tasks (``add``; ``mul`` in discrete-log
-coordinates, where the "distance" is ``log b - log a``). Note that a model with attn_rate 0 is
-an exactly symmetric function of its two operands and so cannot learn a non-commutative task.
+coordinates, where the "distance" is ``log b - log a``): capability ``"clock_pizza"`` of
+:meth:`~tl_grokking.data.tasks.Task.require`; other tasks raise ``ValueError``. Note that a
+model with attn_rate 0 is an exactly symmetric function of its two operands and so cannot learn
+a non-commutative task.
 """
 
 from __future__ import annotations
@@ -46,9 +49,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from tl_grokking.analysis.grid import resolve_task
 from tl_grokking.data.discrete_log import reindexed_tokens
-from tl_grokking.data.tasks import Task, make_task
-from tl_grokking.model.transformer import check_compatible, config_from_model, model_attn_rate
+from tl_grokking.data.tasks import Task
+from tl_grokking.model.transformer import model_attn_rate
 
 __all__ = [
     "gradient_symmetricity",
@@ -66,21 +70,6 @@ GRADIENT_SYMMETRICITY_THRESHOLD = 0.98
 #: ``q`` below this is pizza-like (the paper's bands: pizza [0, 0.4], clock [0.4, 1]).
 DISTANCE_IRRELEVANCE_THRESHOLD = 0.4
 EMBED_HOOK = "hook_embed"
-
-
-def _resolve_task(model: HookedTransformer, task: Task | None, metric: str) -> Task:
-    if task is None:
-        task = make_task("add", config_from_model(model).p)
-    if not isinstance(task, Task):
-        raise ValueError(f"task must be a tl_grokking Task or None, got {type(task).__name__}")
-    check_compatible(model, task)
-    task.require_structure("additive", "multiplicative", analysis=metric)
-    if not task.commutative or task.operand_signs != (1, 1):
-        raise ValueError(
-            f"{metric} is defined for commutative group tasks (add, mul); task {task.name!r} "
-            f"is not commutative"
-        )
-    return task
 
 
 def _sample_triples(task: Task, n_samples: int, seed: int) -> Int[Tensor, "n_samples 3"]:
@@ -111,7 +100,7 @@ def gradient_symmetricity(
     embedding is added) at positions 0 and 1; the model's parameters and their ``.grad`` are
     untouched. Works under ``torch.no_grad`` (e.g. in training callbacks).
     """
-    task = _resolve_task(model, task, "gradient symmetricity")
+    task = resolve_task(model, task, needs="clock_pizza", analysis="gradient symmetricity")
     if triples is None:
         triples = _sample_triples(task, n_samples, seed)
     triples = torch.as_tensor(triples, dtype=torch.long)
@@ -126,7 +115,7 @@ def gradient_symmetricity(
 
     captured: list[Tensor] = []
 
-    def make_leaf(embed: Float[Tensor, "batch pos d_model"], hook) -> Tensor:
+    def make_leaf(embed: Float[Tensor, "batch pos d_model"], hook: object) -> Tensor:
         leaf = embed.detach().requires_grad_(True)
         captured.append(leaf)
         return leaf
@@ -142,7 +131,7 @@ def gradient_symmetricity(
 def correct_logit_grid(model: HookedTransformer, task: Task | None = None) -> Float[Tensor, "n n"]:
     """``L[i, j]``: the final-position logit of the correct answer for operands
     ``(order[i], order[j])``, ``order = task.fourier_tokens()`` (the p×p grid (a, b) for add)."""
-    task = _resolve_task(model, task, "the correct-logit grid")
+    task = resolve_task(model, task, needs="clock_pizza", analysis="the correct-logit grid")
     tokens = reindexed_tokens(task).to(model.W_E.device)
     labels = task.label(tokens[:, 0], tokens[:, 1])
     with torch.no_grad():

@@ -1,10 +1,10 @@
 """The Fourier basis over Z_n and transforms of token-indexed and grid-indexed tensors.
 
-Conventions (PAPER_NOTES §4): a real orthonormal basis whose rows are, in order,
-``[const, cos 1, sin 1, cos 2, sin 2, ...]``, each divided by its own norm
-(``const = 1/sqrt(n)``, the others ``sqrt(2/n) cos/sin(2 pi k x / n)``).  For odd n that is n
+Conventions (Nanda et al. 2023; ``docs/analysis.md``): a real orthonormal basis whose rows are, in
+order, ``[const, cos 1, sin 1, cos 2, sin 2, ...]``, each divided by its own norm
+(``const = 1/sqrt(n)``, the others ``sqrt(2/n) cos/sin(2 pi k x / n)``). For odd n that is n
 rows; for even n (e.g. n = p - 1 after the discrete-log re-indexing of ×) the last row is the
-Nyquist cosine ``cos(pi x) / sqrt(n)``.  ``F @ F.T = I``.
+Nyquist cosine ``cos(pi x) / sqrt(n)``. ``F @ F.T = I``. Frequencies are ``k = 1 .. n // 2``.
 
 * 1-D transform of anything indexed by a token along ``dim``: contract with ``F`` on that axis.
 * 2-D transform of anything on the (a, b) grid: ``F X F^T`` over the two leading grid axes,
@@ -18,11 +18,16 @@ Projections onto sets of frequencies (all batched, ``mode="keep"`` or ``"remove"
 * :func:`project_grid` — over the p² grid: ``basis="sum"`` (the 2|K| sum directions),
   ``"block"`` (the union of the 3×3 blocks ``{const, cos k, sin k}²``) or ``"product"`` (every
   2-D component whose two frequencies lie in ``K ∪ {0}``; keeping all of them is the identity).
-* :func:`block_fve` — per column of a grid-indexed tensor, the fraction of its (centred) energy
-  in the 3×3 block of each frequency (the neuron-cluster statistic of §6).
+* :class:`SumProjection` — the projection ``P_K`` onto the sum directions with the directions
+  built once: the one implementation of the restricted logits ``P_K(L) + mean(L)`` and the
+  excluded logits ``L - P_K(L)`` (used by ``project_grid``, ``logits``, ``ablations`` and
+  ``progress``).
+* :func:`block_fve` — per column of a tensor on the n×n grid, the fraction of its (centred)
+  energy in the 3×3 block of each frequency (the neuron-cluster statistic).
 
-The model-level analyses built on these (key frequencies, neuron clusters) are at the end of this
-module.
+This module is pure linear algebra on tensors (no model, no task): the analyses built on it
+live in :mod:`tl_grokking.analysis.weights` (Fourier norms of the weights) and
+:mod:`tl_grokking.analysis.circuits` (neuron clusters, key frequencies).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from fancy_einsum import einsum
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 __all__ = [
@@ -47,7 +52,7 @@ __all__ = [
     "to_grid",
     "from_grid",
     "sum_directions",
-    "project_onto_sum_directions",
+    "SumProjection",
     "validate_freqs",
     "validate_mode",
     "project_1d",
@@ -125,30 +130,30 @@ def freq_rows(freqs: Iterable[int], n: int, *, include_const: bool = False) -> l
     return rows
 
 
-def _basis_like(x: Tensor, n: int) -> Tensor:
+def _basis_like(x: Tensor, n: int) -> Float[Tensor, "n n"]:
     dtype = x.dtype if x.is_floating_point() else torch.float32
     return fourier_basis(n, dtype=dtype, device=x.device)[0]
 
 
-def fourier_transform(x: Tensor, dim: int = 0) -> Tensor:
+def fourier_transform(x: Float[Tensor, "..."], dim: int = 0) -> Float[Tensor, "..."]:
     """Coefficients of ``x`` in the Fourier basis along ``dim`` (``F @ x`` on that axis)."""
     n = x.shape[dim]
     basis = _basis_like(x, n)
     moved = x.movedim(dim, 0).to(basis.dtype)
-    out = torch.tensordot(basis, moved, dims=([1], [0]))
+    out = torch.tensordot(basis, moved, dims=1)
     return out.movedim(0, dim)
 
 
-def inverse_fourier_transform(x: Tensor, dim: int = 0) -> Tensor:
+def inverse_fourier_transform(x: Float[Tensor, "..."], dim: int = 0) -> Float[Tensor, "..."]:
     """Inverse of :func:`fourier_transform` (``F^T @ x`` on ``dim``)."""
     n = x.shape[dim]
     basis = _basis_like(x, n)
     moved = x.movedim(dim, 0).to(basis.dtype)
-    out = torch.tensordot(basis.T, moved, dims=([1], [0]))
+    out = torch.tensordot(basis.T, moved, dims=1)
     return out.movedim(0, dim)
 
 
-def to_grid(x: Tensor, p: int) -> Tensor:
+def to_grid(x: Float[Tensor, "p_sq ..."], p: int) -> Float[Tensor, "p p ..."]:
     """Reshape ``[p*p, ...]`` (lexicographic rows ``a*p + b``) to ``[p, p, ...]`` (a, b)."""
     if x.shape[0] != p * p:
         raise ValueError(
@@ -158,7 +163,7 @@ def to_grid(x: Tensor, p: int) -> Tensor:
     return x.reshape(p, p, *x.shape[1:])
 
 
-def from_grid(x: Tensor) -> Tensor:
+def from_grid(x: Float[Tensor, "p p ..."]) -> Float[Tensor, "p_sq ..."]:
     """Inverse of :func:`to_grid`: ``[p, p, ...] -> [p*p, ...]``."""
     return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
 
@@ -200,20 +205,105 @@ def sum_directions(
     return dirs.to(dtype=dtype, device=device)
 
 
-def project_onto_sum_directions(
-    x: Float[Tensor, "p_sq ..."], p: int, freqs: Sequence[int]
-) -> Float[Tensor, "p_sq ..."]:
-    """Orthogonal projection of a grid-indexed tensor onto the sum directions of ``freqs``.
+class SumProjection:
+    """``P_K``: the orthogonal projection of grid-indexed tensors onto the sum directions of K.
 
-    ``x`` has a leading axis of p² inputs in lexicographic order; trailing axes are batched
-    (e.g. output classes). This is ``P_K`` of the restricted / excluded losses (§7).
+    Holds the ``2|K|`` unit directions ``[cos k1, sin k1, cos k2, ...]`` of :func:`sum_directions`
+    (one row for a Nyquist k), built once, so that each use is one ``[2|K|, p²] @ [p², C]``
+    matmul for the coefficients plus one fused ``addmm`` per result — never a p² × p² projector
+    or a p³ cube. Inputs are ``[p², C]`` (leading axis the lexicographic grid, e.g. the logits of
+    all inputs, ``C`` the classes) and are cast to ``dtype``.
+
+    * :meth:`restricted` — ``P_K(x) + mean_inputs(x)`` (the paper's restricted logits);
+    * :meth:`excluded` — ``x - P_K(x)`` on ``rows`` (the excluded logits, measured on the
+      training pairs), or with one frequency's directions only (``freq=k``);
+    * :meth:`project` — ``P_K(x)``.
+
+    ``rows`` (row indices into the grid, default all) are the rows :meth:`excluded` returns;
+    their slice of the directions is cached as well.
     """
-    if x.shape[0] != p * p:
-        raise ValueError(f"expected a leading axis of p*p = {p * p} inputs, got {tuple(x.shape)}")
-    dirs = sum_directions(p, freqs, dtype=x.dtype, device=x.device)
-    flat = x.reshape(p * p, -1)
-    proj = dirs.T @ (dirs @ flat)
-    return proj.reshape(x.shape)
+
+    def __init__(
+        self,
+        p: int,
+        freqs: Iterable[int],
+        *,
+        rows: Int[Tensor, " n_rows"] | None = None,
+        dtype: torch.dtype = torch.float64,
+        device: str | torch.device = "cpu",
+        field: str = "freqs",
+    ) -> None:
+        self.p = p
+        self.freqs = validate_freqs(freqs, p, field=field)
+        #: ``[n_dirs, p²]`` unit sum directions; rows of frequency k: ``self.freq_slices[k]``.
+        self.dirs = sum_directions(p, self.freqs, dtype=dtype, device=device)
+        self.freq_slices: dict[int, slice] = {}
+        start = 0
+        for k in self.freqs:
+            width = 1 if 2 * k == p else 2
+            self.freq_slices[k] = slice(start, start + width)
+            start += width
+        if rows is None:
+            self.rows = None
+            self.dirs_rows = self.dirs
+        else:
+            self.rows = torch.as_tensor(rows, dtype=torch.long, device=self.dirs.device)
+            if self.rows.ndim != 1 or bool(((self.rows < 0) | (self.rows >= p * p)).any()):
+                raise ValueError(f"rows must be a 1-D tensor of row indices in 0..{p * p - 1}")
+            self.dirs_rows = self.dirs[:, self.rows].contiguous()
+
+    def _check(self, x: Float[Tensor, "p_sq c"]) -> Float[Tensor, "p_sq c"]:
+        if x.ndim != 2 or x.shape[0] != self.p * self.p:
+            raise ValueError(
+                f"x must be a [p², C] = [{self.p * self.p}, C] tensor over the grid, "
+                f"got shape {tuple(x.shape)}"
+            )
+        return x.to(self.dirs.dtype)
+
+    def coefficients(self, x: Float[Tensor, "p_sq c"]) -> Float[Tensor, "n_dirs c"]:
+        """Each column's components along the sum directions (``dirs @ x``)."""
+        return self.dirs @ self._check(x)
+
+    def project(
+        self, x: Float[Tensor, "p_sq c"], coeffs: Float[Tensor, "n_dirs c"] | None = None
+    ) -> Float[Tensor, "p_sq c"]:
+        """``P_K(x)``; ``coeffs`` (from :meth:`coefficients`) skip that matmul."""
+        coeffs = self.coefficients(x) if coeffs is None else coeffs
+        return self.dirs.T @ coeffs
+
+    def restricted(
+        self, x: Float[Tensor, "p_sq c"], coeffs: Float[Tensor, "n_dirs c"] | None = None
+    ) -> Float[Tensor, "p_sq c"]:
+        """``P_K(x) + mean over inputs of x``: the key sum components and each column's mean."""
+        x = self._check(x)
+        coeffs = self.coefficients(x) if coeffs is None else coeffs
+        return torch.addmm(x.mean(dim=0, keepdim=True), self.dirs.T, coeffs)
+
+    def excluded(
+        self,
+        x: Float[Tensor, "p_sq c"],
+        coeffs: Float[Tensor, "n_dirs c"] | None = None,
+        *,
+        freq: int | None = None,
+        x_rows: Float[Tensor, "n_rows c"] | None = None,
+    ) -> Float[Tensor, "n_rows c"]:
+        """``x - P_K(x)`` on :attr:`rows` (no mean correction); with ``freq=k`` only the
+        directions of k are removed (k must be one of :attr:`freqs`). ``x_rows`` (from
+        :meth:`on_rows`) saves gathering the rows again when called for several ``freq``."""
+        x = self._check(x)
+        coeffs = self.coefficients(x) if coeffs is None else coeffs
+        sel = slice(None)
+        if freq is not None:
+            if freq not in self.freq_slices:
+                raise ValueError(f"freq must be one of {self.freqs}, got {freq!r}")
+            sel = self.freq_slices[freq]
+        x_rows = self.on_rows(x) if x_rows is None else x_rows.to(self.dirs.dtype)
+        return torch.addmm(x_rows, self.dirs_rows[sel].T, coeffs[sel], alpha=-1)
+
+    def on_rows(self, x: Float[Tensor, "p_sq c"]) -> Float[Tensor, "n_rows c"]:
+        """``x`` restricted to :attr:`rows` (all of it when ``rows`` is None)."""
+        x = self._check(x)
+        return x if self.rows is None else x[self.rows]
 
 
 # ---- projections onto sets of frequencies ---------------------------------------------------
@@ -233,13 +323,13 @@ def _const_selected(mode: str, include_const: bool | None) -> bool:
 
 
 def project_1d(
-    x: Tensor,
+    x: Float[Tensor, "..."],
     freqs: Iterable[int],
     *,
     dim: int = 0,
     mode: str = "keep",
     include_const: bool | None = None,
-) -> Tensor:
+) -> Float[Tensor, "..."]:
     """Keep or remove the cos/sin components of ``freqs`` along one token axis ``dim``.
 
     ``include_const`` says whether the constant component is among the selected ones
@@ -259,7 +349,7 @@ def project_1d(
 
 def grid_mask(
     p: int, freqs: Iterable[int], *, basis: str = "block", include_const: bool = True
-) -> torch.Tensor:
+) -> Bool[Tensor, "p p"]:
     """Boolean ``[p, p]`` mask of the selected 2-D Fourier components (rows a, columns b).
 
     ``basis="block"``: the union over k in ``freqs`` of the 3×3 blocks
@@ -295,10 +385,10 @@ def project_grid(
     """Keep or remove Fourier components of a grid-indexed tensor (leading axis p², lexicographic).
 
     ``basis`` (see :func:`grid_mask`): ``"sum"`` projects onto the sum directions
-    ``cos/sin(w_k(a+b))`` (P_K of §7); ``"block"`` onto the union of the 3×3 blocks;
-    ``"product"`` onto all products of kept frequencies. ``include_const``: whether the grid
-    mean (the constant direction) is among the selected components (default: selected when
-    keeping, not when removing). Trailing axes are batched (neurons, classes, d_model).
+    ``cos/sin(w_k(a+b))`` (``P_K``, :class:`SumProjection`); ``"block"`` onto the union of the
+    3×3 blocks; ``"product"`` onto all products of kept frequencies. ``include_const``: whether
+    the grid mean (the constant direction) is among the selected components (default: selected
+    when keeping, not when removing). Trailing axes are batched (neurons, classes, d_model).
     """
     validate_mode(mode)
     if basis not in GRID_BASES:
@@ -309,10 +399,8 @@ def project_grid(
     dtype = x.dtype if x.is_floating_point() else torch.float32
     flat = x.reshape(p * p, -1).to(dtype)
     if basis == "sum":
-        dirs = sum_directions(p, freqs, dtype=dtype, device=x.device)
-        kept = dirs.T @ (dirs @ flat)
-        if const:
-            kept = kept + flat.mean(dim=0, keepdim=True)
+        proj = SumProjection(p, freqs, dtype=dtype, device=x.device)
+        kept = proj.restricted(flat) if const else proj.project(flat)
     else:
         # Only the rows R = {const} ∪ rows(freqs) of the basis take part: coefficients
         # C = F_R X F_R^T ([r, r, n]), masked, mapped back with F_R^T C F_R: O(r p² n) for
@@ -328,30 +416,37 @@ def project_grid(
     return out.reshape(x.shape)
 
 
-def block_fve(x: Float[Tensor, "p_sq ..."], p: int) -> Float[Tensor, "n_freqs ..."]:
-    """Fraction of each column's centred energy in the 3×3 block of each frequency (§6).
+def block_fve(x: Float[Tensor, "n_sq ..."], n: int) -> Float[Tensor, "n_freqs ..."]:
+    """Fraction of each column's centred energy in the 3×3 block of each frequency.
 
-    For every trailing index (e.g. a neuron), subtract its mean over the p² grid, 2-D transform
-    and return ``energy in {const, cos k, sin k}² / total energy`` for k = 1 .. p // 2 (row
-    ``k - 1``). A column with zero variance gets 0 for every k.
+    ``x`` is indexed by the n×n grid (leading axis ``n²``, row ``i * n + j``: the lexicographic
+    p² grid, or the group grid of :func:`tl_grokking.data.discrete_log.reindexed_tokens`). For
+    every trailing index (e.g. a neuron), subtract its mean over the grid, 2-D transform with the
+    size-n basis and return ``energy in {const, cos k, sin k}² / total energy`` for
+    k = 1 .. n // 2 (row ``k - 1``; for the Nyquist k of even n the block is
+    ``{const, cos k}²``). A column with zero variance gets 0 for every k. This is the
+    neuron-cluster statistic of Nanda et al. (2023).
     """
-    if x.shape[0] != p * p:
-        raise ValueError(f"expected a leading axis of p*p = {p * p} inputs, got {tuple(x.shape)}")
+    if x.shape[0] != n * n:
+        raise ValueError(f"expected a leading axis of n*n = {n * n} inputs, got {tuple(x.shape)}")
     dtype = x.dtype if x.is_floating_point() else torch.float32
-    flat = x.reshape(p * p, -1).to(dtype)
+    flat = x.reshape(n * n, -1).to(dtype)
     centred = flat - flat.mean(dim=0, keepdim=True)
-    basis = fourier_basis(p, dtype=dtype, device=x.device)[0]
-    half = fourier_transform(to_grid(centred, p), dim=0)  # [i, b, n]: transformed along a only
+    basis = fourier_basis(n, dtype=dtype, device=x.device)[0]
+    half = fourier_transform(to_grid(centred, n), dim=0)  # [i, b, col]: transformed along a only
     total = centred.square().sum(dim=0)  # Parseval: the energy of all 2-D coefficients
-    freqs = torch.tensor(frequencies(p), device=x.device)
+    freqs = torch.tensor(frequencies(n), device=x.device)
     cos_idx = 2 * freqs - 1
-    has_sin = (2 * freqs != p).to(dtype)[:, None]
-    sin_idx = torch.where(2 * freqs != p, 2 * freqs, cos_idx)
+    has_sin = (2 * freqs != n).to(dtype)[:, None]
+    sin_idx = torch.where(2 * freqs != n, 2 * freqs, cos_idx)
 
-    def coeff(i: Tensor, j: Tensor) -> Tensor:  # 2-D coefficients C[i[k], j[k]] → [n_freqs, n]
-        return einsum("k b n, k b -> k n", half[i], basis[j])
+    # 2-D coefficients C[i[k], j[k]] for each frequency k → [n_freqs, col]
+    def coeff(
+        i: Int[Tensor, " n_freqs"], j: Int[Tensor, " n_freqs"]
+    ) -> Float[Tensor, "n_freqs col"]:
+        return einsum("k b col, k b -> k col", half[i], basis[j])
 
-    col0 = half.sum(dim=1) / math.sqrt(p)  # C[i, const] for every row i
+    col0 = half.sum(dim=1) / math.sqrt(n)  # C[i, const] for every row i
     row0 = basis @ half[0]  # C[const, j] for every column j
     edges = row0[cos_idx].square() + has_sin * row0[sin_idx].square()
     edges = edges + col0[cos_idx].square() + has_sin * col0[sin_idx].square()
@@ -360,6 +455,6 @@ def block_fve(x: Float[Tensor, "p_sq ..."], p: int) -> Float[Tensor, "n_freqs ..
         + coeff(sin_idx, cos_idx).square()
         + coeff(sin_idx, sin_idx).square()
     )
-    block = edges + inner  # [n_freqs, n]; const ⊗ const is zero after centring
+    block = edges + inner  # [n_freqs, col]; const ⊗ const is zero after centring
     fve = torch.where(total > 0, block / total.clamp_min(torch.finfo(dtype).tiny), 0.0)
     return fve.reshape(len(freqs), *x.shape[1:])

@@ -1,8 +1,10 @@
-"""Hooks for Fourier ablations, activations over the input grid, and evaluation under hooks.
+"""Hook factories: Fourier ablations, zero / mean ablation and the canonical-grid guard.
 
 Every hook factory returns a list of ``(hook_name, hook_fn)`` pairs, so it composes with the
 TransformerLens idioms ``model.run_with_hooks(tokens, fwd_hooks=hooks)`` and
-``with model.hooks(fwd_hooks=hooks): ...``; lists concatenate (``a + b``).
+``with model.hooks(fwd_hooks=hooks): ...``; lists concatenate (``a + b``). Sites are named as in
+:data:`~tl_grokking.analysis.grid.SITES` (``"embed"``, ``"mlp_post"``, ``"logits"``, ...) or by
+raw hook name.
 
 Two kinds of Fourier ablation (Nanda et al. 2023, "ablations in Fourier space"):
 
@@ -14,6 +16,10 @@ Two kinds of Fourier ablation (Nanda et al. 2023, "ablations in Fourier space"):
   p² inputs: ``basis="sum"`` (the sum directions ``cos/sin(w_k(a+b))``), ``"block"`` (3×3 blocks
   ``{const, cos k, sin k}²``) or ``"product"``. This needs the whole grid in one batch, in the
   canonical lexicographic order (``task.tokens()``); a guard hook on ``hook_embed`` checks it.
+
+The model over the grid (:func:`grid_activations`, :func:`evaluate_model`, :func:`resolve_task`,
+:func:`grid_tokens`, :data:`SITES`, :func:`resolve_site`) lives in
+:mod:`tl_grokking.analysis.grid`; those names are re-exported here.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
@@ -32,171 +38,36 @@ from tl_grokking.analysis.fourier import (
     validate_freqs,
     validate_mode,
 )
-from tl_grokking.data.tasks import ModularAddition, Task
-from tl_grokking.model.transformer import check_compatible
+from tl_grokking.analysis.grid import (
+    SITES,
+    evaluate_model,
+    grid_activations,
+    grid_tokens,
+    resolve_site,
+    resolve_task,
+)
+from tl_grokking.data.tasks import Task
 
 __all__ = [
-    "SITES",
-    "resolve_site",
-    "resolve_task",
-    "require_analysis",
-    "grid_tokens",
-    "grid_activations",
+    "HookList",
     "fourier_ablate",
     "grid_guard",
     "grid_fn_hook",
     "zero_ablate",
     "mean_ablate",
+    # re-exported from tl_grokking.analysis.grid
+    "SITES",
+    "resolve_site",
+    "resolve_task",
+    "grid_tokens",
+    "grid_activations",
     "evaluate_model",
 ]
 
 HookList = list[tuple[str, Callable]]
-
-#: Friendly site names accepted by ``where`` → TransformerLens hook names.
-SITES: dict[str, str] = {
-    "embed": "hook_embed",
-    "resid_pre": "blocks.0.hook_resid_pre",
-    "attn_z": "blocks.0.attn.hook_z",
-    "attn_out": "blocks.0.hook_attn_out",
-    "resid_mid": "blocks.0.hook_resid_mid",
-    "mlp_pre": "blocks.0.mlp.hook_pre",
-    "mlp_post": "blocks.0.mlp.hook_post",
-    "mlp_out": "blocks.0.hook_mlp_out",
-    "resid_post": "blocks.0.hook_resid_post",
-    "logits": "unembed.hook_out",
-}
-
-# Hook points whose activation is not laid out as [batch, pos, ...].
-_NOT_BATCH_POS = ("hook_attn_scores", "hook_pattern")
-
-
-def resolve_site(model: HookedTransformer, where: str) -> str:
-    """Map a friendly site name or a raw hook name to the hook name; ``ValueError`` if unknown."""
-    name = SITES.get(where, where)
-    if not isinstance(name, str) or name not in model.hook_dict:
-        raise ValueError(
-            f"where must be one of {sorted(SITES)} or a hook name of the model "
-            f"(e.g. 'blocks.0.mlp.hook_post'), got {where!r}"
-        )
-    if name.endswith(_NOT_BATCH_POS):
-        raise ValueError(
-            f"where={where!r}: attention scores/patterns are [batch, head, query, key]; "
-            "ablate 'blocks.0.attn.hook_z' or 'attn_out' instead"
-        )
-    return name
-
-
-#: What each capability of ``Task.meaningful_analyses`` needs, for error messages.
-_CAPABILITY_NEEDS: dict[str, str] = {
-    "training": "nothing beyond the task",
-    "group_fourier": "a task with a known group structure (fourier_structure 'additive' or "
-    "'multiplicative')",
-    "token_fourier": "an additive task on the full p² grid (Fourier basis indexed by the tokens: "
-    "'add', 'sub')",
-    "sum_directions": "the a + b sum directions cos/sin(w_k(a + b)), i.e. the task 'add'",
-    "clock_pizza": "a commutative group task ('add', 'mul')",
-}
-
-
-def _instead(task: Task, capability: str) -> str:
-    """What to use instead of an analysis that needs ``capability`` on ``task``."""
-    if task.fourier_structure == "multiplicative":
-        return (
-            "use the discrete-log re-indexed analyses of tl_grokking.data.discrete_log "
-            "(reindexed_key_frequencies, reindexed_neuron_clusters, reindexed_embed_norms, "
-            "reindexed_unembed_norms)"
-        )
-    if task.fourier_structure == "additive" and capability == "sum_directions":
-        return (
-            "the token-order Fourier analyses still apply (key_frequencies, neuron_clusters, "
-            "fourier_ablate on 'embed'); the restricted / excluded losses and the trig logit "
-            "decomposition are defined only for a + b"
-        )
-    return "only the structure-free measures apply (losses, accuracy, weight norm, Gini)"
-
-
-def require_analysis(task: Task, capability: str, analysis: str) -> None:
-    """Raise ``ValueError`` unless ``capability`` is in ``task.meaningful_analyses``.
-
-    The one gate every analysis of this library goes through: ``capability`` is a name of
-    :attr:`Task.meaningful_analyses` (``"token_fourier"``, ``"sum_directions"``, ...),
-    ``analysis`` the name of the analysis for the message, which also names the task and says
-    what to use instead.
-    """
-    if capability not in _CAPABILITY_NEEDS:
-        raise ValueError(
-            f"capability must be one of {sorted(_CAPABILITY_NEEDS)}, got {capability!r}"
-        )
-    if capability not in task.meaningful_analyses:
-        raise ValueError(
-            f"cannot compute {analysis} for task {task.name!r} (p = {task.p}): not meaningful, "
-            f"it needs {_CAPABILITY_NEEDS[capability]}; {_instead(task, capability)}"
-        )
-
-
-def _require_full_grid(task: Task, analysis: str) -> None:
-    if not task.is_full_grid:
-        raise ValueError(
-            f"{analysis} needs every pair (a, b) of the p² grid; task {task.name!r} is defined "
-            f"on {task.pairs().shape[0]} pairs only"
-        )
-
-
-def resolve_task(
-    model: HookedTransformer,
-    task: Task | None = None,
-    *,
-    needs: str | None = "token_fourier",
-    analysis: str = "token-order Fourier analysis (key frequencies, neuron clusters)",
-) -> Task:
-    """The task to analyse: ``task`` (checked against the model) or modular addition mod p.
-
-    ``needs`` is the capability of :attr:`Task.meaningful_analyses` the caller's analysis
-    requires (checked by :func:`require_analysis`, the message naming ``analysis``); ``None``
-    accepts every task.
-    """
-    check_compatible(model, task)
-    if task is None:
-        task = ModularAddition(model.cfg.d_vocab - 1)
-    if needs is not None:
-        require_analysis(task, needs, analysis)
-    return task
-
-
-def grid_tokens(model: HookedTransformer, task: Task | None = None) -> Int[Tensor, "p_sq 3"]:
-    """All p² inputs ``[a, b, =]`` in canonical (lexicographic) order, on the model's device.
-
-    Any task on the full grid is accepted (the grid itself needs no group structure)."""
-    task = resolve_task(model, task, needs=None)
-    _require_full_grid(task, "activations over the (a, b) grid")
-    return task.tokens().to(model.cfg.device)
-
-
-@torch.no_grad()
-def grid_activations(
-    model: HookedTransformer,
-    task: Task | None = None,
-    names: str | Sequence[str] = ("blocks.0.mlp.hook_post",),
-    *,
-    fwd_hooks: Iterable[tuple[str, Callable]] = (),
-) -> dict[str, Tensor]:
-    """Final-position activations over the whole grid, by hook name, from one forward pass.
-
-    ``names`` are hook names or friendly site names (see :data:`SITES`); the result is keyed by
-    hook name, each ``[p², ...]`` (the position axis dropped; rows ``a * p + b``). Extra
-    ``fwd_hooks`` (e.g. an ablation) run before the activations are recorded.
-    """
-    if isinstance(names, str):
-        names = [names]
-    hook_names = [resolve_site(model, n) for n in names]
-    cache: dict[str, Tensor] = {}
-
-    def record(act: Tensor, hook) -> None:
-        cache[hook.name] = act[:, -1].detach().clone()
-
-    hooks = list(fwd_hooks) + [(n, record) for n in dict.fromkeys(hook_names)]
-    model.run_with_hooks(grid_tokens(model, task), fwd_hooks=hooks)
-    return {n: cache[n] for n in hook_names}
+#: Entries of an activation's last axis (e.g. neurons): an index, a list or tensor of indices,
+#: a boolean mask, or ``None`` for all of them.
+NeuronIndex = int | Sequence[int] | Tensor | None
 
 
 # ---- the canonical-grid guard ---------------------------------------------------------------
@@ -215,7 +86,7 @@ def _grid_error(p: int, why: str) -> ValueError:
     return ValueError(
         f"grid-wise Fourier ablation needs the full grid of p² = {p * p} inputs in canonical "
         f"lexicographic order ({why}); run the model on task.tokens() (or "
-        "tl_grokking.grid_tokens(model)) as one batch"
+        "tl_grokking.analysis.grid.grid_tokens(model)) as one batch"
     )
 
 
@@ -253,7 +124,9 @@ def grid_guard(model: HookedTransformer, p: int) -> tuple[str, Callable]:
 # ---- Fourier ablation hooks -------------------------------------------------------------------
 
 
-def _embed_hook(model: HookedTransformer, p: int, freqs, mode, include_const) -> Callable:
+def _embed_hook(
+    model: HookedTransformer, p: int, freqs: list[int], mode: str, include_const: bool | None
+) -> Callable:
     def hook(embed: Float[Tensor, "batch pos d_model"], hook) -> Tensor:
         W_E = model.W_E.detach()
         ablated = project_1d(W_E[:p], freqs, dim=0, mode=mode, include_const=include_const)
@@ -325,7 +198,7 @@ def fourier_ablate(
     freqs = validate_freqs(freqs, p)
     name = resolve_site(model, where)
     if name != "hook_embed" and basis in (None, "sum"):
-        require_analysis(task, "sum_directions", "Fourier ablation with basis='sum'")
+        task.require("sum_directions", "Fourier ablation with basis='sum'")
     if name == "hook_embed":
         if basis is not None:
             raise ValueError(
@@ -344,7 +217,7 @@ def fourier_ablate(
     return hooks + [(name, grid_fn_hook(p, project))]
 
 
-def zero_ablate(model: HookedTransformer, where: str, index=None) -> HookList:
+def zero_ablate(model: HookedTransformer, where: str, index: NeuronIndex = None) -> HookList:
     """Hooks setting a site (or ``act[..., index]`` of it, e.g. some neurons) to zero."""
     name = resolve_site(model, where)
 
@@ -359,7 +232,7 @@ def zero_ablate(model: HookedTransformer, where: str, index=None) -> HookList:
     return [(name, hook)]
 
 
-def mean_ablate(model: HookedTransformer, where: str, index=None) -> HookList:
+def mean_ablate(model: HookedTransformer, where: str, index: NeuronIndex = None) -> HookList:
     """Hooks replacing a site's final-position activation (or some of its last-axis entries)
     by its mean over the batch (the whole grid when run on ``task.tokens()``)."""
     name = resolve_site(model, where)
@@ -375,37 +248,3 @@ def mean_ablate(model: HookedTransformer, where: str, index=None) -> HookList:
         return out
 
     return [(name, hook)]
-
-
-@torch.no_grad()
-def evaluate_model(
-    model: HookedTransformer,
-    task: Task | None = None,
-    fwd_hooks: Iterable[tuple[str, Callable]] = (),
-    train_indices: Tensor | Sequence[int] | None = None,
-) -> dict[str, float]:
-    """Loss and accuracy of the model (under ``fwd_hooks``) on the whole grid and its splits.
-
-    One forward pass over ``task.tokens()``; cross-entropy in float64 over the first p logits.
-    Returns ``all_loss, all_acc`` and, when ``train_indices`` (rows into ``task.pairs()``) is
-    given, ``train_loss, train_acc, test_loss, test_acc`` (test = the complement).
-    """
-    from tl_grokking.analysis.logits import loss_and_accuracy
-
-    task = resolve_task(model, task, needs=None)
-    tokens = task.tokens().to(model.cfg.device)
-    logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))[:, -1, : task.p]
-    labels = task.labels().to(logits.device)
-    out: dict[str, float] = {}
-    loss, acc = loss_and_accuracy(logits, labels)
-    out["all_loss"], out["all_acc"] = loss, acc
-    if train_indices is not None:
-        train = torch.as_tensor(train_indices, dtype=torch.long, device=logits.device)
-        test_mask = torch.ones(labels.shape[0], dtype=torch.bool, device=logits.device)
-        test_mask[train] = False
-        out["train_loss"], out["train_acc"] = loss_and_accuracy(logits[train], labels[train])
-        if test_mask.any():
-            out["test_loss"], out["test_acc"] = loss_and_accuracy(
-                logits[test_mask], labels[test_mask]
-            )
-    return out

@@ -1,13 +1,16 @@
-"""Logits over the whole input grid: loss, restricted / excluded logits, trig-identity fit.
+"""Logits over the whole input grid: restricted / excluded logits, trig-identity fit.
 
 ``L`` below is the final-position logit matrix for all p² inputs (rows ``a * p + b``) over the
-p residue classes, ``[p², p]``, in float64.
+p residue classes, ``[p², p]``, in float64 (:func:`tl_grokking.analysis.grid.all_logits`; that
+function and :func:`~tl_grokking.analysis.grid.loss_and_accuracy` are re-exported here).
 
-* **Restricted logits** (§7): ``P_K(L) + mean_inputs(L)`` — every class column projected onto
-  the 2|K| sum directions ``cos/sin(w_k(a+b))`` of the key frequencies, the per-class mean added
-  back. Its loss over all inputs is the *restricted loss*.
-* **Excluded logits** (§7): ``L - P_K(L)``. Its loss on the training pairs is the *excluded loss*.
-* **Trig-identity decomposition** (§5): ``L ≈ Σ_k α_k cos(w_k(a + b - c))``. The features
+* **Restricted logits** (Nanda et al. 2023, progress measures): ``P_K(L) + mean_inputs(L)`` —
+  every class column projected onto the 2|K| sum directions ``cos/sin(w_k(a+b))`` of the key
+  frequencies, the per-class mean added back. Its loss over all inputs is the *restricted loss*.
+* **Excluded logits**: ``L - P_K(L)``. Its loss on the training pairs is the *excluded loss*.
+  Both are :class:`tl_grokking.analysis.fourier.SumProjection`, the one implementation the
+  ablation table and the progress measures use too.
+* **Trig-identity decomposition**: ``L ≈ Σ_k α_k cos(w_k(a + b - c))``. The features
   ``f_k(a, b, c) = cos(w_k(a+b-c))`` are orthogonal over the p² × p table (``‖f_k‖² = p³/2`` for
   ``2k ≠ p``) and each sums to zero over c for every input, so the least-squares α has the closed
   form ``α_k = <L, f_k> / ‖f_k‖²`` and fitting to ``L`` or to ``L`` centred per input gives the
@@ -15,6 +18,9 @@ p residue classes, ``[p², p]``, in float64.
   ``<L, f_k> = cos_sᵀ L cos_c + sin_sᵀ L sin_c``: only ``[p², 2|K|]`` and ``[2|K|, p]`` factors are
   ever built, never a p² × p × |K| feature tensor, and the loss of the approximation is computed
   in row chunks.
+
+All of these use the ``a + b`` sum directions and so are meaningful for the task ``add`` only
+(``"sum_directions"`` of :attr:`~tl_grokking.data.tasks.Task.meaningful_analyses`).
 """
 
 from __future__ import annotations
@@ -29,19 +35,21 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from tl_grokking.analysis.fourier import project_onto_sum_directions, validate_freqs
-from tl_grokking.analysis.hooks import require_analysis, resolve_task
-from tl_grokking.data.tasks import Task
+from tl_grokking.analysis.circuits import key_frequencies
+from tl_grokking.analysis.fourier import SumProjection, validate_freqs
+from tl_grokking.analysis.grid import all_logits, loss_and_accuracy, resolve_task
+from tl_grokking.data.tasks import ModularAddition, Task
 
 __all__ = [
-    "all_logits",
-    "loss_and_accuracy",
     "restricted_logits",
     "excluded_logits",
     "trig_features",
     "trig_logit_decomposition",
     "trig_approx_logits",
     "TrigDecomposition",
+    # re-exported from tl_grokking.analysis.grid
+    "all_logits",
+    "loss_and_accuracy",
 ]
 
 _TRIG_ANALYSIS = "the trig logit decomposition cos(w_k(a + b - c))"
@@ -50,43 +58,7 @@ _TRIG_ANALYSIS = "the trig logit decomposition cos(w_k(a + b - c))"
 _CHUNK_ELEMENTS = 1 << 18
 
 
-@torch.no_grad()
-def all_logits(
-    model: HookedTransformer,
-    task: Task | None = None,
-    *,
-    fwd_hooks: Iterable = (),
-    dtype: torch.dtype = torch.float64,
-) -> Float[Tensor, "p_sq p"]:
-    """Final-position logits of the first p classes for all p² inputs (canonical order).
-
-    One forward pass (under ``fwd_hooks`` if given); returned in ``dtype`` (float64 default).
-    """
-    from tl_grokking.analysis.hooks import grid_tokens
-
-    tokens = grid_tokens(model, task)
-    p = model.cfg.d_vocab - 1
-    logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))[:, -1, :p]
-    return logits.to(dtype)
-
-
-def loss_and_accuracy(
-    logits: Float[Tensor, "batch n_classes"], labels: Int[Tensor, " batch"]
-) -> tuple[float, float]:
-    """Mean cross-entropy (computed in float64) and accuracy of ``logits`` against ``labels``."""
-    if logits.shape[0] != labels.shape[0]:
-        raise ValueError(
-            f"logits ({logits.shape[0]} rows) and labels ({labels.shape[0]}) must match"
-        )
-    if logits.shape[0] == 0:
-        raise ValueError("cannot compute a loss over an empty set of inputs")
-    labels = labels.to(logits.device)
-    loss = F.cross_entropy(logits.double(), labels).item()
-    acc = (logits.argmax(dim=-1) == labels).double().mean().item()
-    return loss, acc
-
-
-def _check_logit_matrix(logits: Tensor, p: int) -> None:
+def _check_logit_matrix(logits: Float[Tensor, "p_sq n_classes"], p: int) -> None:
     if logits.ndim != 2 or logits.shape[0] != p * p:
         raise ValueError(
             f"logits must be the all-inputs matrix [p², classes] = [{p * p}, ...], "
@@ -99,8 +71,7 @@ def restricted_logits(
 ) -> Float[Tensor, "p_sq n_classes"]:
     """``P_K(L) + mean over inputs of L``: only the key x+y components and the class constant."""
     _check_logit_matrix(logits, p)
-    freqs = validate_freqs(freqs, p, field="key frequencies")
-    return project_onto_sum_directions(logits, p, freqs) + logits.mean(dim=0, keepdim=True)
+    return _projection(logits, p, freqs).restricted(logits)
 
 
 def excluded_logits(
@@ -108,12 +79,22 @@ def excluded_logits(
 ) -> Float[Tensor, "p_sq n_classes"]:
     """``L - P_K(L)``: the logits with the key x+y components removed (no mean correction)."""
     _check_logit_matrix(logits, p)
-    freqs = validate_freqs(freqs, p, field="key frequencies")
-    return logits - project_onto_sum_directions(logits, p, freqs)
+    return _projection(logits, p, freqs).excluded(logits)
+
+
+def _projection(
+    logits: Float[Tensor, "p_sq n_classes"], p: int, freqs: Iterable[int]
+) -> SumProjection:
+    dtype = logits.dtype if logits.is_floating_point() else torch.float64
+    return SumProjection(p, freqs, dtype=dtype, device=logits.device, field="key frequencies")
 
 
 def trig_features(
-    p: int, freqs: Iterable[int], *, dtype: torch.dtype = torch.float64, device="cpu"
+    p: int,
+    freqs: Iterable[int],
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device = "cpu",
 ) -> tuple[Float[Tensor, "p_sq two_k"], Float[Tensor, "two_k p"]]:
     """Factors ``(A, B)`` with ``A @ diag(α ⊗ [1, 1]) @ B = Σ_k α_k cos(w_k(a+b-c))``.
 
@@ -189,10 +170,10 @@ def trig_logit_decomposition(
 
     ``model_or_logits``: a compatible model (its logits are computed over the whole grid) or an
     all-inputs logit matrix ``[p², ≥p]`` (only the first p classes are used). ``freqs`` defaults
-    to the model's key frequencies (:func:`tl_grokking.analysis.circuits.key_frequencies`). Memory beyond
-    ``L`` is ``O(p² |K| + chunk · p)``. The features are those of ``a + b``: a ``task``
-    without ``"sum_directions"`` in ``task.meaningful_analyses`` (anything but addition)
-    raises ``ValueError``.
+    to the model's key frequencies (:func:`~tl_grokking.analysis.circuits.key_frequencies`).
+    Memory beyond ``L`` is ``O(p² |K| + chunk · p)``. The features are those of ``a + b``: a
+    ``task`` without ``"sum_directions"`` in ``task.meaningful_analyses`` (anything but
+    addition) raises ``ValueError``.
     """
     if isinstance(model_or_logits, Tensor):
         n = model_or_logits.shape[0]
@@ -208,10 +189,8 @@ def trig_logit_decomposition(
         if freqs is None:
             raise ValueError("freqs is required when passing logits instead of a model")
         if task is not None:
-            require_analysis(task, "sum_directions", _TRIG_ANALYSIS)
+            task.require("sum_directions", _TRIG_ANALYSIS)
     else:
-        from tl_grokking.analysis.circuits import key_frequencies
-
         task = resolve_task(model_or_logits, task, needs="sum_directions", analysis=_TRIG_ANALYSIS)
         L = all_logits(model_or_logits, task)
         p = L.shape[1]
@@ -247,10 +226,8 @@ def trig_logit_decomposition(
     )
 
 
-def _labels(task: Task | None, p: int, device) -> Tensor:
+def _labels(task: Task | None, p: int, device: torch.device) -> Int[Tensor, " p_sq"]:
     if task is None:
-        from tl_grokking.data.tasks import ModularAddition
-
         task = ModularAddition(p)
     return task.labels().to(device)
 

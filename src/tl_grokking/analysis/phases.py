@@ -1,4 +1,4 @@
-"""Automatic phase boundaries of a grokking run (Nanda et al. 2023, §5.2; PAPER_NOTES §8).
+"""Automatic phase boundaries of a grokking run (Nanda et al. 2023, §5.2).
 
 The paper splits training into **memorisation** (train loss collapses, test loss rises),
 **circuit formation** (test loss stays high while the Fourier circuit grows: excluded loss rises,
@@ -7,9 +7,9 @@ grokking —, the Gini coefficients rise, the memorising components are removed)
 the boundaries are ≈ 1.4k / 9.4k / 14k epochs.
 
 :func:`detect_phases` places the three boundaries deterministically from the progress measures
-(:class:`tl_grokking.analysis.progress.ProgressMeasures` or any mapping of columns). All losses are read on
-a log10 scale; every rule is a fraction of a curve's own range, so nothing depends on p, the
-run length or the checkpoint interval. The rules (constants in :class:`PhaseRule`):
+(:class:`tl_grokking.analysis.progress.ProgressMeasures` or any mapping of columns). All losses
+are read on a log10 scale; every rule is a fraction of a curve's own range, so nothing depends
+on p, the run length or the checkpoint interval. The rules (constants in :class:`PhaseRule`):
 
 1. **Grokking cliff.** ``τ = log10 test_loss``. ``τ_peak`` is its maximum (located on a 3-point
    running median, so one spiking checkpoint is ignored), ``τ_end`` its minimum after the peak.
@@ -32,17 +32,50 @@ Boundaries are checkpoint epochs and, by construction,
 memorisation floor is taken before the cleanup start; the onset is never before the test-loss
 peak; the cleanup end is searched from the cleanup start). See ``docs/progress.md`` for the
 rationale.
+
+The same module turns a stored analysis (``phases.json``) into the lines people read:
+:func:`analysis_notes` (every caveat), :func:`grok_summary` (the epoch at 99 % test accuracy,
+always :func:`tl_grokking.runs.rundir.grok_epoch` of the run's metrics log) and
+:func:`summary_lines` (what ``tl-grokking analyze`` and ``reproduce`` print; the report shows
+the same texts).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-__all__ = ["PhaseRule", "Phases", "detect_phases", "first_epoch_at_or_above"]
+from tl_grokking._format import fmt_num
+from tl_grokking.runs.rundir import (
+    CONFIG_FILE,
+    GROK_ACC,
+    METRICS_FILE,
+    grok_epoch,
+    read_json,
+    read_metrics,
+)
+
+__all__ = [
+    "PhaseRule",
+    "Phases",
+    "detect_phases",
+    "first_epoch_at_or_above",
+    "phases_record",
+    "analysis_notes",
+    "boundaries_text",
+    "GROK_LABEL",
+    "grok_summary",
+    "summary_lines",
+]
+
+#: How the summaries name the epoch at :data:`~tl_grokking.runs.rundir.GROK_ACC` ("test
+#: accuracy ≥ 99 %").
+GROK_LABEL = f"test accuracy ≥ {100 * GROK_ACC:g} %"
 
 
 @dataclass(frozen=True)
@@ -53,7 +86,7 @@ class PhaseRule:
     onset_fractions: tuple[float, float] = (0.1, 0.5)
     gini_fraction: float = 0.9
     min_drop_decades: float = 1.0
-    grok_acc: float = 0.99
+    grok_acc: float = GROK_ACC
 
     def __post_init__(self) -> None:
         for name in ("mem_fraction", "gini_fraction"):
@@ -75,7 +108,9 @@ class Phases:
 
     ``memorization_end``, ``circuit_formation_end`` (= cleanup start) and ``cleanup_end`` are
     ``None`` when they cannot be placed (e.g. a run that never groks has only the first).
-    ``test_acc_99_epoch`` is the first epoch with test accuracy ≥ ``rule.grok_acc``.
+    ``test_acc_99_epoch`` is the first *checkpoint* epoch of the measures with test accuracy
+    ≥ ``rule.grok_acc``: checkpoint resolution, so it can be later than the run's epoch at
+    99 %, which every summary takes from the finer metrics log (:func:`grok_summary`).
     """
 
     first_epoch: int
@@ -123,15 +158,11 @@ class Phases:
         }
 
     def __str__(self) -> str:
-        def fmt(e: int | None) -> str:
-            return "—" if e is None else str(e)
-
         lines = [
-            f"phases over epochs {self.first_epoch}–{self.last_epoch}: "
-            f"memorisation ends {fmt(self.memorization_end)}, circuit formation ends "
-            f"{fmt(self.circuit_formation_end)}, cleanup ends {fmt(self.cleanup_end)}",
-            f"test accuracy ≥ {self.rule.grok_acc:.0%} first at epoch "
-            f"{fmt(self.test_acc_99_epoch)}",
+            boundaries_text(self.to_dict()),
+            f"first checkpoint with test accuracy ≥ {100 * self.rule.grok_acc:g} %: "
+            + ("none" if self.test_acc_99_epoch is None else f"epoch {self.test_acc_99_epoch}")
+            + " (checkpoint resolution)",
         ]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -245,6 +276,7 @@ def detect_phases(measures: Any, rule: PhaseRule | None = None) -> Phases:
         f1, f2 = rule.onset_fractions
         level1, level2 = tau_plat - f1 * span, tau_plat - f2 * span
         i2 = _first_at_or_below(test, level2, i_peak)
+        assert i2 is not None  # tau_end itself is at or below level2
         # the last downward crossing of level1 before the fall reaches level2 (one exists: the
         # peak is above level1 and index i2 is below it)
         i1 = max(i for i in range(i_peak + 1, i2 + 1) if test[i - 1] > level1 >= test[i])
@@ -317,6 +349,7 @@ def _cleanup_end(
         if g_max <= g0:
             continue
         i = _first_at_or_above(g, g0 + rule.gini_fraction * (g_max - g0), i0)
+        assert i is not None  # g_max itself is at or above the level
         ends[name] = epochs[i]
         diag[f"{name}_end"] = epochs[i]
         rising[name] = g[-1] == g_max and len(g) - i0 > 2 and g[-1] > g[-2]
@@ -331,5 +364,125 @@ def _cleanup_end(
             )
         return ends[name]
     i = _first_at_or_below(test, tau_end + (1 - rule.gini_fraction) * (tau_plat - tau_end), i0)
+    assert i is not None  # tau_end is reached at or after the cleanup start
     diag["test_loss_end"] = epochs[i]
     return epochs[i]
+
+
+# ---------------------------------------------------------------------------------------------
+# What people read: caveats and summary lines (analyze, reproduce and the report share them)
+# ---------------------------------------------------------------------------------------------
+
+
+def phases_record(
+    measures: Any, rule: PhaseRule | None = None
+) -> tuple[Phases | None, dict[str, Any]]:
+    """:func:`detect_phases` of ``measures`` and the record ``phases.json`` holds.
+
+    The record is :meth:`Phases.to_dict` or, when no phases can be detected (too few
+    checkpoints, no train/test split, ...), ``{"phases": None, "reason": ...}``; both with the
+    measures' ``key_freqs``, ``key_freq_rule`` and ``n_checkpoints`` added.
+    """
+    phases: Phases | None = None
+    try:
+        phases = detect_phases(measures, rule)
+        record = phases.to_dict()
+    except ValueError as err:  # the measures are still worth storing
+        record = {"phases": None, "reason": str(err)}
+    record.update(
+        key_freqs=list(getattr(measures, "key_freqs", [])),
+        key_freq_rule=getattr(measures, "key_freq_rule", "given"),
+        n_checkpoints=len(_columns(measures)["epoch"]),
+    )
+    return phases, record
+
+
+#: Key-frequency rules whose answer needs no caveat: the paper's neuron-cluster rule, a set
+#: given by the user, and a set read back from ``measures.csv`` (its rule is in phases.json).
+_PLAIN_KEY_RULES = ("clusters", "given", "from csv")
+
+
+def analysis_notes(record: Mapping[str, Any] | None) -> list[str]:
+    """Every caveat of a stored analysis (``phases.json``, or the record of
+    :func:`phases_record`), one sentence each, in the order people should read them.
+
+    * no phases: ``"phases not detected: <reason>"``;
+    * the notes of :func:`detect_phases` (no grokking detected; a Gini coefficient still rising
+      at the last checkpoint, so the cleanup end is a lower bound);
+    * the key frequencies of the restricted / excluded losses: none found (and why), or found
+      only by a fallback rule.
+
+    ``tl-grokking analyze`` and ``reproduce`` print each as a ``note:`` line; the report lists
+    them under *Caveats*.
+    """
+    if not record:
+        return []
+    notes = []
+    if record.get("phases", []) is None:
+        notes.append(f"phases not detected: {record.get('reason') or 'no reason recorded'}")
+    notes += [str(n) for n in record.get("notes") or []]
+    rule = record.get("key_freq_rule")
+    if isinstance(rule, str) and rule not in _PLAIN_KEY_RULES:
+        if rule.startswith("none") or not record.get("key_freqs"):
+            notes.append(f"no key frequencies, so no restricted / excluded losses ({rule})")
+        else:
+            notes.append(
+                f"key frequencies from the fallback rule {rule!r}: the neuron-cluster rule "
+                "found no sparse set of frequencies at the last checkpoint"
+            )
+    return notes
+
+
+def boundaries_text(record: Mapping[str, Any]) -> str:
+    """``"phases over epochs 0–1500: memorisation ends 100, circuit formation ends 450,
+    cleanup ends 1050"`` from a :meth:`Phases.to_dict` / ``phases.json`` record (``—`` for a
+    boundary that could not be placed)."""
+    return (
+        f"phases over epochs {fmt_num(record.get('first_epoch'))}–"
+        f"{fmt_num(record.get('last_epoch'))}: memorisation ends "
+        f"{fmt_num(record.get('memorization_end'))}, circuit formation ends "
+        f"{fmt_num(record.get('circuit_formation_end'))}, cleanup ends "
+        f"{fmt_num(record.get('cleanup_end'))}"
+    )
+
+
+def grok_summary(metrics: Iterable[Mapping[str, Any]], log_every: Any = None) -> str:
+    """The epoch at :data:`~tl_grokking.runs.rundir.GROK_ACC` test accuracy, as every summary
+    shows it: :func:`tl_grokking.runs.rundir.grok_epoch` of the run's metrics log, with its
+    resolution — ``"first at epoch 675 (metrics.jsonl, logged every 25 epochs)"``, or
+    ``"not reached by epoch 100 (...)"``.  ``log_every`` is the run's ``config.json`` value.
+    """
+    records = [r for r in metrics if "epoch" in r]
+    if not records:
+        return f"unknown (no {METRICS_FILE} records)"
+    every = f", logged every {fmt_num(log_every)} epochs" if log_every else ""
+    source = f"({METRICS_FILE}{every})"
+    epoch = grok_epoch(records)
+    if epoch is None:
+        return f"not reached by epoch {fmt_num(max(int(r['epoch']) for r in records))} {source}"
+    return f"first at epoch {epoch} {source}"
+
+
+def summary_lines(run_dir: str | os.PathLike, record: Mapping[str, Any] | None) -> list[str]:
+    """What ``tl-grokking analyze`` and ``tl-grokking reproduce`` print about an analysed run.
+
+    The key frequencies of the progress measures and their rule, the epoch at 99 % test
+    accuracy (:func:`grok_summary` of the run's metrics log), the phase boundaries
+    (:func:`boundaries_text`) and one ``note: ...`` line per caveat (:func:`analysis_notes`).
+    ``record`` is the run's ``phases.json`` (or :func:`phases_record`'s); ``None`` when the
+    analysis could not be stored: then only the 99 % line is given.
+    """
+    run_dir = Path(run_dir)
+    config = read_json(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).is_file() else {}
+    log_every = config.get("log_every") if isinstance(config, Mapping) else None
+    lines = []
+    if record and "key_freqs" in record:
+        lines.append(
+            f"key frequencies: {list(record['key_freqs'])}  "
+            f"(rule: {record.get('key_freq_rule', 'unknown')})"
+        )
+    lines.append(f"{GROK_LABEL}: {grok_summary(read_metrics(run_dir), log_every)}")
+    if record and record.get("phases") is not None:
+        lines.append(boundaries_text(record))
+    lines += [f"note: {note}" for note in analysis_notes(record)]
+    return lines

@@ -1,4 +1,4 @@
-"""Progress measures over a training run (Nanda et al. 2023, §5; PAPER_NOTES §7).
+"""Progress measures over a training run (Nanda et al. 2023, "progress measures").
 
 For every checkpoint of a run this computes, in float64:
 
@@ -11,19 +11,22 @@ For every checkpoint of a run this computes, in float64:
 * ``excluded_loss`` — cross-entropy over the **training** pairs of ``L - P_K(L)`` (no mean
   correction), and ``excluded_loss_k<k>`` with only frequency k removed;
 * ``gini_W_E`` / ``gini_W_L`` — Gini coefficients (Hurley & Rickard 2009) of the norms of the
-  Fourier components of the embedding (``F W_E[:p]``, norm over d_model) and of the
-  neuron-to-logit map ``W_L = W_out W_U[:, :p]`` (transformed along its class axis, norm over
-  neurons). The constant component is included in both;
+  Fourier components of the embedding (``F W_E``, norm over d_model) and of the
+  neuron-to-logit map ``W_L = W_out W_U`` (transformed along its class axis, norm over
+  neurons), in the task's coordinates (the tokens 0 .. p-1 for + and − and for tasks without a
+  group structure, the discrete-log order over Z_{p-1} for × and ÷; see
+  :func:`tl_grokking.analysis.weights.embed_fourier_norms`). The constant component is
+  included in both;
 * ``sum_sq_weights`` — the total sum of squared weights over all parameters.
 
-The key frequencies are fixed from the final checkpoint and reused for every earlier one
-(PAPER_NOTES §6), unless they are given explicitly.
+The key frequencies are fixed from the final checkpoint and reused for every earlier one,
+unless they are given explicitly.
 
-The numbers are those of :func:`tl_grokking.analysis.logits.restricted_logits` /
-:func:`tl_grokking.analysis.logits.excluded_logits` followed by a float64 cross-entropy, and of
-:func:`tl_grokking.analysis.weights.embed_fourier_norms` / :func:`~tl_grokking.analysis.weights.unembed_fourier_norms`
-followed by :func:`gini`; :class:`LogitMeasures` computes the logit ones for many checkpoints
-without redoing per-run work.
+The logit measures are those of :class:`tl_grokking.analysis.fourier.SumProjection` (the one
+implementation of the restricted / excluded logits, also behind
+:func:`tl_grokking.analysis.logits.restricted_logits` / ``excluded_logits``) followed by a
+float64 cross-entropy; :class:`LogitMeasures` computes them for many checkpoints without redoing
+per-run work.
 
 Speed: each checkpoint's logits on all p² inputs come from the fast final-position forward
 (:func:`tl_grokking.model.fastforward.final_logits_batched`, float32, then cast to float64); the
@@ -46,8 +49,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from tl_grokking.analysis.fourier import sum_directions, validate_freqs
-from tl_grokking.analysis.hooks import require_analysis
+from tl_grokking.analysis.circuits import key_frequencies
+from tl_grokking.analysis.fourier import SumProjection, validate_freqs
 from tl_grokking.analysis.weights import embed_fourier_norms, unembed_fourier_norms
 from tl_grokking.data.tasks import Task, make_task
 from tl_grokking.model.fastforward import final_logits_batched
@@ -115,9 +118,10 @@ def gini(x: Float[Tensor, "... n"]) -> Float[Tensor, "..."]:
     return 1.0 - 2.0 * ((c / total) * weights).sum(dim=-1)
 
 
-def _fourier_norms(model: HookedTransformer) -> Float[Tensor, "2 p"]:
-    """Fourier-component norms of W_E (row 0) and W_L (row 1), constant included, float64."""
-    return torch.stack([embed_fourier_norms(model), unembed_fourier_norms(model)])
+def _fourier_norms(model: HookedTransformer, task: Task) -> Float[Tensor, "2 n"]:
+    """Fourier-component norms of W_E (row 0) and W_L (row 1) in the task's coordinates,
+    constant included, float64."""
+    return torch.stack([embed_fourier_norms(model, task), unembed_fourier_norms(model, task)])
 
 
 def sum_squared_weights(model: HookedTransformer) -> float:
@@ -133,8 +137,9 @@ def sum_squared_weights(model: HookedTransformer) -> float:
 class LogitMeasures:
     """Loss, accuracy, restricted and excluded loss of final-position logits, for one task.
 
-    Built once per run: it holds the labels, the split and the 2|K| unit sum directions
-    ``[cos k1, sin k1, cos k2, ...]`` over the lexicographic p² grid (float64), so each
+    Built once per run: it holds the labels, the split and the
+    :class:`~tl_grokking.analysis.fourier.SumProjection` of the key frequencies (the 2|K| unit
+    sum directions over the lexicographic p² grid, float64, with their training rows), so each
     checkpoint costs one ``[2|K|, p²] @ [p², p]`` matmul plus the cross-entropies.
 
     ``train_indices`` are row indices into ``task.pairs()``; without them only the all-pairs
@@ -146,7 +151,7 @@ class LogitMeasures:
         self,
         task: Task,
         key_freqs: Sequence[int] = (),
-        train_indices: Int[Tensor, " n_train"] | None = None,
+        train_indices: Int[Tensor, " n_train"] | Sequence[int] | None = None,
         *,
         device: str | torch.device = "cpu",
     ) -> None:
@@ -157,7 +162,7 @@ class LogitMeasures:
         self.labels = task.labels().to(self.device)
         self.key_freqs = validate_freqs(key_freqs, self.p, field="key_freqs")
         if self.key_freqs:
-            require_analysis(task, "sum_directions", _SUM_ANALYSIS)
+            task.require("sum_directions", _SUM_ANALYSIS)
         if train_indices is None:
             self.train_idx = self.test_idx = None
         else:
@@ -174,16 +179,11 @@ class LogitMeasures:
             mask[train_idx] = False
             self.train_idx = train_idx.to(self.device)
             self.test_idx = mask.nonzero().reshape(-1).to(self.device)
-        # [2|K|, p²] unit sum directions; the rows of frequency k are self.freq_rows[k].
-        self.dirs = sum_directions(self.p, self.key_freqs, dtype=torch.float64, device=self.device)
-        self.freq_rows: dict[int, slice] = {}
-        row = 0
-        for k in self.key_freqs:
-            width = 1 if 2 * k == self.p else 2
-            self.freq_rows[k] = slice(row, row + width)
-            row += width
-        self.dirs_train = (
-            None if self.train_idx is None else self.dirs[:, self.train_idx].contiguous()
+        # P_K of the key frequencies; its excluded logits are on the training rows.
+        self.projection = (
+            SumProjection(self.p, self.key_freqs, rows=self.train_idx, device=self.device)
+            if self.key_freqs
+            else None
         )
 
     @property
@@ -218,20 +218,27 @@ class LogitMeasures:
             for split, idx in (("train", self.train_idx), ("test", self.test_idx)):
                 out[f"{split}_loss"] = float(row_loss[idx].mean())
                 out[f"{split}_acc"] = float(correct[idx].mean())
-        if not self.key_freqs:
+        if self.projection is None:
             return out
-        coeffs = self.dirs @ L  # [2|K|, p]: each output column's sum-direction components
-        # P_K(L) + mean_inputs(L), and L - P_K(L), each as one fused addmm
-        restricted = torch.addmm(L.mean(dim=0, keepdim=True), self.dirs.T, coeffs)
-        out["restricted_loss"] = _ce(restricted, self.labels)
+        proj = self.projection
+        coeffs = proj.coefficients(L)  # [2|K|, p]: each output column's sum-direction components
+        out["restricted_loss"] = _ce(proj.restricted(L, coeffs), self.labels)
         if self.train_idx is not None:
-            L_train, y_train = L[self.train_idx], self.labels[self.train_idx]
-            excluded = torch.addmm(L_train, self.dirs_train.T, coeffs, alpha=-1)
-            out["excluded_loss"] = _ce(excluded, y_train)
-            for k, rows in self.freq_rows.items():
-                excluded_k = torch.addmm(L_train, self.dirs_train[rows].T, coeffs[rows], alpha=-1)
+            y_train, L_train = self.labels[self.train_idx], proj.on_rows(L)
+            out["excluded_loss"] = _ce(proj.excluded(L, coeffs, x_rows=L_train), y_train)
+            for k in self.key_freqs:
+                excluded_k = proj.excluded(L, coeffs, freq=k, x_rows=L_train)
                 out[f"excluded_loss_k{k}"] = _ce(excluded_k, y_train)
         return out
+
+
+def _refusal(task: Task) -> str:
+    """The message of ``task.require`` refusing the restricted / excluded losses."""
+    try:
+        task.require("sum_directions", _SUM_ANALYSIS)
+    except ValueError as err:
+        return str(err)
+    raise AssertionError(f"the sum directions are meaningful for task {task.name!r}")
 
 
 def _ce(logits: Float[Tensor, "n c"], labels: Int[Tensor, " n"]) -> float:
@@ -253,8 +260,6 @@ def _final_logits_p(
 def _key_freqs_of(model: HookedTransformer, task: Task) -> tuple[list[int], str]:
     """Key frequencies of ``model`` by the first rule of :data:`KEY_FREQ_FALLBACK_RULES` that
     finds a sparse set (1 to :data:`MAX_KEY_FRACTION` of all frequencies), and its name."""
-    from tl_grokking.analysis.circuits import key_frequencies
-
     limit = max(1, int(MAX_KEY_FRACTION * (task.p // 2)))
     tried = []
     for rule in KEY_FREQ_FALLBACK_RULES:
@@ -376,7 +381,7 @@ class _Source:
 
     epochs: list[int]
     task: Task
-    train_indices: Tensor | None
+    train_indices: Int[Tensor, " n_train"] | Sequence[int] | None
     final_model: Callable[[], HookedTransformer]
     iter_models: Callable[[], Iterator[tuple[int, HookedTransformer]]]
 
@@ -451,7 +456,7 @@ def _from_loaded_run(run: Any, device: torch.device) -> _Source:
 def _from_sequence(
     items: Sequence[tuple[int, Any]],
     task: Task | None,
-    train_indices: Tensor | None,
+    train_indices: Int[Tensor, " n_train"] | Sequence[int] | None,
     device: torch.device,
 ) -> _Source:
     pairs = []
@@ -502,7 +507,10 @@ def _from_sequence(
 
 
 def _normalise_source(
-    source: Any, task: Task | None, train_indices: Tensor | None, device: torch.device
+    source: Any,
+    task: Task | None,
+    train_indices: Int[Tensor, " n_train"] | Sequence[int] | None,
+    device: torch.device,
 ) -> _Source:
     if isinstance(source, str | os.PathLike):
         from tl_grokking.runs.checkpoints import load_run
@@ -535,7 +543,7 @@ def progress_measures(
     *,
     task: Task | None = None,
     key_freqs: Sequence[int] | None = None,
-    train_indices: Int[Tensor, " n_train"] | None = None,
+    train_indices: Int[Tensor, " n_train"] | Sequence[int] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> ProgressMeasures:
@@ -573,13 +581,11 @@ def progress_measures(
     final = src.final_model()
     check_compatible(final, task)
     if key_freqs is not None:
-        require_analysis(task, "sum_directions", _SUM_ANALYSIS)
+        task.require("sum_directions", _SUM_ANALYSIS)
         freqs, rule = validate_freqs(key_freqs, task.p, field="key_freqs"), "given"
     elif "sum_directions" not in task.meaningful_analyses:
-        try:
-            require_analysis(task, "sum_directions", _SUM_ANALYSIS)
-        except ValueError as err:  # recorded instead of raised: the other measures still apply
-            freqs, rule = [], f"none: {err}"
+        # recorded instead of raised: the other measures still apply
+        freqs, rule = [], f"none: {_refusal(task)}"
     else:
         freqs, rule = _key_freqs_of(final, task)
     del final
@@ -590,14 +596,14 @@ def progress_measures(
     tokens = task.tokens().to(dev)
 
     rows: list[dict[str, float]] = []
-    norms: list[Tensor] = []  # [2, p] per checkpoint: W_E and W_L Fourier-component norms
+    norms: list[Tensor] = []  # [2, n] per checkpoint: W_E and W_L Fourier-component norms
     bar = tqdm(src.iter_models(), total=len(src.epochs), desc="checkpoints", disable=not progress)
     for epoch, model in bar:
         check_compatible(model, task)
         logits = _final_logits_p(model, tokens, task.p)
         row: dict[str, float] = {"epoch": epoch, **measure(logits)}
         row["sum_sq_weights"] = sum_squared_weights(model)
-        norms.append(_fourier_norms(model).to(analysis_dev))
+        norms.append(_fourier_norms(model, task).to(analysis_dev))
         rows.append(row)
     ginis = gini(torch.stack(norms)).cpu()  # [n_checkpoints, 2]
 
@@ -619,7 +625,7 @@ def cheap_measures_callback(
     task: Task,
     key_freqs: Sequence[int] | None = None,
     *,
-    train_indices: Int[Tensor, " n_train"] | None = None,
+    train_indices: Int[Tensor, " n_train"] | Sequence[int] | None = None,
     measure_every: int | None = None,
 ) -> Callable[[int, HookedTransformer], dict[str, float]]:
     """A trainer callback ``(epoch, model) -> dict`` logging the cheap progress measures.
@@ -637,7 +643,7 @@ def cheap_measures_callback(
         raise ValueError(f"measure_every must be a positive integer or None, got {measure_every!r}")
     freqs = validate_freqs(key_freqs, task.p, field="key_freqs") if key_freqs else []
     if freqs:
-        require_analysis(task, "sum_directions", _SUM_ANALYSIS)
+        task.require("sum_directions", _SUM_ANALYSIS)
     state: dict[str, Any] = {}
 
     def callback(epoch: int, model: HookedTransformer) -> dict[str, float]:
@@ -651,7 +657,7 @@ def cheap_measures_callback(
                 LogitMeasures(task, freqs, train_indices, device=analysis_dev) if freqs else None
             )
             state["tokens"] = task.tokens().to(dev)
-        g_e, g_l = gini(_fourier_norms(model)).tolist()
+        g_e, g_l = gini(_fourier_norms(model, task)).tolist()
         out = {"gini_W_E": g_e, "gini_W_L": g_l, "sum_sq_weights": sum_squared_weights(model)}
         if state["measure"] is not None:
             was_training = model.training
@@ -686,36 +692,20 @@ def analyze_run(
     ``"phases": null`` and the ``"reason"`` when no phases can be detected, e.g. fewer than 3
     checkpoints). Returns ``(measures, phases)``, ``phases`` being ``None`` in that case.
 
-    Raises ``FileNotFoundError`` if ``run_dir`` does not exist and
-    :class:`~tl_grokking.runs.rundir.RunDirError` if it is not a run directory or has no checkpoint.
+    Raises what :func:`tl_grokking.runs.rundir.require_run_dir` raises: a ``RunDirError`` that is
+    also a ``FileNotFoundError`` if ``run_dir`` does not exist, a ``RunDirError`` if it is not a
+    run directory or has no checkpoint.
     """
-    from tl_grokking.analysis.phases import detect_phases
+    from tl_grokking.analysis.phases import phases_record
     from tl_grokking.runs.checkpoints import load_run
-    from tl_grokking.runs.rundir import RunDirError, is_run_dir, list_checkpoints
+    from tl_grokking.runs.rundir import require_run_dir
 
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run_dir {str(run_dir)!r} does not exist or is not a directory")
-    if not is_run_dir(run_dir):
-        raise RunDirError(
-            f"{run_dir} is not a run directory (no config.json); "
-            "expected the output directory of 'tl-grokking train'"
-        )
-    if not list_checkpoints(run_dir):
-        raise RunDirError(f"{run_dir} has no checkpoints (checkpoints/epoch_<N>.safetensors)")
+    require_run_dir(run_dir)
     measures = progress_measures(
         load_run(run_dir), key_freqs=key_freqs, device=device, progress=progress
     )
-    try:
-        phases = detect_phases(measures)
-        record = phases.to_dict()
-    except ValueError as err:  # e.g. fewer than 3 checkpoints: the measures are still useful
-        phases, record = None, {"phases": None, "reason": str(err)}
-    record.update(
-        key_freqs=measures.key_freqs,
-        key_freq_rule=measures.key_freq_rule,
-        n_checkpoints=len(measures),
-    )
+    phases, record = phases_record(measures)  # no phases (e.g. < 3 checkpoints): the reason
     measures.to_csv(run_dir / MEASURES_FILE)
     write_json(run_dir / PHASES_FILE, record)
     return measures, phases

@@ -1,9 +1,9 @@
 """Effective weight matrices of a one-layer grokking transformer, with the paper's names.
 
 All functions take a compatible :class:`~transformer_lens.HookedTransformer` (see
-:func:`tl_grokking.model.transformer.check_compatible`) and return detached float tensors. Only the p number
-tokens and the first p output classes are kept (the authors' checkpoints have a ``p + 1``-th
-output logit for ``=``; the analysis always ignores it).
+:func:`tl_grokking.model.transformer.check_compatible`) and return detached float tensors. Only
+the p number tokens and the first p output classes are kept (the authors' checkpoints have a
+``p + 1``-th output logit for ``=``; the analysis always ignores it).
 
 * ``W_E``    — number-token embedding, ``[p, d_model]`` (``model.W_E[:p]``).
 * ``W_U``    — unembedding restricted to the p residue classes, ``[d_model, p]``.
@@ -13,6 +13,11 @@ output logit for ``=``; the analysis always ignores it).
 * ``W_attn`` — token → attention score from the ``=`` position, ``[n_heads, p]``.
 * Fourier norms of ``W_E`` (along the token axis) and ``W_L`` (along the class axis), the
   evidence of the "embed" and "unembed" key-frequency rules and of the Gini progress measures.
+  They work in the task's coordinates (``reindex``, see :mod:`tl_grokking.analysis.grid`): the
+  tokens 0 .. p-1 for + and −, the discrete-log order over Z_{p-1} for × and ÷ (token 0
+  dropped, basis size p - 1), or the token order for any task with ``reindex=False``.
+  :func:`norms_by_frequency` combines cos and sin per frequency and
+  :func:`frequency_mass_count` measures the sparsity.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ import math
 
 import torch
 from fancy_einsum import einsum
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from tl_grokking.analysis.fourier import basis_frequencies, fourier_transform
+from tl_grokking.analysis.grid import fourier_order, resolve_task
+from tl_grokking.data.tasks import Task
 from tl_grokking.model.transformer import check_compatible
 
 __all__ = [
@@ -39,6 +46,7 @@ __all__ = [
     "norms_by_frequency",
     "embed_fourier_norms",
     "unembed_fourier_norms",
+    "frequency_mass_count",
 ]
 
 
@@ -104,10 +112,11 @@ def W_attn(model: HookedTransformer) -> Float[Tensor, "n_heads p"]:
     return (scores / math.sqrt(model.cfg.d_head)).detach()
 
 
-def fourier_norms(x: Tensor, dim: int = 0) -> Float[Tensor, " n"]:
-    """Norm of each Fourier component of ``x`` along ``dim`` (norm over all other axes).
+def fourier_norms(x: Float[Tensor, "..."], dim: int = 0) -> Float[Tensor, " n"]:
+    """Norm of each Fourier component of ``x`` along ``dim`` (norm over all other axes), float64.
 
-    Returns one value per basis row ``[const, cos 1, sin 1, ...]``.
+    Returns one value per basis row ``[const, cos 1, sin 1, ...]`` of the size-n basis,
+    ``n = x.shape[dim]``.
     """
     coeffs = fourier_transform(x.detach().double(), dim=dim).movedim(dim, 0)
     return coeffs.reshape(coeffs.shape[0], -1).norm(dim=1)
@@ -116,7 +125,8 @@ def fourier_norms(x: Tensor, dim: int = 0) -> Float[Tensor, " n"]:
 def norms_by_frequency(norms: Float[Tensor, " n"]) -> Float[Tensor, " n_freqs"]:
     """Combine per-basis-row norms into one per frequency: ``sqrt(|cos k|² + |sin k|²)``.
 
-    Row ``k - 1`` is frequency k; the constant is dropped.
+    Row ``k - 1`` is frequency k = 1 .. n // 2 (the Nyquist k of even n has its cosine only);
+    the constant is dropped.
     """
     n = norms.shape[0]
     freq = torch.tensor(basis_frequencies(n), device=norms.device)
@@ -125,11 +135,46 @@ def norms_by_frequency(norms: Float[Tensor, " n"]) -> Float[Tensor, " n_freqs"]:
     return out[1:].sqrt()
 
 
-def embed_fourier_norms(model: HookedTransformer) -> Float[Tensor, " p"]:
-    """Norm over d_model of each Fourier component of ``W_E`` along the token axis (``F W_E``)."""
-    return fourier_norms(W_E(model), dim=0)
+def frequency_mass_count(freq_norms: Float[Tensor, " n_freqs"], mass: float = 0.9) -> int:
+    """Fewest frequencies whose squared norms hold at least ``mass`` of the total (sparsity).
+
+    ``freq_norms`` are per-frequency norms (:func:`norms_by_frequency`); ``mass`` in (0, 1].
+    """
+    if isinstance(mass, bool) or not isinstance(mass, int | float) or not (0.0 < mass <= 1.0):
+        raise ValueError(f"mass must be a number in (0, 1], got {mass!r}")
+    energy = freq_norms.to(torch.float64) ** 2
+    cumulative = energy.sort(descending=True).values.cumsum(0) / energy.sum()
+    return int((cumulative < mass - 1e-12).sum().item()) + 1
 
 
-def unembed_fourier_norms(model: HookedTransformer) -> Float[Tensor, " p"]:
-    """Norm over neurons of each Fourier component of ``W_L`` along its class axis."""
-    return fourier_norms(W_L(model), dim=1)
+def _token_order(
+    model: HookedTransformer, task: Task | None, reindex: bool | None, what: str
+) -> Int[Tensor, " n"]:
+    task = resolve_task(model, task, needs=None)
+    return fourier_order(task, reindex, analysis=f"the Fourier norms of {what}")
+
+
+def embed_fourier_norms(
+    model: HookedTransformer, task: Task | None = None, *, reindex: bool | None = None
+) -> Float[Tensor, " n"]:
+    """Norm over d_model of each Fourier component of ``W_E`` along the token axis, float64.
+
+    Rows of ``F_n W_E[order]`` with ``order = fourier_order(task, reindex)``
+    (:func:`tl_grokking.analysis.grid.fourier_order`): ``W_E[:p]`` over Z_p for + and − (and
+    for every task with ``reindex=False``), the discrete-log order over Z_{p-1} for × and ÷.
+    ``task`` defaults to modular addition with the model's p.
+    """
+    order = _token_order(model, task, reindex, "W_E")
+    return fourier_norms(W_E(model)[order.to(model.W_E.device)], dim=0)
+
+
+def unembed_fourier_norms(
+    model: HookedTransformer, task: Task | None = None, *, reindex: bool | None = None
+) -> Float[Tensor, " n"]:
+    """Norm over neurons of each Fourier component of ``W_L`` along its class axis, float64.
+
+    The output classes are taken in the order of :func:`embed_fourier_norms` (class 0 dropped
+    for × and ÷ in their group coordinates).
+    """
+    order = _token_order(model, task, reindex, "W_L")
+    return fourier_norms(W_L(model)[:, order.to(model.W_E.device)], dim=1)

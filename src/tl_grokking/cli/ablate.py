@@ -12,8 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING, Any
 
-from tl_grokking.cli._common import freq_list
+from tl_grokking.cli._common import add_device_flag, add_key_freqs_flag
+
+if TYPE_CHECKING:
+    from torch import Tensor
+    from transformer_lens import HookedTransformer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,26 +33,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file or run dir")
-    parser.add_argument("--epoch", type=int, default=None, help="epoch of a run (default: last)")
-    parser.add_argument(
-        "--key-freqs",
-        type=freq_list,
-        default=None,
-        metavar="K1,K2,...",
-        help="key frequencies to use (default: the neuron-cluster rule)",
-    )
-    parser.add_argument(
-        "--threshold", type=float, default=0.85, help="FVE threshold for clusters (0.85)"
-    )
+    parser.add_argument("--epoch", type=int, default=None, help="epoch of a run [the last]")
+    add_key_freqs_flag(parser, "to use", "those of the neuron-cluster rule")
+    parser.add_argument("--threshold", type=float, default=0.85, help="FVE threshold for clusters")
     parser.add_argument(
         "--neuron-ablation",
         choices=("zero", "mean"),
         default="zero",
-        help="how dropped/removed neurons are ablated (default: zero)",
+        help="how dropped/removed neurons are ablated",
     )
-    parser.add_argument("--frac-train", type=float, default=None, help="rebuild a split")
+    parser.add_argument(
+        "--frac-train",
+        type=float,
+        default=None,
+        help="rebuild a train/test split with this fraction [the split the checkpoint records, "
+        "else all inputs]",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the rebuilt split")
-    parser.add_argument("--device", default="cpu", help="device (default: cpu)")
+    add_device_flag(parser, "device")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.set_defaults(func=run)
 
@@ -57,9 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from tl_grokking.analysis.circuits import key_frequencies, neuron_clusters
     from tl_grokking.analysis.hooks import grid_activations, resolve_task
     from tl_grokking.analysis.logits import trig_logit_decomposition
-    from tl_grokking.runs.checkpoints import load_run
 
-    model, train_indices, task = _load(args, load_run)
+    model, train_indices, task = _load(args)
     task = resolve_task(model, task)
     if args.frac_train is not None:
         train_indices = task.split(args.frac_train, args.seed)[0]
@@ -108,9 +110,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args, load_run):
-    """The model, the training indices (when the format records them) and the task."""
-    from tl_grokking.runs.checkpoints import CheckpointFormatError, load_checkpoint
+def _load(args: argparse.Namespace) -> tuple[HookedTransformer, Tensor | None, Any]:
+    """The model, the training indices (when the format records them) and the task (a
+    ``tl_grokking.data.tasks.Task``; ``None`` for a single checkpoint)."""
+    from tl_grokking.runs.checkpoints import CheckpointFormatError, load_checkpoint, load_run
 
     try:
         run = load_run(args.checkpoint)

@@ -1,9 +1,11 @@
 """``tl-grokking analyze RUN_DIR``: progress measures and phase boundaries of a training run.
 
 Writes ``RUN_DIR/measures.csv`` (one row per checkpoint epoch, one column per measure) and
-``RUN_DIR/phases.json`` (the boundaries of :func:`tl_grokking.analysis.phases.detect_phases`, the key
-frequencies used and the rule that chose them), both atomically (via
-:func:`tl_grokking.analysis.progress.analyze_run`), and prints a short summary.
+``RUN_DIR/phases.json`` (the boundaries of :func:`tl_grokking.analysis.phases.detect_phases`,
+the key frequencies used and the rule that chose them), both atomically (via
+:func:`tl_grokking.analysis.progress.analyze_run`), and prints a short summary
+(:func:`tl_grokking.analysis.phases.summary_lines`: key frequencies, the epoch at 99 % test
+accuracy, the phase boundaries and every caveat as a ``note:`` line).
 """
 
 from __future__ import annotations
@@ -11,11 +13,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tl_grokking.analysis.progress import MEASURES_FILE, PHASES_FILE
-from tl_grokking.cli._common import freq_list
-from tl_grokking.runs.rundir import read_json
+from tl_grokking.cli._common import add_device_flag, add_key_freqs_flag
 
-__all__ = ["MEASURES_FILE", "PHASES_FILE", "register", "run"]
+__all__ = ["register", "run"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,35 +31,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by train")
-    parser.add_argument(
-        "--key-freqs",
-        type=freq_list,
-        nargs="+",
-        metavar="K",
-        default=None,
-        help="key frequencies for the restricted/excluded losses, as '14 35' or '14,35' "
-        "(default: from the final checkpoint's neuron clusters, falling back to the W_E "
-        "Fourier norms)",
+    add_key_freqs_flag(
+        parser,
+        "for the restricted/excluded losses",
+        "from the final checkpoint's neuron clusters, falling back to the W_E Fourier norms",
     )
-    parser.add_argument("--device", default="cpu", help="device for the forward passes")
+    add_device_flag(parser, "device for the forward passes")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tl_grokking.analysis.progress import analyze_run
+    from tl_grokking.analysis.phases import summary_lines
+    from tl_grokking.analysis.progress import MEASURES_FILE, PHASES_FILE, analyze_run
+    from tl_grokking.runs.rundir import read_json
 
     run_dir = Path(args.run_dir)
-    key_freqs = None if args.key_freqs is None else [k for ks in args.key_freqs for k in ks]
-    measures, phases = analyze_run(
-        run_dir, key_freqs=key_freqs, device=args.device, progress=not args.no_progress
+    measures, _ = analyze_run(
+        run_dir, key_freqs=args.key_freqs, device=args.device, progress=not args.no_progress
     )
     print(f"run: {run_dir}  ({len(measures)} checkpoints, p = {measures.p})")
-    print(f"key frequencies: {measures.key_freqs}  (rule: {measures.key_freq_rule})")
-    if phases is not None:
-        print(phases)
-    else:
-        reason = read_json(run_dir / PHASES_FILE).get("reason", "")
-        print(f"phases not detected: {reason}")
+    # key frequencies, the epoch at 99 %, phases, every caveat as "note:" (as reproduce)
+    for line in summary_lines(run_dir, read_json(run_dir / PHASES_FILE)):
+        print(line)
     print(f"wrote {run_dir / MEASURES_FILE} and {run_dir / PHASES_FILE}")
     return 0

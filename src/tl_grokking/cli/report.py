@@ -1,8 +1,8 @@
 """``tl-grokking report RUN_DIR``: the self-contained HTML report of a run.
 
 Writes ``RUN_DIR/report.html`` (or ``--out``) atomically: run status, summary numbers, the
-configuration and every figure of :mod:`tl_grokking.figures.plots`, with plotly.js and the circuitsvis
-bundle inlined, so the page opens with no network.  Progress measures come from
+configuration and every figure of :mod:`tl_grokking.figures.plots`, with plotly.js and the
+circuitsvis bundle inlined, so the page opens with no network.  Progress measures come from
 ``measures.csv`` / ``phases.json`` (``tl-grokking analyze``) when present, else are computed.
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from tl_grokking.cli._common import add_device_flag
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,11 +27,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by train")
     parser.add_argument(
-        "--out", default=None, metavar="FILE", help="where to write (default RUN_DIR/report.html)"
+        "--out", default=None, metavar="FILE", help="where to write [RUN_DIR/report.html]"
     )
-    parser.add_argument("--device", default="cpu", help="device for the analysis forward passes")
+    add_device_flag(parser, "device for the analysis forward passes")
     parser.add_argument(
-        "--progress", action="store_true", help="show a progress bar if measures are computed"
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bar (when measures are computed)",
     )
     parser.set_defaults(func=run)
 
@@ -45,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         blocker = next((d for d in out.parents if d.exists()), None)
         if blocker is not None and not blocker.is_dir():
             raise NotADirectoryError(f"--out {out}: {blocker} is a file, not a directory")
-    path = write_report(args.run_dir, args.out, device=args.device, progress=args.progress)
+    path = write_report(args.run_dir, args.out, device=args.device, progress=not args.no_progress)
     print(status.message)
     print(f"wrote {path}")
     return 0

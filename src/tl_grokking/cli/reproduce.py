@@ -12,47 +12,50 @@ The main job of the library in one command (Nanda et al. 2023):
 
 ``--quick`` uses a smaller setting that groks within about a minute on two CPU cores:
 p = 53, half of the pairs for training, d_mlp 256, lr 3e-3, 1500 epochs (test accuracy
-reaches 99 % near epoch 700 with seed 0; about 45 s of CPU time on one core, all three
-steps).  The paper's setting costs about 0.1 s of CPU time per epoch on one core (about an hour
-for 40k epochs); ``--device cuda`` trains on a GPU.
+first reaches 99 % at logged epoch 675 with seed 0; about 45 s of CPU time on one core, all
+three steps).  The paper's setting costs about 0.1 s of CPU time per epoch on one core (about
+an hour for 40k epochs); ``--device cuda`` trains on a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+from tl_grokking.cli._common import add_config_flags, config_values, show_default
+from tl_grokking.runs.rundir import CONFIG_FILE, is_run_dir, read_json, resume_epoch
+from tl_grokking.training.config import RESUMABLE_FIELDS, TrainConfig, config_changes
 
-from tl_grokking.training.trainer import TrainConfig
+__all__ = ["paper_config", "quick_config", "reproduce", "Reproduction", "QUICK_SETTINGS"]
 
-__all__ = ["paper_config", "quick_config", "reproduce", "Reproduction"]
+#: What ``--quick`` changes from the paper's setting: a run that groks in about a minute.
+QUICK_SETTINGS: dict[str, Any] = dict(
+    p=53,
+    frac_train=0.5,
+    d_mlp=256,
+    lr=3e-3,
+    weight_decay=1.0,
+    epochs=1500,
+    log_every=25,
+    checkpoint_every=50,
+)
 
 
 def paper_config(*, seed: int = 0, device: str = "cpu", **changes: Any) -> TrainConfig:
-    """The paper's run: every :class:`~tl_grokking.training.trainer.TrainConfig` default (p = 113,
+    """The paper's run: every :class:`~tl_grokking.training.config.TrainConfig` default (p = 113,
     frac 0.3, 40k epochs, checkpoints every 100), with ``seed``, ``device`` and ``changes``."""
     return TrainConfig(seed=seed, device=device, **changes)
 
 
 def quick_config(*, seed: int = 0, device: str = "cpu", **changes: Any) -> TrainConfig:
     """A small setting that still groks (memorises first, generalises later) in ~1000 epochs:
-    p = 53, frac 0.5, d_mlp 256, lr 3e-3, weight decay 1, 1500 epochs."""
-    settings: dict[str, Any] = dict(
-        p=53,
-        frac_train=0.5,
-        d_mlp=256,
-        lr=3e-3,
-        weight_decay=1.0,
-        epochs=1500,
-        log_every=25,
-        checkpoint_every=50,
-    )
-    settings.update(changes)
-    return TrainConfig(seed=seed, device=device, **settings)
+    :data:`QUICK_SETTINGS` (p = 53, frac 0.5, d_mlp 256, lr 3e-3, weight decay 1, 1500
+    epochs), with ``seed``, ``device`` and ``changes``."""
+    return TrainConfig(seed=seed, device=device, **{**QUICK_SETTINGS, **changes})
 
 
 @dataclass
@@ -64,9 +67,26 @@ class Reproduction:
     measures: Path | None  # None when the analysis could not be stored
     phases: Path | None
     epochs_trained: int
-    grok_epoch: int | None
+    grok_epoch: int | None  # rundir.grok_epoch of metrics.jsonl (the trainer's; None if never)
     final_metrics: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def _training_step(config: TrainConfig, out: Path, *, overwrite: bool) -> str:
+    """What step 1 does with ``out``: start, resume or reuse the run there."""
+    setting = (
+        f"p = {config.p}, frac_train = {config.frac_train}, {config.epochs} epochs, seed "
+        f"{config.seed}, on {config.device} -> {out}"
+    )
+    if overwrite or not is_run_dir(out):
+        return f"training {setting}"
+    changes = config_changes(read_json(out / CONFIG_FILE), config.to_dict())
+    done = resume_epoch(out)
+    if done is None or any(name not in RESUMABLE_FIELDS for name in changes):
+        return f"training {setting}"  # train_model says why it cannot use the stored run
+    if done >= config.epochs:
+        return f"already trained to epoch {done}: reusing it ({out})"
+    return f"resuming at epoch {done}: {setting}"
 
 
 def reproduce(
@@ -74,11 +94,13 @@ def reproduce(
     out: str | Path,
     *,
     progress: bool = True,
-    log: Any = print,
+    overwrite: bool = False,
+    log: Callable[[str], Any] = print,
 ) -> Reproduction:
-    """Train ``config`` into ``out`` (resuming a run with the same configuration there),
-    compute its progress measures and phases (``measures.csv``, ``phases.json``), and write
-    ``report.html``.  ``log`` receives one-line progress messages (``print`` by default)."""
+    """Train ``config`` into ``out`` (resuming a run with the same configuration there, reusing
+    a finished one; ``overwrite=True`` starts again), compute its progress measures and phases
+    (``measures.csv``, ``phases.json``), and write ``report.html``. ``log`` receives one-line
+    progress messages (``print`` by default)."""
     from tl_grokking.analysis.progress import MEASURES_FILE, PHASES_FILE, analyze_run
     from tl_grokking.figures.report import write_report
     from tl_grokking.training.trainer import train_model
@@ -86,11 +108,8 @@ def reproduce(
     out = Path(out)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    log(
-        f"[1/3] training p = {config.p}, frac_train = {config.frac_train}, "
-        f"{config.epochs} epochs, seed {config.seed}, on {config.device} -> {out}"
-    )
-    result = train_model(config, out, resume=True, progress=progress)
+    log(f"[1/3] {_training_step(config, out, overwrite=overwrite)}")
+    result = train_model(config, out, resume=True, overwrite=overwrite, progress=progress)
     timings["train"] = time.perf_counter() - start
 
     log("[2/3] progress measures and phases (as tl-grokking analyze)")
@@ -132,39 +151,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--quick runs a smaller setting that groks in about a minute on a CPU."
         ),
     )
+    quick = ", ".join(f"{name} {show_default(value)}" for name, value in QUICK_SETTINGS.items())
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="p = 53, frac 0.5, d_mlp 256, lr 3e-3, 1500 epochs (about a minute on 2 cores)",
+        help=f"a smaller setting that groks in about a minute on 2 cores: {quick}",
     )
     parser.add_argument(
         "--out",
         default=None,
         metavar="DIR",
-        help="run directory (default runs/reproduce-paper-seed<N> or runs/reproduce-quick-seed<N>)",
+        help="run directory [runs/reproduce-paper-seed<N>, or runs/reproduce-quick-seed<N> "
+        "with --quick]",
     )
-    parser.add_argument("--seed", type=int, default=0, help="initialisation and split seed")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    add_config_flags(
+        parser,
+        TrainConfig,
+        fields=("seed", "device", "epochs"),
+        shown={"epochs": f"{TrainConfig.epochs}, or {QUICK_SETTINGS['epochs']} with --quick"},
+        groups=False,
+    )
     parser.add_argument(
-        "--epochs", type=int, default=None, help="override the number of epochs of the setting"
+        "--overwrite", action="store_true", help="delete the run already in --out and start again"
     )
     parser.add_argument(
         "--threads",
         type=int,
         default=None,
-        help="CPU threads for torch (default: 1 with --quick, where the matrices are too small "
-        "to gain from more; torch's default otherwise)",
+        help="CPU threads for torch [1 with --quick, where the matrices are too small to gain "
+        "from more; torch's default otherwise]",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    changes = {} if args.epochs is None else {"epochs": args.epochs}
+    import torch
+
     make = quick_config if args.quick else paper_config
-    config = make(seed=args.seed, device=args.device, **changes)
+    config = make(**config_values(args, TrainConfig))
     name = "quick" if args.quick else "paper"
-    out = Path(args.out) if args.out else Path("runs") / f"reproduce-{name}-seed{args.seed}"
+    out = Path(args.out) if args.out else Path("runs") / f"reproduce-{name}-seed{config.seed}"
     threads = args.threads if args.threads is not None else (1 if args.quick else None)
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be a positive integer, got {threads}")
@@ -172,19 +199,24 @@ def run(args: argparse.Namespace) -> int:
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        rep = reproduce(config, out, progress=not args.no_progress)
+        rep = reproduce(config, out, progress=not args.no_progress, overwrite=args.overwrite)
     finally:
         torch.set_num_threads(saved)
-    m = {k: rep.final_metrics.get(k, float("nan")) for k in ("train_loss", "test_loss", "test_acc")}
-    grok = f"epoch {rep.grok_epoch}" if rep.grok_epoch is not None else "not reached"
+    from tl_grokking._format import fmt_num
+    from tl_grokking.analysis.phases import summary_lines
+
+    m = {k: fmt_num(rep.final_metrics.get(k)) for k in ("train_loss", "test_loss", "test_acc")}
     print(
         f"\ndone in {rep.timings['total']:.0f} s (train {rep.timings['train']:.0f} s, "
         f"analysis {rep.timings['analyze']:.0f} s, report {rep.timings['report']:.0f} s)"
     )
     print(
-        f"epochs {rep.epochs_trained}; 99 % test accuracy: {grok}; final train loss "
-        f"{m['train_loss']:.3g}, test loss {m['test_loss']:.3g}, test accuracy {m['test_acc']:.4f}"
+        f"epochs {rep.epochs_trained}; final train loss {m['train_loss']}, test loss "
+        f"{m['test_loss']}, test accuracy {m['test_acc']}"
     )
+    # the lines of `tl-grokking analyze` (epoch at 99 %, phases, every caveat as "note:")
+    for line in summary_lines(rep.run_dir, read_json(rep.phases) if rep.phases else None):
+        print(line)
     print(f"run directory: {rep.run_dir}")
     print(f"measures:      {rep.measures}\nphases:        {rep.phases}")
     print(f"report:        {rep.report.resolve()}")

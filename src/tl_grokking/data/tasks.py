@@ -36,6 +36,9 @@ x3+xy      a³ + ab                no          None               all p² pairs
   that order (:meth:`Task.fourier_tokens`), with basis size ``p - 1``; token 0 is left out.
 * ``None``: no group structure is known; only the structure-free measures (losses, accuracy,
   weight norm) are meaningful.
+
+:attr:`Task.meaningful_analyses` names what applies, and :meth:`Task.require` is the gate every
+analysis calls: it raises ``ValueError`` naming the analysis, the task and what to use instead.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ from typing import ClassVar
 import torch
 from jaxtyping import Int
 from torch import Tensor
+
+from tl_grokking._validation import check_int
+from tl_grokking.data.discrete_log import discrete_log_table, is_prime
 
 __all__ = [
     "Task",
@@ -67,25 +73,30 @@ __all__ = [
     "validate_p",
     "validate_frac_train",
     "is_prime",
+    "CAPABILITIES",
 ]
 
 FOURIER_STRUCTURES = ("additive", "multiplicative", None)
 
+#: The capabilities of :attr:`Task.meaningful_analyses` and what each needs (for the messages of
+#: :meth:`Task.require`).
+CAPABILITIES: dict[str, str] = {
+    "training": "nothing beyond the task",
+    "group_fourier": "a task with a known group structure (fourier_structure 'additive' or "
+    "'multiplicative')",
+    "token_fourier": "an additive task on the full p² grid (Fourier basis indexed by the tokens: "
+    "'add', 'sub')",
+    "sum_directions": "the a + b sum directions cos/sin(w_k(a + b)), i.e. the task 'add'",
+    "clock_pizza": "a commutative group task ('add', 'mul')",
+}
+
 
 def validate_p(p: object, *, field: str = "p", min_value: int = 3) -> int:
-    """Return ``p`` as an int, or raise ``ValueError`` naming the field and accepted range."""
-    if isinstance(p, bool) or not isinstance(p, int):
-        # Allow integral floats/numpy ints coming from JSON or argparse, nothing else.
-        try:
-            as_int = int(p)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise ValueError(f"{field} must be an integer >= {min_value}, got {p!r}") from None
-        if as_int != p:
-            raise ValueError(f"{field} must be an integer >= {min_value}, got {p!r}")
-        p = as_int
-    if p < min_value:
-        raise ValueError(f"{field} must be an integer >= {min_value}, got {p}")
-    return p
+    """Return ``p`` as an int, or raise ``ValueError`` naming the field and accepted range.
+
+    Integral floats and numpy integers (from JSON or argparse) pass; bools and strings do not.
+    """
+    return check_int(p, field, minimum=min_value)
 
 
 def validate_frac_train(frac_train: object) -> float:
@@ -97,12 +108,6 @@ def validate_frac_train(frac_train: object) -> float:
     if not (0.0 < value < 1.0) or math.isnan(value):
         raise ValueError(f"frac_train must be in the open interval (0, 1), got {frac_train!r}")
     return value
-
-
-def is_prime(n: int) -> bool:
-    if n < 2:
-        return False
-    return all(n % d for d in range(2, int(math.isqrt(n)) + 1))
 
 
 @dataclass(frozen=True)
@@ -223,11 +228,9 @@ class Task:
         discrete-log re-indexing (token 0 has no logarithm and is left out). Raises
         ``ValueError`` for tasks without a group structure.
         """
-        self.require_structure("additive", "multiplicative", analysis="Fourier re-indexing")
+        self.require("group_fourier", "the Fourier re-indexing (task.fourier_tokens)")
         if self.fourier_structure == "additive":
             return torch.arange(self.p)
-        from tl_grokking.data.discrete_log import discrete_log_table
-
         return discrete_log_table(self.p)[0]
 
     @property
@@ -235,10 +238,11 @@ class Task:
         """Names of the analyses that are meaningful for this task (see ``docs/tasks.md``).
 
         * ``"training"``: losses, accuracy, weight norms — every task.
-        * ``"group_fourier"``: key frequencies and neuron clusters in group coordinates
-          (:mod:`tl_grokking.data.discrete_log`) — additive and multiplicative tasks.
+        * ``"group_fourier"``: Fourier analysis in the task's group coordinates (key
+          frequencies, neuron clusters, Fourier norms of W_E / W_L; the discrete-log order for
+          × and ÷) — additive and multiplicative tasks.
         * ``"token_fourier"``: Fourier analysis indexed by the tokens over the full p² grid
-          (``fourier``, ``hooks``, ``plots``, ``ablations``) — additive tasks.
+          (``hooks.fourier_ablate``, ``ablations``, the W_E / W_L figures) — additive tasks.
         * ``"sum_directions"``: the ``a + b`` sum directions, so the restricted / excluded
           losses and the trig logit decomposition ``cos(w(a + b - c))`` — addition only.
         * ``"clock_pizza"``: gradient symmetricity and distance irrelevance
@@ -255,23 +259,41 @@ class Task:
                 out.add("sum_directions")
         return frozenset(out)
 
-    def require_structure(self, *structures: str, analysis: str) -> None:
-        """Raise ``ValueError`` unless ``fourier_structure`` is one of ``structures``.
+    def require(self, capability: str, analysis: str) -> None:
+        """Raise ``ValueError`` unless ``capability`` is in :attr:`meaningful_analyses`.
 
-        Analyses call this to refuse tasks for which they are not meaningful, e.g.
-        ``task.require_structure("additive", analysis="restricted loss")``.
+        The one gate every analysis of the library goes through: ``capability`` is a key of
+        :data:`CAPABILITIES` (``"group_fourier"``, ``"token_fourier"``, ``"sum_directions"``,
+        ...), ``analysis`` names the analysis for the message, which also names the task, what
+        the analysis needs and what to use instead. E.g.
+        ``task.require("sum_directions", "the restricted loss")``.
         """
-        if self.fourier_structure not in structures:
-            accepted = " or ".join(repr(s) for s in structures)
+        if capability not in CAPABILITIES:
             raise ValueError(
-                f"{analysis} needs a task with fourier_structure {accepted}; task "
-                f"{self.name!r} has fourier_structure {self.fourier_structure!r}"
-                + (
-                    " (use the discrete-log re-indexed analyses of tl_grokking.data.discrete_log)"
-                    if self.fourier_structure == "multiplicative"
-                    else ""
-                )
+                f"capability must be one of {sorted(CAPABILITIES)}, got {capability!r}"
             )
+        if capability not in self.meaningful_analyses:
+            raise ValueError(
+                f"cannot compute {analysis} for task {self.name!r} (p = {self.p}, "
+                f"fourier_structure {self.fourier_structure!r}): not meaningful, it needs "
+                f"{CAPABILITIES[capability]}; {self._instead(capability)}"
+            )
+
+    def _instead(self, capability: str) -> str:
+        """What to use instead of an analysis that needs ``capability`` (for :meth:`require`)."""
+        if self.fourier_structure == "multiplicative":
+            return (
+                "in the task's group coordinates (the discrete-log order over Z_p-1 of "
+                "tl_grokking.data.discrete_log) the analyses key_frequencies, neuron_clusters, "
+                "embed_fourier_norms and unembed_fourier_norms apply (their default reindex=None)"
+            )
+        if self.fourier_structure == "additive":
+            return (
+                "the token-order Fourier analyses still apply (key_frequencies, neuron_clusters, "
+                "fourier_ablate on 'embed' or with basis='block'); the restricted / excluded "
+                "losses, the trig logit decomposition and the clock/pizza metrics need a + b"
+            )
+        return "only the structure-free measures apply (losses, accuracy, weight norm, Gini)"
 
 
 @dataclass(frozen=True)
@@ -516,10 +538,11 @@ def make_custom_task(
             f"custom task {name!r}: declared commutative={commutative} but fn is "
             f"{'' if brute_commutative else 'not '}commutative on Z_{p}"
         )
+    signs = (int(operand_signs[0]), int(operand_signs[1]))
     if fourier_structure is not None:
-        _check_group_law(table, p, fourier_structure, tuple(operand_signs), name)
+        _check_group_law(table, p, fourier_structure, signs, name)
     attrs = {
-        "operand_signs": tuple(operand_signs),
+        "operand_signs": signs,
         "name": name,
         "symbol": symbol or name,
         "commutative": bool(commutative),
@@ -554,8 +577,9 @@ def register_task(name: str, factory: Callable[[int], Task]) -> None:
     TASKS[name] = factory
 
 
-def make_task(name: str = "add", p: int = 113) -> Task:
-    """Build a registered task by name, e.g. ``make_task("add", 113)``."""
+def make_task(name: str | Task = "add", p: int = 113) -> Task:
+    """Build a registered task by name, e.g. ``make_task("add", 113)`` (a Task is returned
+    as it is)."""
     if isinstance(name, Task):
         return name
     if name not in TASKS:

@@ -5,7 +5,7 @@ records, a measures table, cluster assignments, ...) or a model and its task —
 path, so the same figure can be drawn for a run on disk, a checkpoint in memory or a model
 being trained.  :mod:`tl_grokking.figures.report` assembles them into one HTML page.
 
-Figures (Nanda et al. 2023, names as in PAPER_NOTES):
+Figures (Nanda et al. 2023):
 
 * :func:`loss_curves` — train/test loss, log scale, the three phases (memorisation, circuit
   formation, cleanup) shaded.
@@ -36,11 +36,12 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from tl_grokking._format import fmt_num
 from tl_grokking.analysis import weights
 from tl_grokking.analysis.ablations import AblationTable
 from tl_grokking.analysis.circuits import NeuronClusters
 from tl_grokking.analysis.fourier import fourier_basis, to_grid
-from tl_grokking.analysis.hooks import grid_activations, require_analysis
+from tl_grokking.analysis.grid import grid_activations
 from tl_grokking.analysis.logits import TrigDecomposition
 from tl_grokking.data.tasks import ModularAddition, Task
 
@@ -215,6 +216,19 @@ def _cluster_data(
     return freqs, fves, threshold
 
 
+def _category_bars(fig: go.Figure, title: str, xaxis_title: str, yaxis_title: str) -> go.Figure:
+    """The layout of a bar chart over categories (clusters, key frequencies); returns ``fig``."""
+    fig.update_layout(
+        template=TEMPLATE,
+        title=title,
+        xaxis_title=xaxis_title,
+        yaxis_title=yaxis_title,
+        xaxis={"type": "category"},
+        height=380,
+    )
+    return fig
+
+
 def _cluster_members(freqs: list[int], fves: list[float], threshold: float) -> dict[int, list[int]]:
     members: dict[int, list[int]] = {}
     for i, (f, v) in enumerate(zip(freqs, fves, strict=True)):
@@ -232,11 +246,11 @@ def _grid_task(
 ) -> Task:
     """The task of a figure (default: addition): checked against the model, on the full
     (a, b) grid, and with capability ``needs`` of ``task.meaningful_analyses`` if given
-    (:func:`tl_grokking.analysis.hooks.require_analysis` raises ``ValueError`` naming ``analysis``)."""
+    (:meth:`~tl_grokking.data.tasks.Task.require` raises ``ValueError`` naming ``analysis``)."""
     task = task if task is not None else ModularAddition(_model_p(model, None))
     _model_p(model, task)
     if needs is not None:
-        require_analysis(task, needs, analysis)
+        task.require(needs, analysis)
     if not task.is_full_grid:
         raise ValueError(
             f"{analysis} needs every pair (a, b) of the p² grid; task {task.name!r} is "
@@ -389,8 +403,8 @@ def embedding_fourier_norms(
     """Norm over d_model of each Fourier component of W_E (rows of ``F @ W_E[:p]``).
 
     Bars are in the basis order ``const, cos 1, sin 1, cos 2, ...`` (cos first), labelled with
-    the names from :func:`~tl_grokking.analysis.fourier.fourier_basis`.  A trained model is sparse here:
-    large norm only at a few key frequencies, which are drawn in a second colour.
+    the names from :func:`~tl_grokking.analysis.fourier.fourier_basis`.  A trained model is
+    sparse here: large norm only at a few key frequencies, which are drawn in a second colour.
     """
     p = _grid_task(model, task, "the W_E Fourier-norm plot", needs="token_fourier").p
     basis, names = fourier_basis(p, dtype=torch.float64)
@@ -429,10 +443,10 @@ def unembed_fourier_heatmap(
 ) -> go.Figure:
     """Heatmap of ``W_L @ F.T``: each neuron's read-out weights in the Fourier basis over c.
 
-    ``W_L = W_out W_U`` (restricted to the p classes, :func:`tl_grokking.analysis.weights.W_L`) maps MLP
-    neurons to logits; for a grokked model it is approximately rank 2|K|, reading cos(w_k c)
-    and sin(w_k c) only.  Columns are basis rows (cos first); rows are neurons, grouped by
-    cluster frequency (unclustered last) when ``clusters`` is given, else in index order.
+    ``W_L = W_out W_U`` (restricted to the p classes, :func:`tl_grokking.analysis.weights.W_L`) maps
+    MLP neurons to logits; for a grokked model it is approximately rank 2|K|, reading cos(w_k c) and
+    sin(w_k c) only.  Columns are basis rows (cos first); rows are neurons, grouped by cluster
+    frequency (unclustered last) when ``clusters`` is given, else in index order.
     """
     p = _grid_task(model, task, "the W_L Fourier heatmap", needs="token_fourier").p
     basis, names = fourier_basis(p, dtype=torch.float64)
@@ -490,10 +504,10 @@ def neuron_cluster_sizes(
 ) -> go.Figure:
     """Bar chart: how many neurons belong to each frequency cluster, plus the unclustered.
 
-    ``clusters`` is a :class:`~tl_grokking.analysis.circuits.NeuronClusters` (from ``neuron_clusters``),
-    or each neuron's best frequency with ``fve`` its fraction of variance explained.  A neuron
-    is in the cluster of its best frequency when its FVE is ``>= threshold`` (default: the
-    clusters' own threshold, else the paper's 0.85); the rest are "unclustered".
+    ``clusters`` is a :class:`~tl_grokking.analysis.circuits.NeuronClusters` (from
+    ``neuron_clusters``), or each neuron's best frequency with ``fve`` its fraction of variance
+    explained.  A neuron is in the cluster of its best frequency when its FVE is ``>= threshold``
+    (default: the clusters' own threshold, else the paper's 0.85); the rest are "unclustered".
     """
     freqs, fves, threshold = _cluster_data(clusters, fve, threshold)
     members = _cluster_members(freqs, fves, threshold)
@@ -510,15 +524,8 @@ def neuron_cluster_sizes(
             hovertemplate="%{x}<br>%{y} neurons<extra></extra>",
         )
     )
-    fig.update_layout(
-        template=TEMPLATE,
-        title=f"{title} (FVE ≥ {threshold:g}; {n_clustered} of {len(freqs)} clustered)",
-        xaxis_title="cluster (frequency k)",
-        yaxis_title="number of neurons",
-        xaxis={"type": "category"},
-        height=380,
-    )
-    return fig
+    title = f"{title} (FVE ≥ {threshold:g}; {n_clustered} of {len(freqs)} clustered)"
+    return _category_bars(fig, title, "cluster (frequency k)", "number of neurons")
 
 
 def fve_histogram(
@@ -809,33 +816,17 @@ def trig_identity_coefficients(
             x=[f"k={k}" for k, _ in items],
             y=[v for _, v in items],
             marker_color="#9467bd",
-            text=[f"{v:.3g}" for _, v in items],
+            text=[fmt_num(v) for _, v in items],
             textposition="outside",
             hovertemplate="%{x}<br>α = %{y:.4g}<extra></extra>",
         )
     )
     extra = f" — explains {100 * fve:.1f} % of logit variance" if fve is not None else ""
     if approx is not None:
-        extra += f"<br><sup>loss: model {approx[0]:.3g}, approximation {approx[1]:.3g}</sup>"
-    fig.update_layout(
-        template=TEMPLATE,
-        title=title + extra,
-        xaxis_title="key frequency k",
-        yaxis_title="α_k",
-        xaxis={"type": "category"},
-        height=380,
-    )
-    return fig
-
-
-def _format_cell(value: Any) -> str:
-    if isinstance(value, float):
-        if value == 0 or (1e-3 <= abs(value) < 1e4):
-            return f"{value:.4g}"
-        return f"{value:.3e}"
-    if isinstance(value, Tensor) and value.numel() == 1:
-        return _format_cell(float(value))
-    return str(value)
+        extra += (
+            f"<br><sup>loss: model {fmt_num(approx[0])}, approximation {fmt_num(approx[1])}</sup>"
+        )
+    return _category_bars(fig, title + extra, "key frequency k", "α_k")
 
 
 def ablation_table_figure(
@@ -845,9 +836,10 @@ def ablation_table_figure(
 ) -> go.Figure:
     """A plotly Table of ablation results.
 
-    ``rows`` is an :class:`~tl_grokking.analysis.ablations.AblationTable` (from ``ablation_table``), a
-    list of mappings (one per ablation), a mapping of columns, or a DataFrame.  Floats are
-    shown with 4 significant digits (scientific notation for small losses).
+    ``rows`` is an :class:`~tl_grokking.analysis.ablations.AblationTable` (from ``ablation_table``),
+    a list of mappings (one per ablation), a mapping of columns, or a DataFrame.  Cells are shown by
+    :func:`tl_grokking._format.fmt_num` (4 significant digits, scientific notation for small
+    losses).
     """
     widths = None
     if isinstance(rows, AblationTable):
@@ -871,7 +863,7 @@ def ablation_table_figure(
         for k in r:
             if k not in keys:
                 keys.append(k)
-    cells = [[_format_cell(r.get(k, "")) for r in rows] for k in keys]
+    cells = [[fmt_num(r.get(k, "")) for r in rows] for k in keys]
     fig = go.Figure(
         go.Table(
             header={

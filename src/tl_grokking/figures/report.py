@@ -1,15 +1,24 @@
 """The self-contained HTML report of a training run (``tl-grokking report RUN_DIR``).
 
 One file, ``RUN_DIR/report.html``, that opens with no network: plotly.js is inlined once in the
-page head, every figure of :mod:`tl_grokking.figures.plots` is a ``<div>`` drawing from that one copy,
-and the circuitsvis attention view uses the JavaScript bundle shipped inside the circuitsvis
-Python package (``circuitsvis/dist/cdn/iife.js``), inlined once, instead of the CDN import that
-``circuitsvis``' own HTML uses outside a notebook.
+page head, every figure of :mod:`tl_grokking.figures.plots` is a ``<div>`` drawing from that one
+copy, and the circuitsvis attention view uses the JavaScript bundle shipped inside the
+circuitsvis Python package (``circuitsvis/dist/cdn/iife.js``), inlined once, instead of the CDN
+import that ``circuitsvis``' own HTML uses outside a notebook.
 
-Contents: the run's status (finished / still training, and why), summary numbers (epoch at
-99 % test accuracy, final losses, key frequencies by each rule, phase boundaries), the run's
-configuration, and the figures.  Progress measures come from ``measures.csv`` /
-``phases.json`` when ``tl-grokking analyze`` wrote them, and are computed otherwise.
+Contents: the run's status (finished / still training, and why), every caveat of the analysis
+(the notes ``tl-grokking analyze`` prints), summary numbers (the epoch at 99 % test accuracy,
+final losses, key frequencies by each rule, phase boundaries), the run's configuration, and one
+section per figure.  Progress measures come from ``measures.csv`` / ``phases.json`` when
+``tl-grokking analyze`` wrote them, and are computed otherwise.
+
+How it is built: :func:`build_report` gathers the run once (:class:`_Run`), then each section
+builder of :data:`_SECTIONS` returns a :class:`ReportSection` (a figure, or a visible note saying
+why it is skipped) or ``None`` when the section does not apply to the run's task.
+:func:`render_report_html` fills the jinja2 template ``templates/report.html.j2`` (package data:
+page skeleton and CSS; the captions are the macros of ``templates/captions.html.j2``) with
+autoescaping on, so run names, configuration values and the contents of ``phases.json`` are
+shown as text and never run as HTML.
 
 The page is built in memory and written atomically: on bad input (not a run directory, no
 checkpoints) a :class:`~tl_grokking.runs.rundir.RunDirError` is raised and nothing is written.
@@ -18,76 +27,68 @@ checkpoints) a :class:`~tl_grokking.runs.rundir.RunDirError` is raised and nothi
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import html
 import json
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import plotly.graph_objects as go
+from markupsafe import Markup
 
+from tl_grokking._format import fmt_num
 from tl_grokking._version import __version__
+from tl_grokking.analysis.phases import (
+    GROK_LABEL,
+    analysis_notes,
+    grok_summary,
+    phases_record,
+)
 from tl_grokking.analysis.progress import MEASURES_FILE, PHASES_FILE
 from tl_grokking.runs.rundir import (
-    CHECKPOINT_DIR,
     CONFIG_FILE,
-    METRICS_FILE,
     RESUME_FILE,
-    RunDirError,
     atomic_write_text,
-    is_run_dir,
-    list_checkpoints,
     read_json,
     read_metrics,
+    require_run_dir,
+    resume_epoch,
 )
 
 __all__ = [
     "REPORT_FILE",
+    "TEMPLATE",
+    "ReportSection",
     "RunStatus",
     "run_status",
-    "check_run_dir",
+    "caption",
     "build_report",
+    "render_report_html",
     "write_report",
     "external_urls",
 ]
 
 REPORT_FILE = "report.html"
-
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #222;
-       background: #fafafa; }
-header { background: #203a5c; color: #fff; padding: 18px 32px; }
-header h1 { margin: 0 0 4px 0; font-size: 1.5em; }
-header p { margin: 0; opacity: 0.85; }
-main { max-width: 1280px; margin: 0 auto; padding: 12px 32px 48px 32px; }
-nav ol { columns: 2; font-size: 0.92em; }
-section { background: #fff; border: 1px solid #e3e3e3; border-radius: 6px; padding: 10px 18px;
-          margin: 18px 0; }
-section h2 { font-size: 1.15em; margin: 6px 0; }
-p.caption { color: #444; font-size: 0.92em; margin: 4px 0 8px 0; max-width: 980px; }
-table.summary { border-collapse: collapse; font-size: 0.93em; }
-table.summary th { text-align: left; padding: 3px 18px 3px 0; color: #555; font-weight: 600;
-                   vertical-align: top; white-space: nowrap; }
-table.summary td { padding: 3px 0; }
-.banner { padding: 10px 14px; border-radius: 6px; margin: 14px 0; font-weight: 600; }
-.banner.done { background: #e6f4ea; border: 1px solid #9ed3ab; }
-.banner.running { background: #fff4e0; border: 1px solid #f0c36d; }
-.banner.missing { background: #fdecea; border: 1px solid #f1a9a0; }
-pre.config { background: #f4f4f4; padding: 8px; font-size: 0.85em; overflow-x: auto; }
-.cv-example h3 { font-size: 0.95em; margin: 8px 0 0 0; }
-footer { color: #777; font-size: 0.85em; margin-top: 24px; }
-"""
+#: The page template (package data of ``tl_grokking.figures``, in ``templates/``).
+TEMPLATE = "report.html.j2"
+_CAPTIONS_TEMPLATE = "captions.html.j2"
 
 
 @dataclass
 class ReportSection:
     """One block of the report: a heading, a caption and its body.
 
-    ``figure`` is a plotly figure, ``body_html`` any other HTML (tables, circuitsvis views,
-    notes); both may be given.  ``anchor`` is the section's id (default: from the title).
-    A section of ``kind="circuitsvis"`` makes the page inline the circuitsvis bundle.
+    ``caption`` and ``body_html`` are HTML put into the page as they are: build them from
+    escaped parts (:func:`caption` gives the template's captions).  ``figure`` is a plotly
+    figure; ``skipped`` are plain-text notes (escaped in the page), each shown as
+    "**Skipped:** note".  ``anchor`` is the section's id (default: from the title).  A section
+    of ``kind="circuitsvis"`` makes the page inline the circuitsvis bundle; ``"note"`` marks a
+    section that stands in for one that could not be drawn.
     """
 
     title: str
@@ -96,15 +97,40 @@ class ReportSection:
     body_html: str = ""
     anchor: str = ""
     kind: str = "figure"  # "figure", "note", or "circuitsvis" (the page then inlines its JS)
+    skipped: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.anchor:
             self.anchor = re.sub(r"[^a-z0-9]+", "-", self.title.lower()).strip("-") or "section"
 
 
+# ---------------------------------------------------------------------------------------------
+# The page: template, captions, inlined JavaScript
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    """The jinja2 environment of the report templates (autoescape on, strict variables)."""
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("tl_grokking.figures", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def caption(name: str, *args: Any) -> Markup:
+    """The caption ``name`` of ``templates/captions.html.j2`` (a macro; ``args`` are escaped),
+    as safe HTML for :attr:`ReportSection.caption`."""
+    macro = getattr(_environment().get_template(_CAPTIONS_TEMPLATE).module, name)
+    return Markup(" ".join(str(macro(*args)).split()))
+
+
 def figure_html(fig: go.Figure, div_id: str) -> str:
     """A plotly figure as a ``<div>`` + ``<script>`` that draws from the page's plotly.js."""
-    height = fig.layout.height or 450
+    height = getattr(fig.layout, "height", None) or 450
     return fig.to_html(
         full_html=False,
         include_plotlyjs=False,
@@ -155,8 +181,8 @@ def circuitsvis_element(component: str, props: dict[str, Any], element_id: str) 
 
     props_json = json.loads(convert_props(props))
     return (
-        f'<div id="{element_id}" class="circuitsvis"></div>\n'
-        f"<script>CircuitsVis.render({json.dumps(element_id)}, CircuitsVis.{component}, "
+        f'<div id="{html.escape(element_id)}" class="circuitsvis"></div>\n'
+        f"<script>CircuitsVis.render({_json_for_script(element_id)}, CircuitsVis.{component}, "
         f"{_json_for_script(props_json)});</script>"
     )
 
@@ -184,71 +210,70 @@ def external_urls(page: str) -> list[str]:
     return [u for u in found if re.match(r"^(https?:)?//", u.strip(), re.IGNORECASE)]
 
 
-def _summary_table(rows: list[tuple[str, str]]) -> str:
-    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in rows)
-    return f'<table class="summary">{body}</table>'
+@dataclass(frozen=True)
+class _PageSection:
+    """A :class:`ReportSection` as the template reads it (HTML parts marked safe)."""
+
+    anchor: str
+    kind: str
+    title: str
+    caption: Markup
+    skipped: tuple[str, ...]
+    figure_html: Markup
+    body_html: Markup
 
 
 def render_report_html(
     title: str,
-    sections: list[ReportSection],
+    sections: Sequence[ReportSection],
     *,
     subtitle: str = "",
     banner: tuple[str, str] | None = None,
-    summary: list[tuple[str, str]] | None = None,
+    summary: Sequence[tuple[str, str]] | None = None,
     config: dict[str, Any] | None = None,
+    caveats: Sequence[str] = (),
 ) -> str:
-    """Assemble a self-contained HTML page: plotly.js once in the head, each figure section a
+    """Fill the page template: plotly.js once in the head, each figure section a
     ``<div class="plotly-graph-div">``, the circuitsvis bundle inlined once if any section
-    uses it.  ``banner`` is ``(kind, text)`` with kind ``done``/``running``/``missing``;
-    ``summary`` rows are ``(label, html)``.
+    uses it.
+
+    ``title``, ``subtitle``, ``caveats`` (one list item each) and ``config`` (shown as JSON)
+    are plain text, escaped.  ``banner`` is ``(kind, text)`` with kind ``done`` / ``running`` /
+    ``missing``.  ``summary`` rows are ``(label, value)``: a value is escaped unless it is a
+    :class:`markupsafe.Markup` (trusted HTML built from escaped parts).
     """
     uses_cv = any(s.kind == "circuitsvis" for s in sections)
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{html.escape(title)}</title>",
-        f"<style>{_CSS}</style>",
-        f"<script>{_plotly_js()}</script>",
+    page_sections = [
+        _PageSection(
+            anchor=s.anchor,
+            kind=s.kind,
+            title=s.title,
+            caption=Markup(s.caption),
+            skipped=tuple(s.skipped),
+            figure_html=Markup(figure_html(s.figure, f"fig-{i}-{s.anchor}"))
+            if s.figure is not None
+            else Markup(""),
+            body_html=Markup(s.body_html),
+        )
+        for i, s in enumerate(sections)
     ]
-    if uses_cv:
-        parts.append(f"<script>{circuitsvis_bundle()}</script>")
-    parts += ["</head><body>", f"<header><h1>{html.escape(title)}</h1>"]
-    if subtitle:
-        parts.append(f"<p>{html.escape(subtitle)}</p>")
-    parts.append("</header><main>")
-    if banner is not None:
-        kind, text = banner
-        parts.append(f'<div class="banner {kind}" id="status">{text}</div>')
-    if summary:
-        parts.append('<section id="summary"><h2>Summary</h2>' + _summary_table(summary))
-        if config is not None:
-            cfg = html.escape(json.dumps(config, indent=2, sort_keys=True))
-            parts.append(
-                "<details><summary>run configuration</summary>"
-                f'<pre class="config">{cfg}</pre></details>'
-            )
-        parts.append("</section>")
-    toc = "".join(f'<li><a href="#{s.anchor}">{html.escape(s.title)}</a></li>' for s in sections)
-    parts.append(f"<nav><h2>Contents</h2><ol>{toc}</ol></nav>")
-    for i, sec in enumerate(sections):
-        parts.append(f'<section id="{sec.anchor}" class="report-{sec.kind}">')
-        parts.append(f"<h2>{html.escape(sec.title)}</h2>")
-        if sec.caption:
-            parts.append(f'<p class="caption">{sec.caption}</p>')
-        if sec.figure is not None:
-            parts.append(figure_html(sec.figure, f"fig-{i}-{sec.anchor}"))
-        if sec.body_html:
-            parts.append(sec.body_html)
-        parts.append("</section>")
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    parts.append(
-        f"<footer>Generated by tl-grokking {html.escape(__version__)} on {stamp}. "
-        "Self-contained: opens without a network connection.</footer>"
+    return (
+        _environment()
+        .get_template(TEMPLATE)
+        .render(
+            title=title,
+            subtitle=subtitle,
+            banner=banner,
+            caveats=list(caveats),
+            summary=list(summary or []),
+            config_json=None if config is None else json.dumps(config, indent=2, sort_keys=True),
+            sections=page_sections,
+            plotly_js=Markup(_plotly_js()),
+            circuitsvis_js=Markup(circuitsvis_bundle()) if uses_cv else None,
+            version=__version__,
+            stamp=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        )
     )
-    parts.append("</main></body></html>")
-    return "\n".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,6 +301,7 @@ class RunStatus:
 
     @property
     def message(self) -> str:
+        """One sentence for the banner and the console: finished (how) or still training."""
         if self.finished and self.stopped_early:
             return (
                 f"Finished: stopped early at epoch {self.last_checkpoint_epoch} of "
@@ -290,56 +316,18 @@ class RunStatus:
         )
 
 
-def _resume_epoch(run_dir: Path) -> int | None:
-    from safetensors import safe_open
-
-    path = run_dir / RESUME_FILE
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-        return int(meta["epoch"])
-    except Exception:  # unreadable (e.g. being replaced right now): epoch unknown
-        return None
-
-
-def check_run_dir(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """Raise :class:`~tl_grokking.runs.rundir.RunDirError` unless ``run_dir`` is a run directory with
-    at least one checkpoint; return its checkpoints."""
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise RunDirError(f"run directory {run_dir} does not exist")
-    if not run_dir.is_dir():
-        raise RunDirError(f"{run_dir} is not a directory; expected a run directory")
-    if not is_run_dir(run_dir):
-        raise RunDirError(
-            f"{run_dir} is not a run directory: no {CONFIG_FILE} "
-            f"(expected {CONFIG_FILE}, {METRICS_FILE}, {CHECKPOINT_DIR}/epoch_<N>.safetensors)"
-        )
-    found = list_checkpoints(run_dir)
-    if not found:
-        raise RunDirError(
-            f"{run_dir} has no checkpoints ({CHECKPOINT_DIR}/epoch_<N>.safetensors); "
-            "nothing to report yet"
-        )
-    return found
-
-
 def run_status(run_dir: str | os.PathLike) -> RunStatus:
     """The :class:`RunStatus` of a run directory (``RunDirError`` if it is not one)."""
     run_dir = Path(run_dir)
-    found = check_run_dir(run_dir)
+    found = require_run_dir(run_dir)  # also checks that config.json holds an object
     config = read_json(run_dir / CONFIG_FILE)
-    if not isinstance(config, dict):
-        raise RunDirError(f"{run_dir / CONFIG_FILE} must hold a JSON object")
     metrics = read_metrics(run_dir)
     epochs_cfg = config.get("epochs")
     epochs_cfg = int(epochs_cfg) if isinstance(epochs_cfg, int | float) else None
     last_ckpt = found[-1][0]
     logged = [int(r["epoch"]) for r in metrics if "epoch" in r]
     last_logged = max(logged) if logged else None
-    resume = _resume_epoch(run_dir)
+    resume = resume_epoch(run_dir)
 
     finished = epochs_cfg is not None and last_ckpt >= epochs_cfg
     stopped_early = False
@@ -370,84 +358,8 @@ def run_status(run_dir: str | os.PathLike) -> RunStatus:
 
 
 # ---------------------------------------------------------------------------------------------
-# Building the report of a run
+# The run, gathered once for every section
 # ---------------------------------------------------------------------------------------------
-
-_CAPTIONS = {
-    "loss": (
-        "Cross-entropy on the training pairs and on the held-out pairs, log scale. Grokking: "
-        "train loss collapses early (memorisation) while test loss stays high, then test loss "
-        "falls late. Shaded: the phases memorisation, circuit formation and cleanup."
-    ),
-    "measures": (
-        "The paper's progress measures at every checkpoint. <b>Restricted loss</b> keeps only "
-        "the key-frequency components cos/sin(w_k(a+b)) of the logits (plus their mean); it "
-        "falls during circuit formation, long before test loss. <b>Excluded loss</b> removes "
-        "them and is measured on the training pairs; it rises as the memorising solution is "
-        "replaced. The Gini coefficients of the Fourier norms of W_E and W_L rise when the "
-        "weights become sparse in frequency (cleanup); the total sum of squared weights falls "
-        "throughout, driven by weight decay."
-    ),
-    "embed": (
-        "Norm of each component of the embedding W_E (number tokens only) in the cos-first "
-        "Fourier basis. A grokked model embeds each token through a handful of key "
-        "frequencies: cos(w_k a) and sin(w_k a) for k in the key set."
-    ),
-    "unembed": (
-        "W_L = W_out W_U maps MLP neurons to the p logits. In the Fourier basis of the output "
-        "class c it is non-zero only at the key frequencies: the model reads cos(w_k c) and "
-        "sin(w_k c). Neurons are grouped by their cluster frequency."
-    ),
-    "clusters": (
-        "Each neuron's final-position activation over all p² inputs, centred and transformed "
-        "with the 2-D Fourier basis, is mostly in the 3×3 block {const, cos k, sin k}² of one "
-        "frequency k. Neurons whose best frequency explains at least the threshold fraction of "
-        "their variance form that frequency's cluster."
-    ),
-    "fve": (
-        "Distribution of the fraction of variance explained by each neuron's best frequency. "
-        "A grokked model has most neurons near 1."
-    ),
-    "neurons": (
-        "Final-position MLP activations over the (a, b) grid for the neurons with the largest "
-        "activation variance in each cluster: periodic patterns of frequency k in a, b and "
-        "a + b."
-    ),
-    "attention": (
-        "Attention weight from the '=' position to the a token and to the b token for every "
-        "input, per head (the rest goes to '=' itself). Heads attend to a and b with weights "
-        "that vary periodically with a and b, which lets the MLP form products of cos/sin terms."
-    ),
-    "circuitsvis": (
-        "Full attention patterns of a few inputs (circuitsvis; hover a head to enlarge it)."
-    ),
-    "alpha": (
-        "Fitting the logits with the trig identity logit(a, b, c) ≈ Σ_k α_k cos(w_k(a + b − c)) "
-        "over the key frequencies: each key frequency contributes a cosine 'vote' that peaks at "
-        "c = a + b mod p."
-    ),
-    "ablation": (
-        "Loss of the model under the paper's ablations: keeping only the key-frequency "
-        "components, removing them, replacing neurons by their frequency block, zeroing the "
-        "attention. Computed on all p² inputs unless the row says otherwise."
-    ),
-}
-
-
-def _fmt_num(x: Any) -> str:
-    if x is None:
-        return "—"
-    if isinstance(x, float):
-        if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
-            return f"{x:.3e}"
-        return f"{x:.4g}"
-    return html.escape(str(x))
-
-
-def _first_epoch_at(metrics: list[dict[str, Any]], key: str, level: float) -> int | None:
-    return next(
-        (int(r["epoch"]) for r in metrics if r.get(key) is not None and r[key] >= level), None
-    )
 
 
 def _freqs_text(freqs: list[int], limit: int = 12) -> str:
@@ -457,18 +369,30 @@ def _freqs_text(freqs: list[int], limit: int = 12) -> str:
     return f"{len(freqs)} frequencies [{', '.join(map(str, freqs[:6]))}, …]"
 
 
+def _display_path(path: Path) -> str:
+    """``path`` as the report shows it: as given when relative, relative to the working
+    directory when inside it, else only its name (never an absolute path of someone's disk)."""
+    if not path.is_absolute():
+        return path.as_posix()
+    try:
+        return path.relative_to(Path.cwd()).as_posix() or "."
+    except ValueError:
+        return path.name or "."
+
+
 @dataclass
 class _Measures:
+    """The progress measures of a run and their ``phases.json`` record (stored or computed)."""
+
     table: Any  # ProgressMeasures
-    phases: Any | None  # phases.json content or a Phases
+    record: dict[str, Any]  # phases.json, or phases_record() of the table
     source: str
-    phase_note: str = ""
 
 
 def _load_or_compute_measures(run_dir: Path, run: Any, *, device: str, progress: bool) -> _Measures:
-    """``measures.csv`` + ``phases.json`` written by ``tl-grokking analyze`` when present,
-    otherwise computed here (in memory: the report writes no analysis file)."""
-    from tl_grokking.analysis.phases import detect_phases
+    """``measures.csv`` + ``phases.json`` written by ``tl-grokking analyze`` when present and
+    covering the run's checkpoints, otherwise computed here (in memory: the report writes no
+    analysis file)."""
     from tl_grokking.analysis.progress import progress_measures, read_measures_csv
 
     csv_path, phases_path = run_dir / MEASURES_FILE, run_dir / PHASES_FILE
@@ -487,272 +411,330 @@ def _load_or_compute_measures(run_dir: Path, run: Any, *, device: str, progress:
         )
     if phases_path.is_file() and not stale:
         stored = read_json(phases_path)
-        if isinstance(stored, dict) and stored.get("phases", []) is None:
-            why = stored.get("reason", "phases.json holds none")
-            return _Measures(table, None, source, phase_note=f"phases not detected: {why}")
-        return _Measures(table, stored, source)
-    try:
-        return _Measures(table, detect_phases(table), source)
-    except ValueError as err:  # too few checkpoints, no split, ...
-        return _Measures(table, None, source, phase_note=f"phases not detected: {err}")
+        record = stored if isinstance(stored, dict) else {"phases": stored}
+        return _Measures(table, record, source)
+    return _Measures(table, phases_record(table)[1], source)
 
 
-def _phase_summary(spans: list[tuple[str, float, float]]) -> str:
-    if not spans:
-        return "not detected"
-    names = {"memorization": "memorisation", "circuit_formation": "circuit formation"}
-    return "; ".join(f"{names.get(n, n.replace('_', ' '))} {s:g}–{e:g}" for n, s, e in spans)
+@dataclass
+class _Run:
+    """Everything the section builders read, loaded once: the run, its last model, the
+    metrics log, the key frequencies and clusters of the last checkpoint, and the progress
+    measures with their phases."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    status: RunStatus
+    run: Any  # LoadedRun
+    model: Any  # HookedTransformer, eval mode
+    metrics: list[dict[str, Any]]
+    keys: Any  # KeyFrequencies of the last checkpoint, None if token Fourier does not apply
+    measures: _Measures
+    examples: list[tuple[int, int]] | None = None
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def task(self) -> Any:
+        return self.run.task
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the model every figure of the weights shows (the last checkpoint)."""
+        return self.run.final_epoch
+
+    @property
+    def meaningful(self) -> frozenset[str]:
+        return self.task.meaningful_analyses
+
+    @property
+    def clusters(self) -> Any:
+        return self.keys.clusters if self.keys is not None else None
+
+    @property
+    def key_freqs(self) -> list[int]:
+        """The key frequencies of the neuron-cluster rule (the paper's), used below."""
+        return list(self.keys.keys) if self.keys is not None else []
+
+    @property
+    def spans(self) -> list[tuple[str, float, float]]:
+        from tl_grokking.figures.plots import phase_spans
+
+        return phase_spans(self.measures.record)
+
+    def trig(self) -> Any:
+        """The trig-identity fit of the logits, when it applies (addition, key frequencies)."""
+        if "trig" not in self._cache:
+            from tl_grokking.analysis.logits import trig_logit_decomposition
+
+            applies = "sum_directions" in self.meaningful and self.key_freqs
+            self._cache["trig"] = (
+                trig_logit_decomposition(self.model, self.task, self.key_freqs) if applies else None
+            )
+        return self._cache["trig"]
+
+    @classmethod
+    def load(
+        cls,
+        run_dir: Path,
+        *,
+        device: str,
+        progress: bool,
+        examples: list[tuple[int, int]] | None,
+    ) -> _Run:
+        """Load ``run_dir`` (``RunDirError`` first if it is not a run directory)."""
+        from tl_grokking.analysis.circuits import key_frequencies
+        from tl_grokking.runs.checkpoints import load_run
+
+        status = run_status(run_dir)  # RunDirError before any work
+        run = load_run(run_dir)
+        model = run.model(run.final_epoch, device=device)
+        model.eval()
+        meaningful = run.task.meaningful_analyses
+        keys = (
+            key_frequencies(model, run.task, rule="all") if "token_fourier" in meaningful else None
+        )
+        return cls(
+            run_dir=run_dir,
+            config=read_json(run_dir / CONFIG_FILE),
+            status=status,
+            run=run,
+            model=model,
+            metrics=[r for r in read_metrics(run_dir) if "epoch" in r],
+            keys=keys,
+            measures=_load_or_compute_measures(run_dir, run, device=device, progress=progress),
+            examples=examples,
+        )
 
 
-def build_report(
-    run_dir: str | os.PathLike,
-    *,
-    device: str = "cpu",
-    progress: bool = False,
-    examples: list[tuple[int, int]] | None = None,
-) -> str:
-    """The HTML of the report of ``run_dir`` (nothing is written; see :func:`write_report`).
+# ---------------------------------------------------------------------------------------------
+# Sections: one builder each, in page order. ``None``: the section does not apply to the run's
+# task (its docstring says when); a section that applies but cannot be drawn is a visible note.
+# ---------------------------------------------------------------------------------------------
 
-    Raises :class:`~tl_grokking.runs.rundir.RunDirError` if ``run_dir`` is not a run directory or has
-    no checkpoint.  The model analysed is the last checkpoint.  ``examples`` are the (a, b)
-    inputs of the circuitsvis attention view.
-    """
-    from tl_grokking.analysis.ablations import ablation_table
-    from tl_grokking.analysis.circuits import key_frequencies
-    from tl_grokking.analysis.logits import trig_logit_decomposition
+
+def _loss_section(r: _Run) -> ReportSection:
+    """Train and test loss per logged epoch, phases shaded (every run)."""
     from tl_grokking.figures import plots
-    from tl_grokking.runs.checkpoints import load_run
 
-    run_dir = Path(run_dir)
-    status = run_status(run_dir)
-    config = read_json(run_dir / CONFIG_FILE)
-    run = load_run(run_dir)
-    task = run.task
-    epoch = run.final_epoch
-    model = run.model(epoch, device=device)
-    model.eval()
-    metrics = [r for r in read_metrics(run_dir) if "epoch" in r]
+    figure = plots.loss_curves(r.metrics, phases=r.spans)
+    return ReportSection("Loss curves", caption("loss"), figure, anchor="loss-curves")
 
-    meaningful = task.meaningful_analyses
-    keys = key_frequencies(model, task, rule="all") if "token_fourier" in meaningful else None
-    clusters = keys.clusters if keys is not None else None
-    measures = _load_or_compute_measures(run_dir, run, device=device, progress=progress)
-    spans = plots.phase_spans(measures.phases)
-    key_freqs = list(keys.keys) if keys is not None else []  # the cluster rule (the paper's)
 
-    sections: list[ReportSection] = [
-        ReportSection(
-            "Loss curves",
-            _CAPTIONS["loss"],
-            plots.loss_curves(metrics, phases=spans),
-            anchor="loss-curves",
-        ),
-        ReportSection(
-            "Progress measures",
-            _CAPTIONS["measures"]
-            + f" Key frequencies used: {html.escape(_freqs_text(measures.table.key_freqs))}"
-            f" (rule: {html.escape(str(measures.table.key_freq_rule))}); "
-            f"source: {html.escape(measures.source)}.",
-            plots.progress_measures_panel(measures.table, phases=spans),
-            anchor="progress-measures",
-        ),
-    ]
-    if clusters is not None:
-        sections += [
-            ReportSection(
-                "Embedding W_E in the Fourier basis",
-                _CAPTIONS["embed"],
-                plots.embedding_fourier_norms(model, task, key_freqs=key_freqs),
-                anchor="embedding",
-            ),
-            ReportSection(
-                "Neuron-logit map W_L in the Fourier basis",
-                _CAPTIONS["unembed"],
-                plots.unembed_fourier_heatmap(model, task, clusters=clusters),
-                anchor="unembedding",
-            ),
-            ReportSection(
-                "Neuron clusters", _CAPTIONS["clusters"], plots.neuron_cluster_sizes(clusters)
-            ),
-            ReportSection(
-                "Fraction of variance explained", _CAPTIONS["fve"], plots.fve_histogram(clusters)
-            ),
-            ReportSection(
-                "Neuron activations",
-                _CAPTIONS["neurons"],
-                plots.neuron_activation_grids(model, task, clusters),
-            ),
-        ]
-    else:
-        sections.append(
-            _skipped_section(
-                "Fourier structure of the weights and neurons",
-                task,
-                "token_fourier",
-                "the Fourier analysis of W_E, W_L and the neurons (key frequencies, clusters)",
-            )
-        )
-    if "group_fourier" in meaningful and "token_fourier" not in meaningful:
-        sections.append(_discrete_log_section(model, task))
-    if task.is_full_grid:
-        sections.append(
-            ReportSection(
-                "Attention to a and b",
-                _CAPTIONS["attention"],
-                plots.attention_to_operands(model, task),
-            )
-        )
-    else:
-        sections.append(
-            _note_section(
-                "Attention to a and b",
-                f"The attention-to-operands grid needs every pair (a, b); task {task.name!r} "
-                f"is defined on {task.pairs().shape[0]} of the {task.p**2} pairs, so it is "
-                "skipped (the example patterns below still apply).",
-            )
-        )
-    sections.append(_circuitsvis_section(model, task, examples))
-    decomposition = None
-    if "sum_directions" not in meaningful:
-        sections.append(
-            _skipped_section(
-                "Trig-identity logits",
-                task,
-                "sum_directions",
-                "the trig logit decomposition cos(w_k(a + b − c))",
-            )
-        )
-    elif key_freqs:
-        decomposition = trig_logit_decomposition(model, task, key_freqs)
-        sections.append(
-            ReportSection(
-                "Trig-identity logits",
-                _CAPTIONS["alpha"],
-                plots.trig_identity_coefficients(decomposition),
-            )
-        )
-    if clusters is None:
-        sections.append(
-            _skipped_section(
-                "Ablations", task, "token_fourier", "the ablation table (neuron clusters)"
-            )
-        )
-    elif key_freqs:
-        table = ablation_table(
-            model, task, key_freqs=key_freqs, train_indices=run.train_indices, clusters=clusters
-        )
-        notes = "".join(f" <b>Skipped:</b> {html.escape(n)}." for n in table.notes)
-        sections.append(
-            ReportSection(
-                "Ablations", _CAPTIONS["ablation"] + notes, plots.ablation_table_figure(table)
-            )
-        )
-    else:
-        sections.append(
-            ReportSection(
-                "Trig-identity logits and ablations",
-                kind="note",
-                body_html="<p>No key frequency found (no neuron cluster): the model has not "
-                "formed the Fourier circuit, so the trig-identity fit and the ablations are "
-                "skipped.</p>",
-            )
-        )
+def _progress_section(r: _Run) -> ReportSection:
+    """The progress measures at every checkpoint, phases shaded (every run)."""
+    from tl_grokking.figures import plots
 
-    last = metrics[-1] if metrics else {}
-    grok = _first_epoch_at(metrics, "test_acc", 0.99)
-    summary = [
-        ("run directory", html.escape(str(run_dir))),
-        ("task", html.escape(f"(a {task.symbol} b) mod {task.p}  [{task.name}]")),
-        (
-            "training fraction / seed",
-            f"{_fmt_num(config.get('frac_train'))} / {_fmt_num(config.get('seed'))}",
-        ),
-        (
-            "optimiser",
-            f"AdamW lr {_fmt_num(config.get('lr'))}, "
-            f"weight decay {_fmt_num(config.get('weight_decay'))}",
-        ),
-        (
-            "model",
-            html.escape(
-                f"d_model {run.model_config.d_model}, {run.model_config.n_heads} heads × "
-                f"{run.model_config.d_head}, d_mlp {run.model_config.d_mlp}, "
-                f"{run.model_config.act_fn}"
-            ),
-        ),
-        (
-            "epochs",
-            f"{_fmt_num(status.last_logged_epoch)} logged of {_fmt_num(status.epochs_configured)} "
-            f"configured; {len(run.epochs)} checkpoints; figures of the model use epoch {epoch}",
-        ),
-        ("epoch at 99 % test accuracy", _fmt_num(grok) if grok is not None else "not reached"),
-        (
-            f"final losses (epoch {_fmt_num(last.get('epoch'))})",
-            f"train {_fmt_num(last.get('train_loss'))}, test {_fmt_num(last.get('test_loss'))}; "
-            f"accuracy train {_fmt_num(last.get('train_acc'))}, "
-            f"test {_fmt_num(last.get('test_acc'))}",
-        ),
-        (
-            "phase boundaries (epochs)",
-            html.escape(measures.phase_note or _phase_summary(spans)),
-        ),
-    ]
-    summary[-1:-1] = _key_frequency_summary(keys, task)
-    if decomposition is not None:
-        summary.append(
-            (
-                "trig-identity fit",
-                f"explains {100 * decomposition.fve:.1f} % of logit variance; loss "
-                f"{_fmt_num(decomposition.loss)} → {_fmt_num(decomposition.approx_loss)} "
-                "with the approximation",
-            )
-        )
-    banner = ("done" if status.finished else "running", html.escape(status.message))
-    return render_report_html(
-        f"Grokking report — {run_dir.name}",
-        sections,
-        subtitle=f"(a {task.symbol} b) mod {task.p} — the analysis of Nanda et al. (2023), "
-        "'Progress measures for grokking via mechanistic interpretability'",
-        banner=banner,
-        summary=summary,
-        config=config,
+    table = r.measures.table
+    rule = r.measures.record.get("key_freq_rule", table.key_freq_rule)
+    text = caption("measures", _freqs_text(table.key_freqs), str(rule), r.measures.source)
+    figure = plots.progress_measures_panel(table, phases=r.spans)
+    return ReportSection("Progress measures", text, figure, anchor="progress-measures")
+
+
+def _fourier_skipped_section(r: _Run) -> ReportSection | None:
+    """The note standing in for the five token-order Fourier sections (``None`` when the token
+    Fourier analysis applies to the task)."""
+    if "token_fourier" in r.meaningful:
+        return None
+    return _skipped_section(
+        "Fourier structure of the weights and neurons",
+        r.task,
+        "token_fourier",
+        "the Fourier analysis of W_E, W_L and the neurons (key frequencies, clusters)",
     )
+
+
+def _embedding_section(r: _Run) -> ReportSection | None:
+    """W_E in the Fourier basis (``None`` unless the token Fourier analysis applies)."""
+    from tl_grokking.figures import plots
+
+    if r.clusters is None:
+        return None
+    figure = plots.embedding_fourier_norms(r.model, r.task, key_freqs=r.key_freqs)
+    return ReportSection(
+        "Embedding W_E in the Fourier basis", caption("embed"), figure, anchor="embedding"
+    )
+
+
+def _unembedding_section(r: _Run) -> ReportSection | None:
+    """W_L in the Fourier basis of the output (``None`` unless token Fourier applies)."""
+    from tl_grokking.figures import plots
+
+    if r.clusters is None:
+        return None
+    figure = plots.unembed_fourier_heatmap(r.model, r.task, clusters=r.clusters)
+    return ReportSection(
+        "Neuron-logit map W_L in the Fourier basis",
+        caption("unembed"),
+        figure,
+        anchor="unembedding",
+    )
+
+
+def _clusters_section(r: _Run) -> ReportSection | None:
+    """Neurons per frequency cluster (``None`` unless token Fourier applies)."""
+    from tl_grokking.figures import plots
+
+    if r.clusters is None:
+        return None
+    figure = plots.neuron_cluster_sizes(r.clusters)
+    return ReportSection("Neuron clusters", caption("clusters"), figure)
+
+
+def _fve_section(r: _Run) -> ReportSection | None:
+    """Each neuron's best-frequency FVE (``None`` unless token Fourier applies)."""
+    from tl_grokking.figures import plots
+
+    if r.clusters is None:
+        return None
+    figure = plots.fve_histogram(r.clusters)
+    return ReportSection("Fraction of variance explained", caption("fve"), figure)
+
+
+def _neurons_section(r: _Run) -> ReportSection | None:
+    """(a, b)-grid activations of the top neurons per cluster (``None`` unless token Fourier
+    applies)."""
+    from tl_grokking.figures import plots
+
+    if r.clusters is None:
+        return None
+    figure = plots.neuron_activation_grids(r.model, r.task, r.clusters)
+    return ReportSection("Neuron activations", caption("neurons"), figure)
+
+
+def _discrete_log(r: _Run) -> ReportSection | None:
+    """Key frequencies in discrete-log order (``None`` unless the task has a group Fourier
+    structure but no token-order one: × and ÷)."""
+    if "group_fourier" in r.meaningful and "token_fourier" not in r.meaningful:
+        return _discrete_log_section(r.model, r.task)
+    return None
+
+
+def _attention_section(r: _Run) -> ReportSection:
+    """Attention from ``=`` to a and to b over the grid (a note when the task is not defined
+    on every pair)."""
+    from tl_grokking.figures import plots
+
+    title = "Attention to a and b"
+    if not r.task.is_full_grid:
+        return _note_section(
+            title,
+            f"The attention-to-operands grid needs every pair (a, b); task {r.task.name!r} "
+            f"is defined on {r.task.pairs().shape[0]} of the {r.task.p**2} pairs, so it is "
+            "skipped (the example patterns below still apply).",
+        )
+    return ReportSection(title, caption("attention"), plots.attention_to_operands(r.model, r.task))
+
+
+def _attention_examples_section(r: _Run) -> ReportSection:
+    """circuitsvis views of a few inputs (every run)."""
+    return _circuitsvis_section(r.model, r.task, r.examples)
+
+
+def _trig_section(r: _Run) -> ReportSection | None:
+    """The α_k of the trig-identity fit (a note when the task has no a + b sum directions;
+    ``None`` without key frequencies: :func:`_no_circuit_section` says so)."""
+    from tl_grokking.figures import plots
+
+    title = "Trig-identity logits"
+    if "sum_directions" not in r.meaningful:
+        return _skipped_section(
+            title, r.task, "sum_directions", "the trig logit decomposition cos(w_k(a + b − c))"
+        )
+    if r.trig() is None:
+        return None
+    return ReportSection(title, caption("alpha"), plots.trig_identity_coefficients(r.trig()))
+
+
+def _ablation_section(r: _Run) -> ReportSection | None:
+    """The ablation table (a note without neuron clusters; ``None`` without key frequencies:
+    :func:`_no_circuit_section` says so)."""
+    from tl_grokking.analysis.ablations import ablation_table
+    from tl_grokking.figures import plots
+
+    if r.clusters is None:
+        return _skipped_section(
+            "Ablations", r.task, "token_fourier", "the ablation table (neuron clusters)"
+        )
+    if not r.key_freqs:
+        return None
+    table = ablation_table(
+        r.model,
+        r.task,
+        key_freqs=r.key_freqs,
+        train_indices=r.run.train_indices,
+        clusters=r.clusters,
+    )
+    return ReportSection(
+        "Ablations",
+        caption("ablation"),
+        plots.ablation_table_figure(table),
+        skipped=tuple(table.notes),
+    )
+
+
+def _no_circuit_section(r: _Run) -> ReportSection | None:
+    """The note of a model with neuron clusters computed but none found (``None`` otherwise)."""
+    if r.clusters is None or r.key_freqs:
+        return None
+    return ReportSection(
+        "Trig-identity logits and ablations",
+        kind="note",
+        body_html="<p>No key frequency found (no neuron cluster): the model has not formed the "
+        "Fourier circuit, so the trig-identity fit and the ablations are skipped.</p>",
+    )
+
+
+#: The section builders, in page order.
+_SECTIONS: tuple[Callable[[_Run], ReportSection | None], ...] = (
+    _loss_section,
+    _progress_section,
+    _fourier_skipped_section,
+    _embedding_section,
+    _unembedding_section,
+    _clusters_section,
+    _fve_section,
+    _neurons_section,
+    _discrete_log,
+    _attention_section,
+    _attention_examples_section,
+    _trig_section,
+    _ablation_section,
+    _no_circuit_section,
+)
 
 
 def _note_section(title: str, text: str) -> ReportSection:
-    """A visible note in place of a section (``kind="note"``)."""
-    return ReportSection(
-        title, kind="note", body_html=f"<p><b>Skipped:</b> {html.escape(text)}</p>"
-    )
+    """A visible note in place of a section (``kind="note"``); ``text`` is plain text."""
+    return ReportSection(title, kind="note", skipped=(text,))
 
 
 def _skipped_section(title: str, task: Any, capability: str, analysis: str) -> ReportSection:
     """The note for an analysis that is not meaningful for ``task``: the message of
-    :func:`tl_grokking.analysis.hooks.require_analysis` (which task, which analysis, what instead)."""
-    from tl_grokking.analysis.hooks import require_analysis
-
+    :meth:`~tl_grokking.data.tasks.Task.require` (which task, which analysis, what instead)."""
     try:
-        require_analysis(task, capability, analysis)
+        task.require(capability, analysis)
     except ValueError as err:
         return _note_section(title, str(err))
     raise AssertionError(f"{analysis} is meaningful for task {task.name!r}; nothing to skip")
 
 
 def _discrete_log_section(model: Any, task: Any) -> ReportSection:
-    """Key frequencies of a × / ÷ model in discrete-log order (:mod:`tl_grokking.data.discrete_log`):
-    the Fourier norms of the re-indexed W_E and W_L per frequency of Z_{p-1}."""
-    from tl_grokking.analysis.fourier import frequencies
-    from tl_grokking.data import discrete_log as dl
+    """Key frequencies of a × / ÷ model in its group coordinates, the discrete-log order of
+    :mod:`tl_grokking.data.discrete_log`: the Fourier norms of W_E and W_L per frequency of
+    Z_{p-1} and the key frequencies by rule (:func:`~tl_grokking.analysis.circuits.key_frequencies`
+    with its default ``reindex=None``)."""
+    from tl_grokking.analysis.circuits import key_frequencies
 
-    n = task.fourier_size
+    keys = key_frequencies(model, task)  # the task's group coordinates: Z_{p-1}, discrete-log
+    n = keys.n
     figure = go.Figure()
-    for name, norms in (
-        ("W_E", dl.reindexed_embed_norms(model, task)),
-        ("W_L", dl.reindexed_unembed_norms(model, task)),
-    ):
-        per_freq = dl.frequency_norms(norms, n)
+    for rule, name in (("embed", "W_E"), ("unembed", "W_L")):
+        per_freq = keys.evidence[rule]
         figure.add_bar(
-            x=[str(k) for k in frequencies(n)], y=(per_freq / per_freq.max()).tolist(), name=name
+            x=[str(k) for k in range(1, n // 2 + 1)],
+            y=(per_freq / per_freq.max()).tolist(),
+            name=name,
         )
     figure.update_layout(
         title="Fourier norms per frequency in discrete-log order (relative to the largest)",
@@ -761,8 +743,7 @@ def _discrete_log_section(model: Any, task: Any) -> ReportSection:
         barmode="group",
         height=380,
     )
-    keys = {rule: dl.reindexed_key_frequencies(model, task, rule=rule) for rule in _DL_RULES}
-    found = "; ".join(f"{rule}: {_freqs_text(v)}" for rule, v in keys.items())
+    found = "; ".join(f"{rule}: {_freqs_text(v)}" for rule, v in keys.by_rule.items())
     caption = (
         f"Task {html.escape(task.name)!r} is a · b^(±1) in Z_p^*, cyclic of order {n}: writing "
         "each non-zero token as a power of a primitive root g turns it into i ± j in "
@@ -775,18 +756,82 @@ def _discrete_log_section(model: Any, task: Any) -> ReportSection:
     )
 
 
-_DL_RULES = ("embed", "unembed", "clusters")
+# ---------------------------------------------------------------------------------------------
+# Summary
+# ---------------------------------------------------------------------------------------------
+
+
+def _phase_summary(spans: list[tuple[str, float, float]]) -> str:
+    if not spans:
+        return "not detected"
+    names = {"memorization": "memorisation", "circuit_formation": "circuit formation"}
+    return "; ".join(
+        f"{names.get(n, n.replace('_', ' '))} {fmt_num(s)}–{fmt_num(e)}" for n, s, e in spans
+    )
+
+
+def _summary_rows(r: _Run) -> list[tuple[str, str]]:
+    """The summary table: ``(label, value)``, values plain text or :class:`Markup`."""
+    config, cfg, task = r.config, r.run.model_config, r.task
+    last = r.metrics[-1] if r.metrics else {}
+    record = r.measures.record
+    if record.get("phases", []) is None:
+        phases = f"phases not detected: {record.get('reason') or 'no reason recorded'}"
+    else:
+        phases = _phase_summary(r.spans)
+    rows = [
+        ("run directory", _display_path(r.run_dir)),
+        ("task", f"(a {task.symbol} b) mod {task.p}  [{task.name}]"),
+        (
+            "training fraction / seed",
+            f"{fmt_num(config.get('frac_train'))} / {fmt_num(config.get('seed'))}",
+        ),
+        (
+            "optimiser",
+            f"AdamW lr {fmt_num(config.get('lr'))}, "
+            f"weight decay {fmt_num(config.get('weight_decay'))}",
+        ),
+        (
+            "model",
+            f"d_model {cfg.d_model}, {cfg.n_heads} heads × {cfg.d_head}, d_mlp {cfg.d_mlp}, "
+            f"{cfg.act_fn}",
+        ),
+        (
+            "epochs",
+            f"{fmt_num(r.status.last_logged_epoch)} logged of "
+            f"{fmt_num(r.status.epochs_configured)} configured; {len(r.run.epochs)} "
+            f"checkpoints; figures of the model use epoch {r.epoch}",
+        ),
+        (GROK_LABEL, grok_summary(r.metrics, config.get("log_every"))),
+        (
+            f"final losses (epoch {fmt_num(last.get('epoch'))})",
+            f"train {fmt_num(last.get('train_loss'))}, test {fmt_num(last.get('test_loss'))}; "
+            f"accuracy train {fmt_num(last.get('train_acc'))}, "
+            f"test {fmt_num(last.get('test_acc'))}",
+        ),
+    ]
+    rows += [(label, Markup(value)) for label, value in _key_frequency_summary(r.keys, r.task)]
+    rows.append(("phase boundaries (epochs)", phases))
+    trig = r.trig()
+    if trig is not None:
+        rows.append(
+            (
+                "trig-identity fit",
+                f"explains {100 * trig.fve:.1f} % of logit variance; loss "
+                f"{fmt_num(trig.loss)} → {fmt_num(trig.approx_loss)} with the approximation",
+            )
+        )
+    return rows
 
 
 def _key_frequency_summary(keys: Any, task: Any) -> list[tuple[str, str]]:
     """Summary rows on the key frequencies and neuron clusters (or why there are none)."""
     if keys is None:
-        from tl_grokking.analysis.hooks import require_analysis
-
         try:
-            require_analysis(task, "token_fourier", "token-order key frequencies")
+            task.require("token_fourier", "token-order key frequencies")
         except ValueError as err:
             return [("key frequencies", "not computed: " + html.escape(str(err)))]
+        return [("key frequencies", "not computed")]
     clusters = keys.clusters
     rule_rows = ", ".join(f"{html.escape(r)}: {_freqs_text(v)}" for r, v in keys.by_rule.items())
     key_freqs = list(keys.keys)
@@ -845,7 +890,7 @@ def _circuitsvis_section(
         body.append("</div>")
     return ReportSection(
         "Attention patterns of example inputs",
-        _CAPTIONS["circuitsvis"],
+        caption("circuitsvis"),
         body_html="\n".join(body),
         kind="circuitsvis",
         anchor="attention-examples",
@@ -873,6 +918,40 @@ def _attention_tables(tokens: list[str], pattern: Any, head_names: list[str]) ->
     return "\n".join(out)
 
 
+# ---------------------------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------------------------
+
+
+def build_report(
+    run_dir: str | os.PathLike,
+    *,
+    device: str = "cpu",
+    progress: bool = False,
+    examples: list[tuple[int, int]] | None = None,
+) -> str:
+    """The HTML of the report of ``run_dir`` (nothing is written; see :func:`write_report`).
+
+    Raises :class:`~tl_grokking.runs.rundir.RunDirError` if ``run_dir`` is not a run
+    directory or has no checkpoint.  The model analysed is the last checkpoint.  ``examples``
+    are the (a, b) inputs of the circuitsvis attention view.
+    """
+    run_dir = Path(run_dir)
+    r = _Run.load(run_dir, device=device, progress=progress, examples=examples)
+    sections = [s for build in _SECTIONS if (s := build(r)) is not None]
+    name = run_dir.name or Path.cwd().name
+    return render_report_html(
+        f"Grokking report — {name}",
+        sections,
+        subtitle=f"(a {r.task.symbol} b) mod {r.task.p} — the analysis of Nanda et al. (2023), "
+        "'Progress measures for grokking via mechanistic interpretability'",
+        banner=("done" if r.status.finished else "running", r.status.message),
+        caveats=analysis_notes(r.measures.record),
+        summary=_summary_rows(r),
+        config=r.config,
+    )
+
+
 def write_report(
     run_dir: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -882,11 +961,9 @@ def write_report(
     examples: list[tuple[int, int]] | None = None,
 ) -> Path:
     """Build the report of ``run_dir`` and write it atomically to ``out`` (default
-    ``RUN_DIR/report.html``); returns the path.  On any error nothing is written."""
+    ``RUN_DIR/report.html``), readable like any file the user creates; returns the path.
+    On any error nothing is written."""
     page = build_report(run_dir, device=device, progress=progress, examples=examples)
     path = Path(out) if out is not None else Path(run_dir) / REPORT_FILE
     atomic_write_text(path, page)
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)  # a page to share: the temp file was private (0600)
     return path

@@ -1,8 +1,8 @@
 """Fast final-position forward pass of the one-layer grokking transformer.
 
 Everything the paper measures (loss, accuracy, the Fourier analysis) reads only the logits at the
-final position, the ``=`` token (PAPER_NOTES §1).  In a one-layer model without LayerNorm the
-final position needs:
+final position, the ``=`` token (Nanda et al. 2023; ``docs/tasks.md``).  In a one-layer model
+without LayerNorm the final position needs:
 
 * the keys and values of positions 0, 1 and 2, each of which is a function of *one* token and
   its position: ``k_j = (W_E[t_j] + W_pos[j]) W_K + b_K``.  They are tabulated once per call for
@@ -24,16 +24,21 @@ differentiable with the same gradients.
 three tokens; no normalisation; standard (learned, absolute) positional embeddings; ordinary
 multi-head attention (no grouped-query heads, rotary/alibi, soft-caps, QK-norm, clipping or
 attention sinks); a non-gated MLP with an activation of
-:data:`tl_grokking.model.transformer.SUPPORTED_ACT_FNS`; no output soft-cap; and no hooks other than the
-attention-rate hook of :func:`tl_grokking.model.transformer.make_model`.  Anything else — including a model
-with user hooks attached, whose hooks the fast path would silently skip — goes through the plain
-``model(tokens)[:, -1]``.
+:data:`tl_grokking.model.transformer.SUPPORTED_ACT_FNS`; no output soft-cap; and no hooks other
+than the attention-rate hook of :func:`tl_grokking.model.transformer.make_model`.  Anything else
+— including a model with user hooks attached, whose hooks the fast path would silently skip —
+goes through the plain ``model(tokens)[:, -1]``.
+
+Contractions use ``fancy_einsum.einsum`` (equation first, named axes), the package's one
+einsum convention.
 """
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
-from einops import einsum
+from fancy_einsum import einsum
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
@@ -133,7 +138,7 @@ class _ReluMlpUnembed(torch.autograd.Function):
         need = ctx.needs_input_grad
         d_resid_post = d_logits @ W_U.T
         d_post = torch.ops.aten.threshold_backward(d_resid_post @ W_out.T, post, 0.0)  # ReLU
-        grads = [None] * 7
+        grads: list[Tensor | None] = [None] * 7
         if need[0]:
             grads[0] = torch.addmm(d_resid_post, d_post, W_in.T)
         if need[1]:
@@ -160,8 +165,9 @@ def _mlp_unembed(
         return _ReluMlpUnembed.apply(
             resid_mid, mlp.W_in, mlp.b_in, mlp.W_out, mlp.b_out, unembed.W_U, unembed.b_U
         )
-    post = mlp.act_fn(torch.addmm(mlp.b_in, resid_mid, mlp.W_in))  # [batch, d_mlp]
-    resid_post = torch.addmm(resid_mid + mlp.b_out, post, mlp.W_out)
+    b_in, b_out = cast(Tensor, mlp.b_in), cast(Tensor, mlp.b_out)
+    post = mlp.act_fn(torch.addmm(b_in, resid_mid, mlp.W_in))  # [batch, d_mlp]
+    resid_post = torch.addmm(resid_mid + b_out, post, mlp.W_out)
     return torch.addmm(unembed.b_U, resid_post, unembed.W_U)
 
 
@@ -214,11 +220,11 @@ def _final_logits_general(
     x_table = (W_pos[:, None, :] + W_E[None, :, :]).flatten(0, 1)  # [pos*vocab, d_model]
     W_QKV = torch.stack([attn.W_Q, attn.W_K, attn.W_V])  # [3, head, d_model, d_head]
     b_QKV = torch.stack([attn.b_Q, attn.b_K, attn.b_V])  # [3, head, d_head]
-    qkv_table = einsum(x_table, W_QKV, "row d, qkv head d d_head -> row qkv head d_head") + b_QKV
+    qkv_table = einsum("row d, qkv head d d_head -> row qkv head d_head", x_table, W_QKV) + b_QKV
     offsets = torch.arange(3, device=tokens.device) * n_vocab
     qkv = _gather_rows(qkv_table, tokens + offsets)  # [batch, pos, qkv, head, d_head]
     q, k, v = qkv[:, 2, 0], qkv[:, :, 1], qkv[:, :, 2]
-    scores = einsum(q, k, "batch head d_head, batch pos head d_head -> batch pos head")
+    scores = einsum("batch head d_head, batch pos head d_head -> batch pos head", q, k)
     pattern = _mix_uniform(torch.softmax(scores / attn.attn_scale, dim=1), model_attn_rate(model))
     z = (pattern[..., None] * v).sum(1)  # [batch, head, d_head]
     x_final = _gather_rows(x_table, tokens[:, 2] + 2 * n_vocab)

@@ -1,5 +1,6 @@
 """Model configuration → :class:`transformer_lens.HookedTransformer`, and compatibility checks.
 
+:class:`ModelConfig` lives in :mod:`tl_grokking.model.config` (no torch); it is re-exported here.
 The paper's model (Nanda et al. 2023, §2 of PAPER_NOTES): one layer, 4 heads of 32, d_model
 128, MLP 512 with ReLU, no LayerNorm, learned positional embeddings, untied embed/unembed,
 ``d_vocab = p + 1`` (``=`` is token ``p``), ``d_vocab_out = p``, ``n_ctx = 3``.
@@ -17,13 +18,14 @@ on ``blocks.{l}.attn.hook_pattern`` that :func:`make_model` installs and
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import HookedTransformer
+
+from tl_grokking._validation import check_device
+from tl_grokking.model.config import SUPPORTED_ACT_FNS, TRAINABLE_BIASES, ModelConfig
 
 __all__ = [
     "ModelConfig",
@@ -39,108 +41,10 @@ __all__ = [
     "validate_device",
 ]
 
-SUPPORTED_ACT_FNS = ("relu", "gelu", "gelu_new", "silu")
-TRAINABLE_BIASES = ("none", "mlp", "all")
 _MLP_BIASES = ("b_in", "b_out")
 
 
-def _positive_int(value: Any, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
-        raise ValueError(f"{field} must be a positive integer, got {value!r}")
-    if int(value) <= 0:
-        raise ValueError(f"{field} must be a positive integer (> 0), got {value!r}")
-    return int(value)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of a one-layer grokking transformer. Defaults are the paper's."""
-
-    p: int = 113
-    d_model: int = 128
-    n_heads: int = 4
-    d_head: int | None = None  # None → d_model // n_heads (d_model must then be divisible)
-    d_mlp: int = 512
-    act_fn: str = "relu"
-    d_vocab_out: int | None = None  # None → p (the p residues); p + 1 matches the authors' code
-    n_layers: int = 1
-    trainable_biases: str = "none"
-    attn_rate: float = 1.0
-
-    def __post_init__(self) -> None:
-        from tl_grokking.data.tasks import validate_p
-
-        object.__setattr__(self, "p", validate_p(self.p))
-        for field in ("d_model", "n_heads", "d_mlp", "n_layers"):
-            object.__setattr__(self, field, _positive_int(getattr(self, field), field))
-        if self.d_head is None:
-            if self.d_model % self.n_heads:
-                raise ValueError(
-                    f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}) "
-                    "when d_head is not given"
-                )
-            object.__setattr__(self, "d_head", self.d_model // self.n_heads)
-        else:
-            object.__setattr__(self, "d_head", _positive_int(self.d_head, "d_head"))
-        if self.d_vocab_out is None:
-            object.__setattr__(self, "d_vocab_out", self.p)
-        elif self.d_vocab_out not in (self.p, self.p + 1):
-            raise ValueError(
-                f"d_vocab_out must be p ({self.p}) or p + 1 ({self.p + 1}), got {self.d_vocab_out}"
-            )
-        if self.act_fn not in SUPPORTED_ACT_FNS:
-            raise ValueError(f"act_fn must be one of {SUPPORTED_ACT_FNS}, got {self.act_fn!r}")
-        if self.trainable_biases not in TRAINABLE_BIASES:
-            raise ValueError(
-                f"trainable_biases must be one of {TRAINABLE_BIASES}, got {self.trainable_biases!r}"
-            )
-        rate = float(self.attn_rate)
-        if not (0.0 <= rate <= 1.0) or math.isnan(rate):
-            raise ValueError(f"attn_rate must be in [0, 1], got {self.attn_rate!r}")
-        object.__setattr__(self, "attn_rate", rate)
-
-    @property
-    def d_vocab(self) -> int:
-        return self.p + 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        return config_from_dict(cls, data)
-
-    def hooked_config(self, device: str | torch.device = "cpu") -> HookedTransformerConfig:
-        """The equivalent :class:`HookedTransformerConfig` (no seed: see :func:`make_model`)."""
-        return HookedTransformerConfig(
-            n_layers=self.n_layers,
-            n_heads=self.n_heads,
-            d_model=self.d_model,
-            d_head=self.d_head,
-            d_mlp=self.d_mlp,
-            act_fn=self.act_fn,
-            normalization_type=None,
-            d_vocab=self.d_vocab,
-            d_vocab_out=self.d_vocab_out,
-            n_ctx=3,
-            init_weights=True,
-            device=str(device),
-            default_prepend_bos=False,
-        )
-
-
-def config_from_dict(cls: type, data: dict[str, Any]):
-    """Build the config dataclass ``cls`` from a dict, naming any unknown fields."""
-    if not isinstance(data, dict):
-        raise ValueError(f"a {cls.__name__} must be built from a dict, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - known
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; known: {sorted(known)}")
-    return cls(**data)
-
-
-def _attn_rate_hook(rate: float):
+def _attn_rate_hook(rate: float) -> Callable[..., torch.Tensor]:
     """Mix the attention pattern with uniform attention over the causally visible positions."""
 
     def hook(pattern: torch.Tensor, hook) -> torch.Tensor:  # [batch, head, q, k]
@@ -177,18 +81,11 @@ def make_model(
 
 def validate_device(device: str | torch.device) -> torch.device:
     """Parse a device string; ``ValueError`` for unknown or unavailable devices."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(
-            f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}"
-        ) from None
+    dev = torch.device(check_device(device))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; use 'cpu'")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {device!r} requested but MPS is not available; use 'cpu'")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
     return dev
 
 
@@ -236,7 +133,7 @@ class IncompatibleModelError(ValueError):
     """The model is not a one-layer ``[a, b, =]`` grokking transformer the tools can analyse."""
 
 
-def check_compatible(model: HookedTransformer, task=None) -> None:
+def check_compatible(model: HookedTransformer, task: Any = None) -> None:
     """Raise :class:`IncompatibleModelError` naming every property that fails.
 
     Compatible: one layer, ``n_ctx`` 3, ``d_vocab = p + 1``, ``d_vocab_out`` p or p + 1, no
@@ -286,7 +183,7 @@ def config_from_model(model: HookedTransformer) -> ModelConfig:
         d_model=cfg.d_model,
         n_heads=cfg.n_heads,
         d_head=cfg.d_head,
-        d_mlp=cfg.d_mlp,
+        d_mlp=int(cfg.d_mlp or 0),  # check_compatible: the model has an MLP
         act_fn=cfg.act_fn,
         d_vocab_out=cfg.d_vocab_out,
         attn_rate=model_attn_rate(model),

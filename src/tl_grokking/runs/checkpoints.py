@@ -23,7 +23,8 @@ Every state dict is checked before it becomes a model: structure (one layer, no 
 ``n_ctx`` 3, ``d_vocab_out`` p or p + 1, the requested p) → :class:`IncompatibleModelError` naming
 each failing property; every tensor's shape → :class:`CheckpointShapeError` naming the key; finite
 values → :class:`NonFiniteWeightsError` naming the tensor. The model is built with
-:func:`tl_grokking.model.transformer.make_model` and passes :func:`tl_grokking.model.transformer.check_compatible`.
+:func:`tl_grokking.model.transformer.make_model` and passes
+:func:`tl_grokking.model.transformer.check_compatible`.
 """
 
 from __future__ import annotations
@@ -52,13 +53,14 @@ from tl_grokking.model.transformer import (
     make_model,
 )
 from tl_grokking.runs.rundir import (
+    CHECKPOINT_DIR,
     CONFIG_FILE,
-    RunDirError,
+    checkpoint_epoch,
     is_run_dir,
-    list_checkpoints,
     load_safetensors,
     read_json,
     read_metrics,
+    require_run_dir,
 )
 
 __all__ = [
@@ -136,7 +138,8 @@ _CONFIG_CLASS_PATHS = (
 
 def _safe_globals() -> list:
     """Globals a demo config needs: the inert stand-in and numpy scalars (plain data)."""
-    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core to numpy._core
+    scalar = getattr(core, "multiarray").scalar  # noqa: B009 (numpy.core has no stubs)
     allowed: list = [(_PickledConfig, path) for path in _CONFIG_CLASS_PATHS]
     allowed += [
         scalar,
@@ -178,8 +181,9 @@ def _file_kind(path: Path) -> str:
 def read_checkpoint_file(path: str | os.PathLike) -> tuple[Any, dict[str, str]]:
     """Read a checkpoint file without executing code; return ``(object, safetensors metadata)``.
 
-    safetensors files are read with :func:`tl_grokking.runs.rundir.load_safetensors`; torch files with
-    ``torch.load(map_location="cpu", weights_only=True)`` (CUDA-saved tensors land on the CPU).
+    safetensors files are read with :func:`tl_grokking.runs.rundir.load_safetensors`; torch
+    files with ``torch.load(map_location="cpu", weights_only=True)`` (CUDA-saved tensors land
+    on the CPU).
     Raises :class:`UnsafeCheckpointError` for a pickle that would need to run code,
     :class:`CheckpointFormatError` for a corrupt, truncated or unrecognised file.
     """
@@ -348,6 +352,7 @@ def _expected_shapes(config: ModelConfig, layout: str) -> dict[str, tuple[int, .
     """Shape of every parameter in ``layout`` ("tl" or "authors") for ``config``."""
     m, h, e, f = config.d_model, config.n_heads, config.d_head, config.d_mlp
     v_in, v_out = config.d_vocab, config.d_vocab_out
+    assert e is not None and v_out is not None  # ModelConfig.__post_init__ resolves them
     if layout == "tl":
         qkv, w_o, w_e = (h, m, e), (h, e, m), (v_in, m)
         w_in, w_out = (m, f), (f, m)
@@ -678,25 +683,20 @@ def _authors_source(obj: Mapping[str, Any], path: Path | None) -> _Source:
     return _Source(fmt, path, snapshots, final, hints=hints, metrics=_losses_to_metrics(obj))
 
 
-_EPOCH_FILE_RE = re.compile(r"^epoch_(\d+)\.safetensors$")
-
-
 def _epoch_from_file(path: Path | None, metadata: Mapping[str, str]) -> int | None:
     if "epoch" in metadata:
         try:
             return int(metadata["epoch"])
         except ValueError:
             pass
-    if path is not None and (match := _EPOCH_FILE_RE.match(path.name)):
-        return int(match.group(1))
-    return None
+    return None if path is None else checkpoint_epoch(path.name)
 
 
 def _hints_near_file(path: Path | None, metadata: Mapping[str, str]) -> dict[str, Any]:
     """ModelConfig hints for a single file: its run's config.json, then safetensors metadata."""
     hints: dict[str, Any] = {}
     if path is not None:  # checkpoints/epoch_<N>.safetensors, or the run's resume.safetensors
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        run_dir = path.parent.parent if path.parent.name == CHECKPOINT_DIR else path.parent
         if is_run_dir(run_dir):
             hints.update(_config_hints(read_json(run_dir / CONFIG_FILE)))
     for key in ("model_config", "config"):
@@ -714,17 +714,8 @@ def _hints_near_file(path: Path | None, metadata: Mapping[str, str]) -> dict[str
 
 
 def _run_dir_source(run_dir: Path) -> _Source:
-    if not is_run_dir(run_dir):
-        raise RunDirError(
-            f"{run_dir} is a directory but not a run directory: no {CONFIG_FILE} "
-            "(expected config.json + checkpoints/epoch_<N>.safetensors)"
-        )
+    found = require_run_dir(run_dir)
     config = read_json(run_dir / CONFIG_FILE)
-    if not isinstance(config, Mapping):
-        raise RunDirError(f"{run_dir / CONFIG_FILE} must hold a JSON object")
-    found = list_checkpoints(run_dir)
-    if not found:
-        raise RunDirError(f"{run_dir} has no checkpoints (no checkpoints/epoch_<N>.safetensors)")
 
     def loader(file: Path) -> Callable[[], Mapping[str, Tensor]]:
         return lambda: read_checkpoint_file(file)[0]

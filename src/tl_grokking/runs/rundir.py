@@ -23,10 +23,10 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:  # torch and safetensors are imported where used: this module stays light
+    import torch
 
 __all__ = [
     "CONFIG_FILE",
@@ -42,9 +42,13 @@ __all__ = [
     "checkpoint_path",
     "list_checkpoints",
     "is_run_dir",
+    "require_run_dir",
+    "checkpoint_epoch",
+    "resume_epoch",
     "append_metrics",
     "read_metrics",
     "RunDirError",
+    "RunDirNotFoundError",
     "GROK_ACC",
     "grok_epoch",
 ]
@@ -57,11 +61,15 @@ RESUME_FILE = "resume.safetensors"
 #: ``analyze``, the report, ``reproduce``) is :func:`grok_epoch` of the run's metrics log.
 GROK_ACC = 0.99
 
-_CKPT_RE = re.compile(r"^epoch_(\d+)\.safetensors$")
+_CHECKPOINT_NAME = re.compile(r"^epoch_(\d+)\.safetensors$")
 
 
 class RunDirError(ValueError):
     """A path is not a usable run directory (missing config, no checkpoints, ...)."""
+
+
+class RunDirNotFoundError(RunDirError, FileNotFoundError):
+    """The run directory does not exist (a :class:`RunDirError` and a ``FileNotFoundError``)."""
 
 
 def _current_umask() -> int:
@@ -127,6 +135,8 @@ def save_safetensors(
     metadata: dict[str, str] | None = None,
 ) -> None:
     """Atomically save contiguous CPU copies of ``tensors`` to a safetensors file."""
+    from safetensors.torch import save_file
+
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     with atomic_write(path) as tmp:
         save_file(clean, str(tmp), metadata=metadata)
@@ -134,12 +144,20 @@ def save_safetensors(
 
 def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
     """Load a safetensors file (never executes code)."""
+    from safetensors.torch import load_file
+
     return load_file(str(path), device=device)
 
 
 def checkpoint_path(run_dir: str | os.PathLike, epoch: int) -> Path:
     """``run_dir/checkpoints/epoch_<epoch>.safetensors`` (whether or not it exists)."""
     return Path(run_dir) / CHECKPOINT_DIR / f"epoch_{int(epoch)}.safetensors"
+
+
+def checkpoint_epoch(name: str | os.PathLike) -> int | None:
+    """The epoch N of a checkpoint file named ``epoch_<N>.safetensors``, else ``None``."""
+    match = _CHECKPOINT_NAME.match(Path(name).name)
+    return int(match.group(1)) if match else None
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
@@ -149,15 +167,59 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
         return []
     found = []
     for entry in ckpt_dir.iterdir():
-        match = _CKPT_RE.match(entry.name)
-        if match:
-            found.append((int(match.group(1)), entry))
+        epoch = checkpoint_epoch(entry.name)
+        if epoch is not None:
+            found.append((epoch, entry))
     return sorted(found)
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:
     """Whether ``path`` holds a run (a ``config.json``)."""
     return (Path(path) / CONFIG_FILE).is_file()
+
+
+def require_run_dir(path: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Check that ``path`` is a run directory with at least one checkpoint; return
+    :func:`list_checkpoints`.
+
+    Raises :class:`RunDirNotFoundError` (also a ``FileNotFoundError``) if ``path`` does not
+    exist, and :class:`RunDirError` if it is a file, has no ``config.json``, a ``config.json``
+    that is not a JSON object, or no checkpoint.
+    """
+    run_dir = Path(path)
+    layout = f"{CONFIG_FILE}, {METRICS_FILE}, {CHECKPOINT_DIR}/epoch_<N>.safetensors"
+    if not run_dir.exists():
+        raise RunDirNotFoundError(f"run directory {run_dir} does not exist")
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} is a file, not a directory; expected a run directory")
+    if not is_run_dir(run_dir):
+        raise RunDirError(
+            f"{run_dir} is not a run directory: no {CONFIG_FILE} (a run directory, as "
+            f"'tl-grokking train' writes it, holds {layout})"
+        )
+    if not isinstance(read_json(run_dir / CONFIG_FILE), dict):
+        raise RunDirError(f"{run_dir / CONFIG_FILE} must hold a JSON object")
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise RunDirError(
+            f"{run_dir} has no checkpoints (no {CHECKPOINT_DIR}/epoch_<N>.safetensors yet)"
+        )
+    return found
+
+
+def resume_epoch(run_dir: str | os.PathLike) -> int | None:
+    """The epoch of the run's ``resume.safetensors`` (the state ``--resume`` continues from);
+    ``None`` if there is none or it cannot be read (e.g. it is being replaced right now)."""
+    from safetensors import safe_open
+
+    path = Path(run_dir) / RESUME_FILE
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return int((fh.metadata() or {})["epoch"])
+    except Exception:  # unreadable or without an epoch: unknown
+        return None
 
 
 def append_metrics(run_dir: str | os.PathLike, record: dict[str, Any]) -> None:
