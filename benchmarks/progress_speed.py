@@ -3,8 +3,8 @@
 Compares :func:`tl_grokking.analysis.progress.progress_measures` with a straightforward
 implementation in the style of the TransformerLens grokking demo: per checkpoint it builds the
 model, runs the full HookedTransformer forward over all p² inputs, and for every key frequency k
-builds the p³
-cubes ``cos(w_k(a+b-c))`` and ``sin(w_k(a+b-c))`` and projects the logits onto them (for each
+builds the p³ cubes ``cos(w_k(a+b-c))`` and ``sin(w_k(a+b-c))`` and projects the logits onto
+them (for each
 output class c the (a, b)-slices of the two cubes span the same plane as ``cos/sin(w_k(a+b))``,
 so this is the same ``P_K`` as §7), and recomputes the Fourier basis for the Gini coefficients.
 
