@@ -11,7 +11,8 @@ side by side, repeat by repeat, and medians are reported):
 (b) ``trainer``: seconds per epoch of :func:`tl_grokking.training.trainer.train_model` at its
     defaults (log and checkpoint every 100 epochs, progress bar off), called on a fresh
     temporary directory for ``--trainer-epochs`` epochs; the time includes model construction,
-    the epoch-0 and final evaluations and checkpoints (so short calls overstate the steady-state cost);
+    the epoch-0 and final evaluations and checkpoints (so short calls overstate the steady-state
+    cost);
 (c) ``step``: the same work on both sides — one training step (forward, float64 loss, backward,
     AdamW step) with the plain HookedTransformer forward vs :func:`final_logits`.
 
