@@ -25,7 +25,8 @@ from pathlib import Path
 
 from tl_grokking.analysis.ablations import ablation_table
 from tl_grokking.analysis.circuits import key_frequencies
-from tl_grokking.analysis.logits import all_logits, loss_and_accuracy, trig_logit_decomposition
+from tl_grokking.analysis.grid import all_logits, loss_and_accuracy
+from tl_grokking.analysis.logits import trig_logit_decomposition
 from tl_grokking.data.tasks import ModularAddition
 from tl_grokking.figures import plots
 from tl_grokking.figures.report import ReportSection, circuitsvis_element, render_report_html

@@ -19,6 +19,7 @@ import jaxtyping
 import pytest
 import torch
 
+from tl_grokking.model.config import ModelConfig
 from tl_grokking.model.transformer import make_model
 from tl_grokking.runs.rundir import checkpoint_path, load_safetensors
 from tl_grokking.training.trainer import TrainConfig, load_train_config, train_model
@@ -80,6 +81,16 @@ def small_run(tmp_path_factory) -> Path:
     finally:
         torch.set_num_threads(threads)
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def p13_model():
+    """An untrained p = 13 model (d_model 24, 2 heads, d_mlp 40, seed 5) with a non-zero MLP
+    bias, so that its logits have some structure; one per test module."""
+    model = make_model(ModelConfig(p=13, d_model=24, n_heads=2, d_mlp=40), seed=5)
+    with torch.no_grad():
+        model.blocks[0].mlp.b_in.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+    return model
 
 
 @pytest.fixture(scope="session")

@@ -15,14 +15,14 @@ from tl_grokking.analysis.ablations import (
 )
 from tl_grokking.analysis.circuits import NeuronClusters
 from tl_grokking.analysis.fourier import project_grid
-from tl_grokking.analysis.grid import evaluate_model, grid_activations
-from tl_grokking.analysis.hooks import mean_ablate, zero_ablate
-from tl_grokking.analysis.logits import (
+from tl_grokking.analysis.grid import (
     all_logits,
-    excluded_logits,
+    evaluate_model,
+    grid_activations,
     loss_and_accuracy,
-    restricted_logits,
 )
+from tl_grokking.analysis.hooks import mean_ablate, zero_ablate
+from tl_grokking.analysis.logits import excluded_logits, restricted_logits
 from tl_grokking.data.tasks import ModularAddition
 from tl_grokking.model.transformer import ModelConfig, make_model
 

@@ -492,7 +492,7 @@ def test_shipped_checkpoint_is_the_authors_model_bit_for_bit():
 
 
 def test_shipped_checkpoint_solves_the_task():
-    from tl_grokking.analysis.logits import all_logits, loss_and_accuracy
+    from tl_grokking.analysis.grid import all_logits, loss_and_accuracy
     from tl_grokking.data.tasks import ModularAddition
     from tl_grokking.runs.checkpoints import load_checkpoint
 

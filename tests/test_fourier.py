@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from brute_force import brute_sum_projection
 from tl_grokking.analysis.circuits import key_frequencies, neuron_clusters
 from tl_grokking.analysis.fourier import (
     SumProjection,
@@ -170,21 +171,6 @@ def test_project_grid_block_matches_masked_full_transform():
         expected = torch.einsum("ia,ijn,jb->abn", B, C, B).reshape(p * p, 3)
         got = project_grid(x, p, [2, 3], basis=basis, mode="keep", include_const=True)
         torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
-
-
-def brute_sum_projection(x: torch.Tensor, p: int, freqs) -> torch.Tensor:
-    """P_K written out: each column projected onto normalised cos/sin(w_k(a+b))."""
-    a = torch.arange(p).repeat_interleave(p).double()
-    b = torch.arange(p).repeat(p).double()
-    out = torch.zeros_like(x, dtype=torch.float64)
-    for k in freqs:
-        for fn in (torch.cos, torch.sin):
-            v = fn(2 * math.pi * k * (a + b) / p)
-            if v.norm() < 1e-9:  # the Nyquist sine of even p is zero
-                continue
-            v = v / v.norm()
-            out += v[:, None] * (v @ x.double())[None, :]
-    return out
 
 
 @pytest.mark.parametrize("p", [11, 12])

@@ -25,11 +25,8 @@ P = 13
 
 
 @pytest.fixture(scope="module")
-def model():
-    m = make_model(ModelConfig(p=P, d_model=24, n_heads=2, d_mlp=40), seed=5)
-    with torch.no_grad():  # give the logits some structure and a non-zero MLP bias
-        m.blocks[0].mlp.b_in.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
-    return m
+def model(p13_model):
+    return p13_model
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from brute_force import brute_sum_projection
 from tl_grokking.analysis.grid import SITES, evaluate_model, grid_activations
 from tl_grokking.analysis.hooks import fourier_ablate
 from tl_grokking.analysis.logits import restricted_logits
@@ -18,29 +19,13 @@ P = 13
 
 
 @pytest.fixture(scope="module")
-def model():
-    m = make_model(ModelConfig(p=P, d_model=24, n_heads=2, d_mlp=40), seed=5)
-    with torch.no_grad():  # give the logits some structure and a non-zero MLP bias
-        m.blocks[0].mlp.b_in.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
-    return m
+def model(p13_model):
+    return p13_model
 
 
 @pytest.fixture(scope="module")
 def task():
     return ModularAddition(P)
-
-
-def brute_sum_projection(x: torch.Tensor, p: int, freqs) -> torch.Tensor:
-    """Projection of a [p², n] grid tensor onto normalised cos/sin(w_k(a+b)), written out."""
-    a = torch.arange(p).repeat_interleave(p).double()
-    b = torch.arange(p).repeat(p).double()
-    out = torch.zeros_like(x, dtype=torch.float64)
-    for k in freqs:
-        for fn in (torch.cos, torch.sin):
-            v = fn(2 * math.pi * k * (a + b) / p)
-            v = v / v.norm()
-            out += v[:, None] * (v @ x.double())[None, :]
-    return out
 
 
 def logits_of(model, tokens, hooks=()):
@@ -269,9 +254,22 @@ def test_sum_basis_needs_a_plus_b_and_the_token_grid():
     assert fourier_ablate(model, [1], "mlp_post", basis="block", task=sub)
 
 
-def test_hooks_reexport_the_grid_names():
-    from tl_grokking.analysis import grid, hooks
+def test_each_public_name_lives_in_one_analysis_module():
+    """No re-exports: a name is reached through the one module that defines it."""
+    import importlib
+    import inspect
+    import pkgutil
 
-    for name in ("SITES", "resolve_site", "resolve_task", "grid_tokens", "grid_activations"):
-        assert getattr(hooks, name) is getattr(grid, name)
-    assert hooks.evaluate_model is grid.evaluate_model
+    import tl_grokking.analysis as analysis
+
+    owners: dict[str, str] = {}
+    for info in pkgutil.iter_modules(analysis.__path__):
+        module = importlib.import_module(f"tl_grokking.analysis.{info.name}")
+        for name in getattr(module, "__all__", ()):
+            assert name not in owners, (name, owners.get(name), info.name)
+            owners[name] = info.name
+            obj = getattr(module, name)
+            if inspect.isfunction(obj) or inspect.isclass(obj):
+                assert obj.__module__ == module.__name__, (name, obj.__module__, module.__name__)
+    assert owners["grid_activations"] == owners["evaluate_model"] == "grid"
+    assert owners["fourier_ablate"] == "hooks"

@@ -11,10 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from tl_grokking.analysis.grid import all_logits, loss_and_accuracy
 from tl_grokking.analysis.logits import (
-    all_logits,
     excluded_logits,
-    loss_and_accuracy,
     restricted_logits,
     trig_approx_logits,
     trig_logit_decomposition,

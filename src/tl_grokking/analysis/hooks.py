@@ -39,10 +39,6 @@ from tl_grokking.analysis.fourier import (
     validate_mode,
 )
 from tl_grokking.analysis.grid import (
-    SITES,
-    evaluate_model,
-    grid_activations,
-    grid_tokens,
     resolve_site,
     resolve_task,
 )
@@ -55,13 +51,6 @@ __all__ = [
     "grid_fn_hook",
     "zero_ablate",
     "mean_ablate",
-    # re-exported from tl_grokking.analysis.grid
-    "SITES",
-    "resolve_site",
-    "resolve_task",
-    "grid_tokens",
-    "grid_activations",
-    "evaluate_model",
 ]
 
 HookList = list[tuple[str, Callable]]

@@ -37,7 +37,7 @@ from transformer_lens import HookedTransformer
 
 from tl_grokking.analysis.circuits import key_frequencies
 from tl_grokking.analysis.fourier import SumProjection, validate_freqs
-from tl_grokking.analysis.grid import all_logits, loss_and_accuracy, resolve_task
+from tl_grokking.analysis.grid import all_logits, resolve_task
 from tl_grokking.data.tasks import ModularAddition, Task
 
 __all__ = [
@@ -47,9 +47,6 @@ __all__ = [
     "trig_logit_decomposition",
     "trig_approx_logits",
     "TrigDecomposition",
-    # re-exported from tl_grokking.analysis.grid
-    "all_logits",
-    "loss_and_accuracy",
 ]
 
 _TRIG_ANALYSIS = "the trig logit decomposition cos(w_k(a + b - c))"

@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tl_grokking.analysis.ablations import TABLE_HOOKS, ablation_table
     from tl_grokking.analysis.circuits import key_frequencies, neuron_clusters
-    from tl_grokking.analysis.hooks import grid_activations, resolve_task
+    from tl_grokking.analysis.grid import grid_activations, resolve_task
     from tl_grokking.analysis.logits import trig_logit_decomposition
 
     model, train_indices, task = _load(args)
