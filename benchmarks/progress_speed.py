@@ -56,7 +56,7 @@ def make_synthetic_run(run_dir: Path, n: int, every: int = 100, seed: int = 0) -
     from tl_grokking.model.transformer import make_model
     from tl_grokking.runs.checkpoints import load_checkpoint
     from tl_grokking.runs.rundir import checkpoint_path, save_safetensors, write_json
-    from tl_grokking.training.trainer import TrainConfig
+    from tl_grokking.training.config import TrainConfig
 
     if FIXTURE.is_file():
         base = load_checkpoint(FIXTURE)
@@ -179,7 +179,8 @@ def callback_overhead(epochs: int, threads: int) -> None:
     import torch
 
     from tl_grokking.analysis.progress import cheap_measures_callback
-    from tl_grokking.training.trainer import TrainConfig, train_model
+    from tl_grokking.training.config import TrainConfig
+    from tl_grokking.training.trainer import train_model
 
     torch.set_num_threads(threads)
     config = TrainConfig(p=113, epochs=epochs, log_every=100, checkpoint_every=10**9)

@@ -38,9 +38,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tl_grokking.model.config import ModelConfig
 from tl_grokking.model.fastforward import final_logits
-from tl_grokking.model.transformer import ModelConfig, make_model
-from tl_grokking.training.trainer import TrainConfig, train_model
+from tl_grokking.model.transformer import make_model
+from tl_grokking.training.config import TrainConfig
+from tl_grokking.training.trainer import train_model
 
 
 def _timed(fn) -> float:

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from tl_grokking.analysis.clock_pizza import classify_clock_pizza
-from tl_grokking.training.trainer import TrainConfig, train_model
+from tl_grokking.training.config import TrainConfig
+from tl_grokking.training.trainer import train_model
 
 
 def main() -> None:

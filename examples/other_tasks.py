@@ -27,7 +27,8 @@ from tl_grokking.analysis.weights import (
     norms_by_frequency,
 )
 from tl_grokking.data.discrete_log import primitive_root
-from tl_grokking.training.trainer import TrainConfig, train_model
+from tl_grokking.training.config import TrainConfig
+from tl_grokking.training.trainer import train_model
 
 # Settings that grok within a few hundred epochs (seed 0); the same as tests/test_discrete_log.py.
 RUNS = {"sub": 31, "mul": 29}

@@ -22,7 +22,8 @@ import torch
 from tl_grokking.model.config import ModelConfig
 from tl_grokking.model.transformer import make_model
 from tl_grokking.runs.rundir import checkpoint_path, load_safetensors
-from tl_grokking.training.trainer import TrainConfig, load_train_config, train_model
+from tl_grokking.training.config import TrainConfig, load_train_config
+from tl_grokking.training.trainer import train_model
 
 
 @pytest.fixture

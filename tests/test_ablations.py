@@ -24,7 +24,8 @@ from tl_grokking.analysis.grid import (
 from tl_grokking.analysis.hooks import mean_ablate, zero_ablate
 from tl_grokking.analysis.logits import excluded_logits, restricted_logits
 from tl_grokking.data.tasks import ModularAddition
-from tl_grokking.model.transformer import ModelConfig, make_model
+from tl_grokking.model.config import ModelConfig
+from tl_grokking.model.transformer import make_model
 
 FIXTURE = (
     Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paper_original_format_no_wd.pth"
@@ -203,7 +204,7 @@ def test_fixture_ablation_table():
 
 
 def test_small_grokked_model_table(small_model, small_task, small_run):
-    from tl_grokking.training.trainer import load_train_config
+    from tl_grokking.training.config import load_train_config
 
     config = load_train_config(small_run)
     train, _ = small_task.split(config.frac_train, config.seed)
@@ -223,7 +224,7 @@ def test_cli_ablate_matches_the_library(small_run, small_model, small_task, caps
     import json
 
     from tl_grokking.cli import main
-    from tl_grokking.training.trainer import load_train_config
+    from tl_grokking.training.config import load_train_config
 
     assert main(["ablate", str(small_run), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from tl_grokking.data.tasks import ModularAddition
+from tl_grokking.model.config import ModelConfig
 from tl_grokking.model.transformer import (
     IncompatibleModelError,
-    ModelConfig,
     check_compatible,
     make_model,
     model_attn_rate,
@@ -178,7 +178,7 @@ def test_fixture_accuracy_and_loss(fixture_model):
     logits = final_logits(fixture_model, p)[:, :p]
     assert (logits.argmax(-1) == labels).mean() == 1.0
     loss = ce64(logits, labels)
-    assert 5e-8 < loss < 2e-7  # measured 1.111e-7 (PAPER_NOTES §10: ≈ 1e-7)
+    assert 5e-8 < loss < 2e-7  # measured 1.111e-7 (the authors report ≈ 1e-7)
 
 
 def test_fixture_matches_independent_forward(fixture_raw, fixture_model):
@@ -423,7 +423,8 @@ def test_safetensors_outside_a_run(tmp_path):
 
 def test_trained_run_end_to_end(tmp_path):
     """A real (tiny) training run: the loaded split and model reproduce the logged metrics."""
-    from tl_grokking.training.trainer import TrainConfig, train_model
+    from tl_grokking.training.config import TrainConfig
+    from tl_grokking.training.trainer import train_model
 
     config = TrainConfig(
         p=17, d_model=24, n_heads=3, d_mlp=40, epochs=12, log_every=4, checkpoint_every=4,

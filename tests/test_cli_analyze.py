@@ -16,7 +16,8 @@ import torch
 from tl_grokking.analysis.phases import detect_phases
 from tl_grokking.analysis.progress import read_measures_csv
 from tl_grokking.cli import build_parser, main
-from tl_grokking.model.transformer import ModelConfig, make_model
+from tl_grokking.model.config import ModelConfig
+from tl_grokking.model.transformer import make_model
 from tl_grokking.runs.rundir import list_checkpoints, read_metrics, save_safetensors
 
 

@@ -18,7 +18,8 @@ from tl_grokking.analysis.clock_pizza import (
     gradient_symmetricity,
 )
 from tl_grokking.data.tasks import make_task
-from tl_grokking.model.transformer import ModelConfig, make_model
+from tl_grokking.model.config import ModelConfig
+from tl_grokking.model.transformer import make_model
 
 
 def _tiny(p: int = 11, attn_rate: float = 1.0, seed: int = 0):
@@ -142,7 +143,8 @@ SETTINGS = {
 
 @pytest.fixture(scope="module")
 def clock_and_pizza(tmp_path_factory):
-    from tl_grokking.training.trainer import TrainConfig, train_model
+    from tl_grokking.training.config import TrainConfig
+    from tl_grokking.training.trainer import train_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -18,7 +18,8 @@ import torch
 from tl_grokking.cli import main
 from tl_grokking.runs.checkpoints import load_checkpoint, load_run
 from tl_grokking.runs.rundir import list_checkpoints, load_safetensors, read_metrics
-from tl_grokking.training.trainer import TrainConfig, train_model
+from tl_grokking.training.config import TrainConfig
+from tl_grokking.training.trainer import train_model
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
 

@@ -146,7 +146,8 @@ COMMON_SETTINGS = {
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One small model per task, trained once with the library trainer."""
-    from tl_grokking.training.trainer import TrainConfig, train_model
+    from tl_grokking.training.config import TrainConfig
+    from tl_grokking.training.trainer import train_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -7,12 +7,13 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from tl_grokking.data.tasks import make_task
+from tl_grokking.model.config import ModelConfig
 from tl_grokking.model.fastforward import (
     final_logits,
     final_logits_batched,
     supports_fast_path,
 )
-from tl_grokking.model.transformer import ModelConfig, make_model, model_attn_rate
+from tl_grokking.model.transformer import make_model, model_attn_rate
 
 # (p, d_model, n_heads, d_head, d_mlp, act_fn, d_vocab_out, attn_rate)
 CONFIGS = [

@@ -35,7 +35,8 @@ from tl_grokking.analysis.weights import (
     norms_by_frequency,
 )
 from tl_grokking.data.tasks import ModularAddition, make_task
-from tl_grokking.model.transformer import ModelConfig, make_model
+from tl_grokking.model.config import ModelConfig
+from tl_grokking.model.transformer import make_model
 
 FIXTURE = (
     Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paper_original_format_no_wd.pth"

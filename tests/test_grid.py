@@ -19,7 +19,8 @@ from tl_grokking.analysis.grid import (
 from tl_grokking.analysis.hooks import zero_ablate
 from tl_grokking.data.discrete_log import primitive_root
 from tl_grokking.data.tasks import ModularAddition, make_task
-from tl_grokking.model.transformer import ModelConfig, make_model
+from tl_grokking.model.config import ModelConfig
+from tl_grokking.model.transformer import make_model
 
 P = 13
 

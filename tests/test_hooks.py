@@ -13,7 +13,8 @@ from tl_grokking.analysis.grid import SITES, evaluate_model, grid_activations
 from tl_grokking.analysis.hooks import fourier_ablate
 from tl_grokking.analysis.logits import restricted_logits
 from tl_grokking.data.tasks import ModularAddition
-from tl_grokking.model.transformer import ModelConfig, make_model
+from tl_grokking.model.config import ModelConfig
+from tl_grokking.model.transformer import make_model
 
 P = 13
 

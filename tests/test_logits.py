@@ -193,7 +193,8 @@ def test_fixture_loss_restricted_and_trig_fit(paper_logits):
 @pytest.mark.parametrize("name", ["sub", "mul", "x2+y2"])
 def test_trig_decomposition_refuses_tasks_without_sum_directions(name):
     from tl_grokking.data.tasks import make_task
-    from tl_grokking.model.transformer import ModelConfig, make_model
+    from tl_grokking.model.config import ModelConfig
+    from tl_grokking.model.transformer import make_model
 
     p = 7
     task = make_task(name, p)

@@ -10,9 +10,9 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from tl_grokking.data.tasks import ModularAddition
+from tl_grokking.model.config import ModelConfig
 from tl_grokking.model.transformer import (
     IncompatibleModelError,
-    ModelConfig,
     check_compatible,
     config_from_model,
     make_model,
@@ -129,7 +129,7 @@ def test_make_model_shapes_and_init_scale():
     model = make_model(ModelConfig(p=113), seed=0)
     assert model.W_E.shape == (114, 128) and model.W_U.shape == (128, 113)
     assert model.W_pos.shape == (3, 128) and model.W_in.shape == (1, 128, 512)
-    # TransformerLens' default init: std 0.8 / sqrt(d_model) (PAPER_NOTES §2)
+    # TransformerLens' default init: std 0.8 / sqrt(d_model)
     std = model.W_in.std().item()
     assert std == pytest.approx(0.8 / math.sqrt(128), rel=0.05)
 

@@ -77,7 +77,8 @@ def test_paper_training_steps_agree_with_a_hooked_transformer_loop(tmp_path):
     the paper's size (p = 113, d_model 128, 4 heads, d_mlp 512, 3830 training pairs)."""
     from tl_grokking.model.transformer import make_model
     from tl_grokking.runs.rundir import read_metrics
-    from tl_grokking.training.trainer import TrainConfig, train_model
+    from tl_grokking.training.config import TrainConfig
+    from tl_grokking.training.trainer import train_model
 
     epochs = 15
     config = TrainConfig(epochs=epochs, log_every=1, checkpoint_every=epochs)
@@ -126,7 +127,8 @@ def test_paper_config_memorises_first(tmp_path):
     """The paper's first phase at full size: within 250 epochs the model fits every training
     pair while the test loss rises far above its initial value (test accuracy near chance)."""
     from tl_grokking.runs.rundir import read_metrics
-    from tl_grokking.training.trainer import TrainConfig, train_model
+    from tl_grokking.training.config import TrainConfig
+    from tl_grokking.training.trainer import train_model
 
     config = TrainConfig(epochs=250, log_every=50, checkpoint_every=250)
     train_model(config, tmp_path / "run", progress=False)

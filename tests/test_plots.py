@@ -18,7 +18,8 @@ from tl_grokking.analysis.circuits import NeuronClusters
 from tl_grokking.analysis.logits import TrigDecomposition
 from tl_grokking.data.tasks import ModularAddition
 from tl_grokking.figures import plots
-from tl_grokking.model.transformer import ModelConfig, make_model
+from tl_grokking.model.config import ModelConfig
+from tl_grokking.model.transformer import make_model
 
 P = 17
 

@@ -21,7 +21,8 @@ from tl_grokking.analysis.progress import (
     read_measures_csv,
 )
 from tl_grokking.data.tasks import make_task
-from tl_grokking.model.transformer import ModelConfig, make_model
+from tl_grokking.model.config import ModelConfig
+from tl_grokking.model.transformer import make_model
 from tl_grokking.runs.checkpoints import load_run
 from tl_grokking.runs.rundir import save_safetensors, write_json
 

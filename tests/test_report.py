@@ -281,7 +281,7 @@ def test_one_epoch_at_99_percent_and_the_same_caveats_everywhere(
     with its resolution, and the same caveats (the run ends inside cleanup)."""
     from tl_grokking.cli import reproduce as reproduce_cli
     from tl_grokking.runs.rundir import grok_epoch
-    from tl_grokking.training.trainer import TrainConfig
+    from tl_grokking.training.config import TrainConfig
 
     run = _copy_run(run_copy, tmp_path / "run")
     for path in (run / "checkpoints").iterdir():

@@ -226,7 +226,7 @@ def test_custom_task_registers_for_its_p_only():
 
 
 def test_every_registered_task_builds_tokens_the_trainer_can_use():
-    from tl_grokking.training.trainer import TrainConfig
+    from tl_grokking.training.config import TrainConfig
 
     for name in sorted(EXPECTED_NAMES):
         config = TrainConfig(task=name, p=7, epochs=1)
@@ -238,7 +238,8 @@ def test_every_registered_task_builds_tokens_the_trainer_can_use():
 @pytest.mark.parametrize("name", ["div", "x3+xy"])
 def test_runs_of_other_tasks_train_and_load_back(tmp_path, name):
     from tl_grokking.runs.checkpoints import load_run
-    from tl_grokking.training.trainer import TrainConfig, train_model
+    from tl_grokking.training.config import TrainConfig
+    from tl_grokking.training.trainer import train_model
 
     config = TrainConfig(
         task=name, p=7, epochs=4, d_model=8, n_heads=2, d_mlp=16, log_every=2, checkpoint_every=2

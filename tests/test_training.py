@@ -17,11 +17,10 @@ from tl_grokking.runs.rundir import (
     load_safetensors,
     read_metrics,
 )
+from tl_grokking.training.config import TrainConfig, load_train_config
 from tl_grokking.training.trainer import (
-    TrainConfig,
     TrainingDivergedError,
     cross_entropy_final,
-    load_train_config,
     train_model,
     warmup_factor,
 )

@@ -21,7 +21,8 @@ from tl_grokking.analysis.weights import (
 )
 from tl_grokking.data.discrete_log import discrete_log_table
 from tl_grokking.data.tasks import ModularAddition, make_task
-from tl_grokking.model.transformer import IncompatibleModelError, ModelConfig, make_model
+from tl_grokking.model.config import ModelConfig
+from tl_grokking.model.transformer import IncompatibleModelError, make_model
 
 P = 11
 

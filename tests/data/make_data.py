@@ -95,7 +95,8 @@ def make_paper_checkpoint(fixture: Path, out: Path = PAPER_FILE) -> None:
 def make_run(out: Path = RUN_DIR) -> None:
     import torch
 
-    from tl_grokking.training.trainer import TrainConfig, train_model
+    from tl_grokking.training.config import TrainConfig
+    from tl_grokking.training.trainer import train_model
 
     if out.exists():
         shutil.rmtree(out)

@@ -43,7 +43,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from tl_grokking.model.transformer import SUPPORTED_ACT_FNS, model_attn_rate
+from tl_grokking.model.config import SUPPORTED_ACT_FNS
+from tl_grokking.model.transformer import model_attn_rate
 
 __all__ = ["final_logits", "supports_fast_path", "final_logits_batched"]
 

@@ -1,9 +1,9 @@
 """Model configuration → :class:`transformer_lens.HookedTransformer`, and compatibility checks.
 
-:class:`ModelConfig` lives in :mod:`tl_grokking.model.config` (no torch); it is re-exported here.
-The paper's model (Nanda et al. 2023, §2 of PAPER_NOTES): one layer, 4 heads of 32, d_model
-128, MLP 512 with ReLU, no LayerNorm, learned positional embeddings, untied embed/unembed,
-``d_vocab = p + 1`` (``=`` is token ``p``), ``d_vocab_out = p``, ``n_ctx = 3``.
+:class:`~tl_grokking.model.config.ModelConfig` lives in :mod:`tl_grokking.model.config` (no torch).
+The paper's model (Nanda et al. 2023, §3 and appendix; docs/training.md): one layer, 4 heads
+of 32, d_model 128, MLP 512 with ReLU, no LayerNorm, learned positional embeddings, untied
+embed/unembed, ``d_vocab = p + 1`` (``=`` is token ``p``), ``d_vocab_out = p``, ``n_ctx = 3``.
 
 Biases: by default (``trainable_biases="none"``) every bias is zero and frozen, as in the
 TransformerLens grokking demo. ``"mlp"`` trains ``b_in``/``b_out`` (the authors' code), ``"all"``
@@ -28,13 +28,10 @@ from tl_grokking._validation import check_device
 from tl_grokking.model.config import SUPPORTED_ACT_FNS, TRAINABLE_BIASES, ModelConfig
 
 __all__ = [
-    "ModelConfig",
     "make_model",
     "config_from_model",
     "check_compatible",
     "IncompatibleModelError",
-    "SUPPORTED_ACT_FNS",
-    "TRAINABLE_BIASES",
     "model_attn_rate",
     "install_attn_rate",
     "apply_bias_policy",

@@ -46,12 +46,8 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from tl_grokking.data.tasks import Task, make_task
-from tl_grokking.model.transformer import (
-    IncompatibleModelError,
-    ModelConfig,
-    check_compatible,
-    make_model,
-)
+from tl_grokking.model.transformer import IncompatibleModelError, check_compatible, make_model
+from tl_grokking.model.config import ModelConfig
 from tl_grokking.runs.rundir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,

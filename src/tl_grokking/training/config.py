@@ -64,7 +64,7 @@ def _model_option(name: str, group: str = MODEL_GROUP) -> Any:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a training run. Defaults are the paper's (PAPER_NOTES §2–3).
+    """Everything that defines a training run. Defaults are the paper's (docs/training.md).
 
     Construction validates every field and raises ``ValueError`` naming the field and the
     accepted range; nothing is trained or written before that. The architecture fields are

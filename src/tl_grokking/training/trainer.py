@@ -1,4 +1,4 @@
-"""Full-batch training of the grokking transformer (Nanda et al. 2023, PAPER_NOTES §3).
+"""Full-batch training of the grokking transformer (Nanda et al. 2023; docs/training.md).
 
 One optimiser step per epoch on the whole training split; AdamW (lr 1e-3, weight decay 1.0,
 betas (0.9, 0.98)); a linear warm-up ``lr · min(step / warmup_steps, 1)`` as in the authors'
@@ -63,18 +63,13 @@ from tl_grokking.training.config import (
     RESUMABLE_FIELDS,
     TrainConfig,
     config_changes,
-    load_train_config,
-    resume_config,
 )
 
 __all__ = [
-    "TrainConfig",
     "TrainResult",
     "TrainingDivergedError",
     "Callback",
     "train_model",
-    "load_train_config",
-    "resume_config",
     "cross_entropy_final",
     "warmup_factor",
 ]
@@ -110,7 +105,7 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
 def cross_entropy_final(
     logits: Float[Tensor, "batch d_vocab_out"], labels: Int[Tensor, " batch"]
 ) -> Float[Tensor, ""]:
-    """Mean cross-entropy of final-position logits, computed in float64 (PAPER_NOTES §3)."""
+    """Mean cross-entropy of final-position logits, computed in float64 (docs/training.md)."""
     return F.cross_entropy(logits.to(torch.float64), labels)
 
 
