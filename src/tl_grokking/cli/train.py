@@ -85,7 +85,8 @@ def resumed_config(out: Path, given: dict) -> TrainConfig:
             f"{flag_name(name)} {new} (stored: {old})" for name, (old, new) in err.changes.items()
         )
         raise ValueError(
-            f"--resume continues the run stored in {out}, but {differ} differ from it; with "
+            f"--resume continues the run stored in {out}, but "
+            f"{differ} {'differs' if len(err.changes) == 1 else 'differ'} from it; with "
             f"--resume only {_RESUMABLE_FLAGS} may change. Drop the other flags to continue "
             "that run, or start a new one with another --out or --overwrite"
         ) from None
