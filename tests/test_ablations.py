@@ -233,6 +233,9 @@ def test_cli_ablate_matches_the_library(small_run, small_model, small_task, caps
     table = ablation_table(small_model, small_task, train_indices=train)
     assert out["ablation_table"]["key_freqs"] == table.key_freqs
     assert out["key_frequencies"]["agree"] is True
+    assert out["key_frequencies"]["contested"] == []  # every rule agrees on this run
+    assert out["key_frequencies"]["restricted"]["accuracy"] == 1.0
+    assert set(out["key_frequencies"]["without"]) == {str(k) for k in table.key_freqs}
     for got, want in zip(out["ablation_table"]["rows"], table.rows, strict=True):
         assert got["name"] == want.name and got["subset"] == want.subset
         assert got["loss"] == pytest.approx(want.loss, rel=1e-6)

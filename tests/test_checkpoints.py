@@ -205,7 +205,9 @@ def test_fixture_metadata_and_run(fixture_raw, fixture_model):
     assert not fixture_model.unembed.b_U.any()
     run = load_run(FIXTURE)
     assert run.epochs == [fixture_raw["epoch"]] == [4999]
-    assert run.train_indices is None and run.test_indices is None
+    # the authors' split, by their procedure with their default seed (the file has no config)
+    train, test = ModularAddition(113).split(0.3, 0, method="authors")
+    assert torch.equal(run.train_indices, train) and torch.equal(run.test_indices, test)
     assert len(run.metrics) == len(fixture_raw["train_losses"]) == 5000
     assert run.metrics[-1]["train_loss"] == fixture_raw["train_losses"][-1]
     assert run.metrics[7]["test_loss"] == fixture_raw["test_losses"][7]
@@ -294,7 +296,13 @@ def test_authors_full_run(tmp_path):
     run = load_run(tmp_path / "full_run.pth")
     assert run.format == "authors"
     assert run.epochs == [0, 100, 200, 249]
-    assert run.train_indices is None
+    # no config: the authors' procedure with their defaults; a random model does not reproduce
+    # the stored loss, and no other seed does either, so the default stays, and the line says so
+    assert torch.equal(run.train_indices, ModularAddition(17).split(0.3, 0, method="authors")[0])
+    assert run.split.method == "authors" and run.split.seed == 0 and run.split.assumed
+    assert run.split_check.stored == pytest.approx(0.51) and not run.split_check.matches
+    assert "none of seeds 0–99 reproduces the stored final train loss" in run.split.source
+    assert "does NOT reproduce the stored final train loss 0.51" in run.split_line()
     assert len(run.metrics) == 250 and run.metrics[10]["train_loss"] == pytest.approx(2.9)
     model_100 = run.model(100)
     assert torch.equal(model_100.W_E, states[1]["embed.W_E"].T)
@@ -311,6 +319,66 @@ def test_authors_full_run(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # HookedTransformer state dicts: in memory, .pt, our safetensors, run directories
 # ---------------------------------------------------------------------------------------------
+
+
+def test_authors_split_from_stored_config_and_given_values():
+    """A stored ``config`` gives the seed and fraction; arguments override it, per value."""
+    blob = {"model": random_authors_state(CFG, seed=4), "epoch": 9}
+    task = ModularAddition(17)
+    run = load_run({**blob, "config": {"seed": 7, "frac_train": 0.5}})
+    assert torch.equal(run.train_indices, task.split(0.5, 7, method="authors")[0])
+    assert torch.equal(run.test_indices, task.split(0.5, 7, method="authors")[1])
+    split = run.split
+    assert (split.method, split.seed, split.frac_train) == ("authors", 7, 0.5)
+    assert (split.seed_origin, split.frac_origin, split.assumed) == ("file", "file", False)
+    assert run.split_check is None  # no stored train loss
+    assert run.split_line() == (
+        "train split: authors' procedure, seed 7, frac_train 0.5: 144 of 289 pairs (from the "
+        "file's config); the file stores no train loss to check it against"
+    )
+    run = load_run({**blob, "config": {"seed": 7, "frac_train": 0.5}}, seed=2)
+    assert torch.equal(run.train_indices, task.split(0.5, 2, method="authors")[0])
+    assert run.split.source == "seed given, frac_train from the file's config"
+    run = load_run({**blob, "config": {"frac_train": 0.5}})  # a config without the seed
+    assert (run.split.seed, run.split.seed_origin) == (0, "default")
+    assert run.split.source == (
+        "seed assumed, frac_train from the file's config: the file's config does not say"
+    )
+    run = load_run(blob, frac_train=0.4)
+    assert torch.equal(run.train_indices, task.split(0.4, 0, method="authors")[0])
+    assert run.split.source == "seed assumed, frac_train given: the file stores no config"
+    for bad in (-1, 1.5, "3", True):
+        with pytest.raises(ValueError, match=r"seed must be a nonnegative integer"):
+            load_run(blob, seed=bad)
+    with pytest.raises(ValueError, match=r"frac_train must be in the open interval"):
+        load_run(blob, frac_train=1.0)
+    with pytest.raises(CheckpointFormatError, match=r"stored split: frac_train"):
+        load_run({**blob, "config": {"frac_train": 2}})
+    with pytest.raises(CheckpointFormatError, match=r"stored split: seed must be an integer >= 0"):
+        load_run({**blob, "config": {"seed": 2.5}})
+
+
+def test_split_of_other_formats(tmp_path):
+    """Our runs: our procedure with config.json's values; given values override them."""
+    models = {e: random_tl_model(CFG, seed=e) for e in (0, 5)}
+    _write_run(tmp_path, models)  # frac_train 0.4, seed 3
+    task = ModularAddition(CFG.p)
+    run = load_run(tmp_path)
+    assert run.split_line() == (
+        "train split: tl_grokking's procedure, seed 3, frac_train 0.4: 115 of 289 pairs "
+        "(from config.json)"
+    )
+    assert run.split_check is None  # only the authors' format is checked
+    run = load_run(tmp_path, seed=4)
+    assert torch.equal(run.train_indices, task.split(0.4, 4)[0])
+    assert run.split.source == "seed given, frac_train from config.json"
+    # a lone safetensors checkpoint records no split, unless one is asked for
+    save_safetensors(models[5].state_dict(), tmp_path / "epoch_5.safetensors")
+    assert load_run(tmp_path / "epoch_5.safetensors").split is None
+    assert "none recorded" in load_run(tmp_path / "epoch_5.safetensors").split_line()
+    run = load_run(tmp_path / "epoch_5.safetensors", frac_train=0.5)
+    assert torch.equal(run.train_indices, task.split(0.5, 0)[0])
+    assert run.split.source == "seed assumed, frac_train given: the file records no split"
 
 
 def test_plain_state_dict_round_trip(tmp_path):
@@ -484,6 +552,7 @@ def test_demo_file(tmp_path, config_as_object):
     assert run.model_config == CFG
     assert torch.equal(run.train_indices, blob["train_indices"].sort().values)
     assert torch.equal(run.test_indices, blob["test_indices"].sort().values)
+    assert run.split_line() == "train split: the file's train_indices: 86 of 289 pairs"
     assert len(run.metrics) == 300 and run.metrics[5] == {
         "epoch": 5,
         "train_loss": 1.0,

@@ -214,7 +214,8 @@ def test_multiplication_is_sparse_only_after_reindexing(trained):
     assert frequency_mass_count(raw_per_freq, 0.9) == 13
     assert frequency_mass_count(reindexed, 0.9) == 2
     keys = key_frequencies(model, task)
-    assert keys.by_rule == {"clusters": [3, 5], "embed": [3, 5], "unembed": [3, 5]}
+    assert keys.keys == [3, 5] and keys.agree and "logits" not in keys.by_rule  # no a + b
+    assert set(keys.by_rule) == {"circuit", "clusters", "neurons", "embed", "unembed"}
     # without the re-indexing the embed rule sees no sparse set
     assert len(key_frequencies(model, task, rule="embed", reindex=False).keys) > 2
     assert _accuracy(model, task) >= 0.95

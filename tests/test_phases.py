@@ -279,7 +279,7 @@ def test_analysis_notes_are_every_caveat():
     )
     fallback = analysis_notes({"phases": [], "key_freqs": [5], "key_freq_rule": "embed"})
     assert fallback == [
-        "key frequencies from the fallback rule 'embed': the neuron-cluster rule found no "
+        "key frequencies from the fallback rule 'embed': the circuit rule found no "
         "sparse set of frequencies at the last checkpoint"
     ]
     assert analysis_notes({"phases": None, "reason": "need at least 3 checkpoints, got 2"}) == [

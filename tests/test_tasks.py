@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
 from tl_grokking.data.tasks import (
     ModularAddition,
     Task,
+    authors_split,
     make_task,
     register_task,
     validate_frac_train,
@@ -64,6 +67,43 @@ def test_split_is_deterministic_seeded_and_leaves_global_rng_alone():
     # the documented recipe: a private generator seeded with `seed`, randperm, first n_train
     perm = torch.randperm(23 * 23, generator=torch.Generator().manual_seed(5))
     assert torch.equal(first[0], perm[: int(0.3 * 529)].sort().values)
+
+
+def _authors_gen_train_test(p: int, frac_train: float, seed: int) -> tuple[list, list]:
+    """The authors' ``gen_train_test``, transcribed: their list, the global ``random`` module."""
+    pairs = [(i, j, p) for i in range(p) for j in range(p)]
+    random.seed(seed)
+    random.shuffle(pairs)
+    div = int(frac_train * len(pairs))
+    return pairs[:div], pairs[div:]
+
+
+@pytest.mark.parametrize(("p", "frac", "seed"), [(113, 0.3, 0), (113, 0.3, 1), (23, 0.5, 7)])
+def test_authors_split_is_their_gen_train_test(p, frac, seed):
+    state = random.getstate()
+    train_pairs, test_pairs = _authors_gen_train_test(p, frac, seed)
+    random.setstate(state)
+    task = ModularAddition(p)
+    train, test = task.split(frac, seed, method="authors")
+    assert random.getstate() == state  # a private generator: the global state is untouched
+    rows = task.pairs()
+    assert sorted(map(tuple, rows[train].tolist())) == sorted((a, b) for a, b, _ in train_pairs)
+    assert sorted(map(tuple, rows[test].tolist())) == sorted((a, b) for a, b, _ in test_pairs)
+    assert torch.equal(train, train.sort().values) and torch.equal(test, test.sort().values)
+    assert torch.equal(authors_split(task, frac, seed)[0], train)
+    assert not torch.equal(train, task.split(frac, seed)[0])  # tl_grokking's differs
+    if (p, frac) == (113, 0.3):
+        assert len(train) == 3830
+
+
+def test_split_method_and_seed_are_checked():
+    task = ModularAddition(17)
+    with pytest.raises(ValueError, match=r"method must be one of \('tl_grokking', 'authors'\)"):
+        task.split(0.3, 0, method="numpy")
+    with pytest.raises(ValueError, match=r"seed must be an integer >= 0"):
+        task.split(0.3, -1, method="authors")
+    with pytest.raises(ValueError, match=r"empty train or test set"):
+        task.split(0.001, 0, method="authors")
 
 
 @pytest.mark.parametrize("bad", [2, 0, -5, 3.5, "seven", None, True])

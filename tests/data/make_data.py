@@ -7,7 +7,7 @@ Usage (from the repository root)::
 * ``paper_no_wd.safetensors``: the authors' checkpoint ``paper_original_format_no_wd.pth``
   converted with the project's own loader (``tl_grokking.runs.checkpoints.load_checkpoint``) and
   saved as a TransformerLens-layout state dict, float32, with metadata naming p, the epoch, the
-  model configuration and the source file (name and SHA-256).
+  model configuration, the source file (name and SHA-256) and its train/test split (``split``).
 * ``run_p23/``: a tiny run directory trained by ``train_model(RUN_P23_CONFIG)`` on one thread
   (p = 23; the README tour trains the same configuration).
 
@@ -57,13 +57,14 @@ def sha256(path: Path) -> str:
 
 def make_paper_checkpoint(fixture: Path, out: Path = PAPER_FILE) -> None:
     import tl_grokking
-    from tl_grokking.analysis.logits import all_logits, loss_and_accuracy
+    from tl_grokking.analysis.grid import all_logits, loss_and_accuracy
     from tl_grokking.data.tasks import ModularAddition
     from tl_grokking.model.transformer import config_from_model
     from tl_grokking.runs.checkpoints import load_run
     from tl_grokking.runs.rundir import save_safetensors
 
     run = load_run(fixture)  # the authors' container: one final model
+    assert run.split is not None and run.split_check is not None and run.split_check.matches
     model = run.model()
     config = config_from_model(model)
     task = ModularAddition(config.p)
@@ -87,6 +88,16 @@ def make_paper_checkpoint(fixture: Path, out: Path = PAPER_FILE) -> None:
         ),
         "loss_all_pairs": f"{loss:.6e}",
         "accuracy_all_pairs": f"{acc:.6f}",
+        # the source's train/test split, as load_run recovered and checked it
+        "split": json.dumps(
+            {
+                "method": run.split.method,
+                "seed": run.split.seed,
+                "frac_train": run.split.frac_train,
+                "note": f"the split of {fixture.name} ({run.split.source}), which "
+                f"{run.split_check}",
+            }
+        ),
     }
     save_safetensors(state, out, metadata=metadata)
     print(f"wrote {out} ({out.stat().st_size} bytes): loss {loss:.3e}, accuracy {acc:.4f}")

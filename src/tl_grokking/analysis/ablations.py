@@ -229,7 +229,7 @@ def ablation_table(
     Needs a task with ``"token_fourier"`` (add, sub; ``ValueError`` otherwise). The x+y rows
     (restricted / excluded logits) need ``"sum_directions"`` (add): for sub they are left out
     and ``table.notes`` says why.
-    ``key_freqs`` default to the cluster rule of :func:`key_frequencies`; ``clusters`` (from
+    ``key_freqs`` default to the circuit rule of :func:`key_frequencies`; ``clusters`` (from
     :func:`neuron_clusters` at ``threshold``) are computed when not given. ``train_indices``
     (rows of ``task.pairs()``) select the training pairs for the excluded-loss rows. One forward
     pass over the grid in all, skipped when ``activations`` (the result of
@@ -262,7 +262,7 @@ def ablation_table(
             f"over Z_{clusters.n} for p = {clusters.p}"
         )
     if key_freqs is None:
-        key_freqs = key_frequencies(model, task, rule="clusters", clusters=clusters).keys
+        key_freqs = key_frequencies(model, task, clusters=clusters, logits=logits).keys
     key_freqs = validate_freqs(key_freqs, p, field="key_freqs")
 
     excl_rows = None

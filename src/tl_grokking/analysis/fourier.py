@@ -24,6 +24,10 @@ Projections onto sets of frequencies (all batched, ``mode="keep"`` or ``"remove"
   ``progress``).
 * :func:`block_fve` — per column of a tensor on the n×n grid, the fraction of its (centred)
   energy in the 3×3 block of each frequency (the neuron-cluster statistic).
+* :func:`trig_features` / :func:`trig_coefficients` — the factors of the trig-identity features
+  ``cos(w_k(a+b-c))`` over the p² × p table of (input, class) and the closed-form least-squares
+  ``α_k`` of a logit table against them (used by :mod:`tl_grokking.analysis.logits` and the key
+  frequencies of :mod:`tl_grokking.analysis.circuits`).
 
 This module is pure linear algebra on tensors (no model, no task): the analyses built on it
 live in :mod:`tl_grokking.analysis.weights` (Fourier norms of the weights) and
@@ -53,6 +57,8 @@ __all__ = [
     "from_grid",
     "sum_directions",
     "SumProjection",
+    "trig_features",
+    "trig_coefficients",
     "validate_freqs",
     "validate_mode",
     "project_1d",
@@ -304,6 +310,68 @@ class SumProjection:
         """``x`` restricted to :attr:`rows` (all of it when ``rows`` is None)."""
         x = self._check(x)
         return x if self.rows is None else x[self.rows]
+
+
+# ---- the trig identity cos(w_k(a + b - c)) ----------------------------------------------------
+
+
+def trig_features(
+    p: int,
+    freqs: Iterable[int],
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device = "cpu",
+) -> tuple[Float[Tensor, "p_sq two_k"], Float[Tensor, "two_k p"]]:
+    """Factors ``(A, B)`` with ``A @ diag(α ⊗ [1, 1]) @ B = Σ_k α_k cos(w_k(a+b-c))``.
+
+    ``A[ab] = [cos(w_k s), sin(w_k s), ...]`` with ``s = a + b`` (rows in lexicographic grid
+    order); ``B = [cos(w_k c); sin(w_k c); ...]`` over the p classes. Uses
+    ``cos(w(s - c)) = cos(ws) cos(wc) + sin(ws) sin(wc)``, so no p² × p feature is ever built.
+    """
+    freqs = validate_freqs(freqs, p)
+    w = 2 * math.pi * torch.tensor(freqs, dtype=torch.float64) / p
+    s = (torch.arange(p, dtype=torch.float64)[:, None] + torch.arange(p)[None, :]).reshape(-1)
+    c = torch.arange(p, dtype=torch.float64)
+    a_ang, b_ang = s[:, None] * w[None, :], w[:, None] * c[None, :]
+    A = torch.stack([torch.cos(a_ang), torch.sin(a_ang)], dim=-1).reshape(p * p, -1)
+    B = torch.stack([torch.cos(b_ang), torch.sin(b_ang)], dim=1).reshape(-1, p)
+    return A.to(dtype=dtype, device=device), B.to(dtype=dtype, device=device)
+
+
+def trig_coefficients(
+    logits: Float[Tensor, "p_sq n_classes"], p: int, freqs: Iterable[int]
+) -> tuple[Float[Tensor, " n_freqs"], Float[Tensor, " n_freqs"]]:
+    """Least-squares ``α_k`` of ``L ≈ Σ_k α_k cos(w_k(a+b-c))`` over the p² × p table, and the
+    fraction of the logits' variance each term explains.
+
+    ``logits``: the all-inputs matrix ``[p², ≥ p]`` (lexicographic rows; only the first p
+    classes are used). The features ``f_k`` are mutually orthogonal and sum to zero over c, so
+    ``α_k = <L, f_k> / ‖f_k‖²`` with ``‖f_k‖² = p³/2`` (``p³`` for the Nyquist k of even p) and
+    ``<L, f_k> = cos_sᵀ L cos_c + sin_sᵀ L sin_c``; the fraction is ``α_k² ‖f_k‖²`` over the
+    energy of ``L`` centred per input (a per-input shift changes no prediction; 0 when ``L``
+    is constant per input). Returns ``(alpha, fve)`` in sorted ``freqs`` order, in the dtype of
+    ``logits`` (float64 for integer input).
+    """
+    if logits.ndim != 2 or logits.shape[0] != p * p or logits.shape[1] < p:
+        raise ValueError(
+            f"logits must be an all-inputs matrix [p², ≥p] = [{p * p}, ≥{p}], "
+            f"got shape {tuple(logits.shape)}"
+        )
+    freqs = validate_freqs(freqs, p)
+    L = logits[:, :p]
+    if not L.is_floating_point():
+        L = L.double()
+    A, B = trig_features(p, freqs, dtype=L.dtype, device=L.device)  # [p², 2K], [2K, p]
+    inner = (A * (L @ B.T)).sum(dim=0).reshape(-1, 2).sum(dim=1)  # [K]
+    norms_sq = torch.tensor(
+        [p**3 if 2 * k == p else p**3 / 2 for k in freqs], dtype=L.dtype, device=L.device
+    )
+    alpha = inner / norms_sq
+    # ‖L − row means‖² without a p² × p temporary
+    centred_sq = torch.linalg.vector_norm(L).square() - p * L.mean(dim=1).square().sum()
+    explained = alpha.square() * norms_sq
+    fve = explained / centred_sq if centred_sq > 0 else torch.zeros_like(explained)
+    return alpha, fve
 
 
 # ---- projections onto sets of frequencies ---------------------------------------------------

@@ -36,14 +36,18 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from tl_grokking.analysis.circuits import key_frequencies
-from tl_grokking.analysis.fourier import SumProjection, validate_freqs
+from tl_grokking.analysis.fourier import (
+    SumProjection,
+    trig_coefficients,
+    trig_features,
+    validate_freqs,
+)
 from tl_grokking.analysis.grid import all_logits, resolve_task
 from tl_grokking.data.tasks import ModularAddition, Task
 
 __all__ = [
     "restricted_logits",
     "excluded_logits",
-    "trig_features",
     "trig_logit_decomposition",
     "trig_approx_logits",
     "TrigDecomposition",
@@ -84,28 +88,6 @@ def _projection(
 ) -> SumProjection:
     dtype = logits.dtype if logits.is_floating_point() else torch.float64
     return SumProjection(p, freqs, dtype=dtype, device=logits.device, field="key frequencies")
-
-
-def trig_features(
-    p: int,
-    freqs: Iterable[int],
-    *,
-    dtype: torch.dtype = torch.float64,
-    device: str | torch.device = "cpu",
-) -> tuple[Float[Tensor, "p_sq two_k"], Float[Tensor, "two_k p"]]:
-    """Factors ``(A, B)`` with ``A @ diag(α ⊗ [1, 1]) @ B = Σ_k α_k cos(w_k(a+b-c))``.
-
-    ``A[ab] = [cos(w_k s), sin(w_k s), ...]`` with ``s = a + b``;
-    ``B = [cos(w_k c); sin(w_k c); ...]``.
-    """
-    freqs = validate_freqs(freqs, p)
-    w = 2 * math.pi * torch.tensor(freqs, dtype=torch.float64) / p
-    s = (torch.arange(p, dtype=torch.float64)[:, None] + torch.arange(p)[None, :]).reshape(-1)
-    c = torch.arange(p, dtype=torch.float64)
-    a_ang, b_ang = s[:, None] * w[None, :], w[:, None] * c[None, :]
-    A = torch.stack([torch.cos(a_ang), torch.sin(a_ang)], dim=-1).reshape(p * p, -1)
-    B = torch.stack([torch.cos(b_ang), torch.sin(b_ang)], dim=1).reshape(-1, p)
-    return A.to(dtype=dtype, device=device), B.to(dtype=dtype, device=device)
 
 
 @dataclass
@@ -194,18 +176,8 @@ def trig_logit_decomposition(
         if freqs is None:
             freqs = key_frequencies(model_or_logits, task).keys
     freqs = validate_freqs(freqs, p, field="freqs")
+    alpha, fve_k = trig_coefficients(L, p, freqs)  # closed form, no p² × p feature
     A, B = trig_features(p, freqs, dtype=L.dtype, device=L.device)  # [p², 2K], [2K, p]
-    # <L, f_k> = cos_s^T L cos_c + sin_s^T L sin_c, via the [p², 2K] product L @ B^T.
-    LB = L @ B.T
-    inner = (A * LB).sum(dim=0).reshape(-1, 2).sum(dim=1)  # [K]
-    norms_sq = torch.tensor(
-        [p**3 if 2 * k == p else p**3 / 2 for k in freqs], dtype=L.dtype, device=L.device
-    )
-    alpha = inner / norms_sq
-    # ‖L − row means‖² without a p² × p temporary.
-    centred_sq = torch.linalg.vector_norm(L).square() - p * L.mean(dim=1).square().sum()
-    explained = alpha.square() * norms_sq
-    fve_k = explained / centred_sq if centred_sq > 0 else torch.zeros_like(explained)
     labels = _labels(task, p, L.device)
     loss, acc = _chunked_loss(lambda rows: L[rows], p * p, p, labels)
     weighted_B = B * alpha.repeat_interleave(2)[:, None]

@@ -397,9 +397,10 @@ def phases_record(
     return phases, record
 
 
-#: Key-frequency rules whose answer needs no caveat: the paper's neuron-cluster rule, a set
-#: given by the user, and a set read back from ``measures.csv`` (its rule is in phases.json).
-_PLAIN_KEY_RULES = ("clusters", "given", "from csv")
+#: Key-frequency rules whose answer needs no caveat: the default circuit rule, the paper's
+#: neuron-cluster rule, a set given by the user, and a set read back from ``measures.csv`` (its
+#: rule is in phases.json).
+_PLAIN_KEY_RULES = ("circuit", "clusters", "given", "from csv")
 
 
 def analysis_notes(record: Mapping[str, Any] | None) -> list[str]:
@@ -427,7 +428,7 @@ def analysis_notes(record: Mapping[str, Any] | None) -> list[str]:
             notes.append(f"no key frequencies, so no restricted / excluded losses ({rule})")
         else:
             notes.append(
-                f"key frequencies from the fallback rule {rule!r}: the neuron-cluster rule "
+                f"key frequencies from the fallback rule {rule!r}: the circuit rule "
                 "found no sparse set of frequencies at the last checkpoint"
             )
     return notes

@@ -76,8 +76,10 @@ __all__ = [
 ]
 
 #: Rules tried, in order, to fix the key frequencies from the final checkpoint when none are
-#: given: neuron clusters (the paper's definition), then W_E Fourier norms (the TL demo's).
-KEY_FREQ_FALLBACK_RULES = ("clusters", "embed")
+#: given: the circuit rule (neuron groups, the logits' trig fit, W_E and W_L together; see
+#: :func:`tl_grokking.analysis.circuits.key_frequencies`), then W_E Fourier norms (the TL
+#: demo's).
+KEY_FREQ_FALLBACK_RULES = ("circuit", "embed")
 
 #: A rule's answer is used only if it names at most this fraction of all frequencies: a model
 #: that has not formed a sparse Fourier circuit passes the W_E "max/4" test at almost every k,
@@ -554,13 +556,14 @@ def progress_measures(
             ``(epoch, HookedTransformer or state dict)``.
         task: the task (default: the run's, or modular addition with the model's p).
         key_freqs: the key frequencies K; default: fixed from the final checkpoint by the
-            neuron-cluster rule, falling back to the W_E rule if no cluster is found; a rule's
-            answer counts only if sparse (:data:`MAX_KEY_FRACTION`). The rule used is recorded
-            in ``.key_freq_rule``; with no sparse set K is empty and the restricted / excluded
-            columns are omitted. Those losses use the ``a + b`` sum directions, so they are
-            computed only for tasks with ``"sum_directions"`` in ``task.meaningful_analyses``
-            (addition): for any other task the columns are omitted and ``.key_freq_rule``
-            says why (``"none: ..."``), and explicit ``key_freqs`` raise ``ValueError``.
+            circuit rule of :func:`~tl_grokking.analysis.circuits.key_frequencies`, falling
+            back to the W_E rule if it finds no sparse set; a rule's answer counts only if
+            sparse (:data:`MAX_KEY_FRACTION`). The rule used is recorded in ``.key_freq_rule``;
+            with no sparse set K is empty and the restricted / excluded columns are omitted.
+            Those losses use the ``a + b`` sum directions, so they are computed only for tasks
+            with ``"sum_directions"`` in ``task.meaningful_analyses`` (addition): for any other
+            task the columns are omitted and ``.key_freq_rule`` says why (``"none: ..."``),
+            and explicit ``key_freqs`` raise ``ValueError``.
         train_indices: rows of ``task.pairs()`` in the training set (default: the run's split).
             Without a split, ``loss``/``acc`` over all pairs replace the train/test columns and
             the excluded losses are omitted.

@@ -3,8 +3,9 @@
 Writes ``RUN_DIR/measures.csv`` (one row per checkpoint epoch, one column per measure) and
 ``RUN_DIR/phases.json`` (the boundaries of :func:`tl_grokking.analysis.phases.detect_phases`,
 the key frequencies used and the rule that chose them), both atomically (via
-:func:`tl_grokking.analysis.progress.analyze_run`), and prints a short summary
-(:func:`tl_grokking.analysis.phases.summary_lines`: key frequencies, the epoch at 99 % test
+:func:`tl_grokking.analysis.progress.analyze_run`), and prints a short summary: the train split
+the train-pair columns are measured on (:meth:`tl_grokking.runs.checkpoints.LoadedRun.split_line`)
+and :func:`tl_grokking.analysis.phases.summary_lines` (key frequencies, the epoch at 99 % test
 accuracy, the phase boundaries and every caveat as a ``note:`` line).
 """
 
@@ -34,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_key_freqs_flag(
         parser,
         "for the restricted/excluded losses",
-        "from the final checkpoint's neuron clusters, falling back to the W_E Fourier norms",
+        "from the final checkpoint by the circuit rule, falling back to the W_E Fourier norms",
     )
     add_device_flag(parser, "device for the forward passes")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -44,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tl_grokking.analysis.phases import summary_lines
     from tl_grokking.analysis.progress import MEASURES_FILE, PHASES_FILE, analyze_run
+    from tl_grokking.runs.checkpoints import load_run
     from tl_grokking.runs.rundir import read_json
 
     run_dir = Path(args.run_dir)
@@ -51,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir, key_freqs=args.key_freqs, device=args.device, progress=not args.no_progress
     )
     print(f"run: {run_dir}  ({len(measures)} checkpoints, p = {measures.p})")
+    print(load_run(run_dir).split_line())  # the pairs the train / excluded columns are on
     # key frequencies, the epoch at 99 %, phases, every caveat as "note:" (as reproduce)
     for line in summary_lines(run_dir, read_json(run_dir / PHASES_FILE)):
         print(line)

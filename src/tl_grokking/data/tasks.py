@@ -44,6 +44,7 @@ analysis calls: it raises ``ValueError`` naming the analysis, the task and what 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -72,11 +73,18 @@ __all__ = [
     "make_task",
     "validate_p",
     "validate_frac_train",
+    "SPLIT_METHODS",
+    "authors_split",
     "is_prime",
     "CAPABILITIES",
 ]
 
 FOURIER_STRUCTURES = ("additive", "multiplicative", None)
+
+#: The train/test split procedures of :meth:`Task.split`: ``"tl_grokking"`` (``torch.randperm``
+#: with a seeded generator; what ``tl-grokking train`` uses) and ``"authors"`` (the original
+#: code of Nanda et al.: Python's ``random.shuffle``; :func:`authors_split`).
+SPLIT_METHODS = ("tl_grokking", "authors")
 
 #: The capabilities of :attr:`Task.meaningful_analyses` and what each needs (for the messages of
 #: :meth:`Task.require`).
@@ -188,13 +196,33 @@ class Task:
         return self.label(pairs[:, 0], pairs[:, 1])
 
     def split(
-        self, frac_train: float, seed: int
+        self, frac_train: float, seed: int, method: str = "tl_grokking"
     ) -> tuple[Int[Tensor, " n_train"], Int[Tensor, " n_test"]]:
-        """Seeded random split of the input rows: ``floor(frac_train * n)`` train rows, rest test.
+        """Seeded random split of the input rows: ``int(frac_train * n)`` train rows, rest test.
 
         Returns sorted row indices into :meth:`pairs`. For p = 113 and 0.3 this is 3830 train
-        pairs out of 12769, as in the paper. Uses a private generator: no global RNG is touched.
+        pairs out of 12769, as in the paper. ``method`` (one of :data:`SPLIT_METHODS`) picks
+        the procedure, and the same seed gives different pairs under each:
+
+        * ``"tl_grokking"`` (the default; what ``tl-grokking train`` uses): the first
+          ``n_train`` entries of ``torch.randperm(n)`` drawn from a generator seeded with
+          ``seed``.
+        * ``"authors"``: the procedure of the authors' original code,
+          :func:`authors_split` (Python's ``random.shuffle``).
+
+        Either way a private generator is used: no global RNG is touched.
         """
+        if method == "authors":
+            return authors_split(self, frac_train, seed)
+        if method != "tl_grokking":
+            raise ValueError(f"method must be one of {SPLIT_METHODS}, got {method!r}")
+        n, n_train = self._split_sizes(frac_train)
+        gen = torch.Generator().manual_seed(int(seed))
+        perm = torch.randperm(n, generator=gen)
+        return perm[:n_train].sort().values, perm[n_train:].sort().values
+
+    def _split_sizes(self, frac_train: float) -> tuple[int, int]:
+        """``(n, n_train)``: the number of inputs and ``int(frac_train * n)``, checked."""
         frac_train = validate_frac_train(frac_train)
         n = self.pairs().shape[0]
         n_train = int(frac_train * n)
@@ -202,9 +230,7 @@ class Task:
             raise ValueError(
                 f"frac_train={frac_train} leaves an empty train or test set for {n} inputs"
             )
-        gen = torch.Generator().manual_seed(int(seed))
-        perm = torch.randperm(n, generator=gen)
-        return perm[:n_train].sort().values, perm[n_train:].sort().values
+        return n, n_train
 
     def to_dict(self) -> dict:
         return {"name": self.name, "p": self.p}
@@ -557,6 +583,31 @@ def make_custom_task(
     if register:
         register_task(name, cls)
     return cls(p)
+
+
+def authors_split(
+    task: Task, frac_train: float, seed: int
+) -> tuple[Int[Tensor, " n_train"], Int[Tensor, " n_test"]]:
+    """The train/test split of the authors' original code (Nanda et al. 2023, ``gen_train_test``).
+
+    Their procedure: list the inputs lexicographically (``[(i, j, p) for i in range(p) for j in
+    range(p)]``), seed Python's ``random`` module with ``seed``, ``random.shuffle`` the list and
+    take the first ``int(frac_train * len(pairs))`` as the training set, the rest as the test
+    set. Their defaults are seed 0 and frac_train 0.3. Here the shuffle runs on a private
+    ``random.Random(seed)``, which draws exactly what ``random.seed(seed)`` followed by
+    ``random.shuffle`` draws, without touching the global state. The permutation
+    ``random.shuffle`` makes depends only on the list's length, so shuffling the row indices of
+    :meth:`Task.pairs` picks the same pairs as shuffling the pairs themselves (for a task not
+    on the full grid, ``div``, the same procedure runs on its ``p (p - 1)`` inputs; the authors'
+    code had only the full grid).
+
+    Returns sorted row indices into ``task.pairs()``, like :meth:`Task.split`.
+    """
+    n, n_train = task._split_sizes(frac_train)
+    order = list(range(n))
+    random.Random(check_int(seed, "seed", minimum=0)).shuffle(order)
+    perm = torch.tensor(order, dtype=torch.long)
+    return perm[:n_train].sort().values, perm[n_train:].sort().values
 
 
 TASKS: dict[str, Callable[[int], Task]] = {

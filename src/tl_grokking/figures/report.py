@@ -452,7 +452,7 @@ class _Run:
 
     @property
     def key_freqs(self) -> list[int]:
-        """The key frequencies of the neuron-cluster rule (the paper's), used below."""
+        """The key frequencies of the circuit rule (``key_frequencies``' default), used below."""
         return list(self.keys.keys) if self.keys is not None else []
 
     @property
@@ -782,10 +782,7 @@ def _summary_rows(r: _Run) -> list[tuple[str, str]]:
     rows = [
         ("run directory", _display_path(r.run_dir)),
         ("task", f"(a {task.symbol} b) mod {task.p}  [{task.name}]"),
-        (
-            "training fraction / seed",
-            f"{fmt_num(config.get('frac_train'))} / {fmt_num(config.get('seed'))}",
-        ),
+        ("train split", r.run.split_line().removeprefix("train split: ")),
         (
             "optimiser",
             f"AdamW lr {fmt_num(config.get('lr'))}, "
@@ -841,6 +838,11 @@ def _key_frequency_summary(keys: Any, task: Any) -> list[tuple[str, str]]:
             (f"<b>{key_freqs}</b>" if key_freqs else "<b>none</b>: no neuron cluster yet")
             + f" (by rule: {rule_rows}; rules "
             f"{'agree' if keys.agree else 'disagree'})",
+        ),
+        *(
+            [("contested frequencies", html.escape(keys.contested_summary()))]
+            if keys.contested
+            else []
         ),
         (
             "neuron clusters",

@@ -29,7 +29,9 @@ values → :class:`NonFiniteWeightsError` naming the tensor. The model is built 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import pickle
 import re
@@ -41,11 +43,15 @@ from typing import Any
 import einops
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from tl_grokking.data.tasks import Task, make_task
+from tl_grokking._format import fmt_num
+from tl_grokking._validation import check_int
+from tl_grokking.data.tasks import SPLIT_METHODS, Task, make_task, validate_frac_train
+from tl_grokking.model.fastforward import final_logits_batched
 from tl_grokking.model.transformer import IncompatibleModelError, check_compatible, make_model
 from tl_grokking.model.config import ModelConfig
 from tl_grokking.runs.rundir import (
@@ -66,6 +72,12 @@ __all__ = [
     "NonFiniteWeightsError",
     "UnsafeCheckpointError",
     "LoadedRun",
+    "SplitInfo",
+    "SplitCheck",
+    "AUTHORS_SEED",
+    "AUTHORS_FRAC_TRAIN",
+    "AUTHORS_SEED_SEARCH",
+    "SPLIT_CHECK_RTOL",
     "load_checkpoint",
     "load_run",
     "read_checkpoint_file",
@@ -550,6 +562,8 @@ class _Source:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     train_indices: Tensor | None = None
     test_indices: Tensor | None = None
+    has_config: bool = False  # the file stores a run configuration (authors' / demo 'config')
+    stored_split: dict[str, Any] | None = None  # a safetensors file's "split" metadata
 
 
 def _constant(state: Mapping[str, Tensor]) -> Callable[[], Mapping[str, Tensor]]:
@@ -601,7 +615,10 @@ def _source_from_object(
         hints = _hints_near_file(path, metadata) if safetensors else {}
         if layout == "authors":
             hints.setdefault("trainable_biases", "mlp")
-        return _Source(fmt, path, {epoch: _constant(obj)}, epoch, hints=hints)
+        stored_split = _metadata_split(path, metadata) if safetensors else None
+        return _Source(
+            fmt, path, {epoch: _constant(obj)}, epoch, hints=hints, stored_split=stored_split
+        )
     if "checkpoints" in obj or "checkpoint_epochs" in obj:
         return _demo_source(obj, path)
     if "model" in obj and isinstance(obj["model"], Mapping):
@@ -676,7 +693,37 @@ def _authors_source(obj: Mapping[str, Any], path: Path | None) -> _Source:
     hints = _config_hints(obj.get("config"))
     hints.setdefault("trainable_biases", "mlp" if layout == "authors" else "none")
     fmt = "authors" if layout == "authors" else "tl_demo"
-    return _Source(fmt, path, snapshots, final, hints=hints, metrics=_losses_to_metrics(obj))
+    return _Source(
+        fmt,
+        path,
+        snapshots,
+        final,
+        hints=hints,
+        metrics=_losses_to_metrics(obj),
+        has_config=obj.get("config") is not None,
+    )
+
+
+def _metadata_split(path: Path | None, metadata: Mapping[str, str]) -> dict[str, Any] | None:
+    """The ``split`` metadata of a safetensors file: JSON ``{"method", "seed", "frac_train"}``
+    and optionally ``"note"`` (how the split was established), e.g. in
+    ``tests/data/paper_no_wd.safetensors``, converted from an authors' file."""
+    if "split" not in metadata:
+        return None
+    try:
+        split = json.loads(metadata["split"])
+    except json.JSONDecodeError:
+        split = None
+    if not (
+        isinstance(split, dict)
+        and split.get("method") in SPLIT_METHODS
+        and {"seed", "frac_train"} <= set(split)
+    ):
+        raise CheckpointFormatError(
+            f"{path}: safetensors metadata 'split' must be a JSON object with 'method' (one of "
+            f"{SPLIT_METHODS}), 'seed' and 'frac_train'; got {metadata['split']!r}"
+        )
+    return split
 
 
 def _epoch_from_file(path: Path | None, metadata: Mapping[str, str]) -> int | None:
@@ -752,12 +799,133 @@ def _open_source(path_or_state: Any) -> _Source:
 # ---------------------------------------------------------------------------------------------
 
 
+#: The authors' defaults (their ``Config``): seed 0, 30 % of the pairs for training.
+AUTHORS_SEED = 0
+AUTHORS_FRAC_TRAIN = 0.3
+#: The seeds :func:`load_run` tries when an authors' file stores no seed and the default seed
+#: does not reproduce the file's stored final train loss (see :class:`SplitCheck`).
+AUTHORS_SEED_SEARCH = range(100)
+#: The relative tolerance of :attr:`SplitCheck.matches`.
+SPLIT_CHECK_RTOL = 0.05
+
+_METHOD_NAMES = {"authors": "authors' procedure", "tl_grokking": "tl_grokking's procedure"}
+_AUTHORS_CONFIG = "the file's config"
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """Where a run's train/test split comes from (:attr:`LoadedRun.split`).
+
+    ``method``: ``"authors"`` or ``"tl_grokking"`` (the procedures of
+    :meth:`tl_grokking.data.tasks.Task.split`, run with ``seed`` and ``frac_train``), or
+    ``"recorded"`` (the file lists its train indices, as the TransformerLens demo does;
+    ``seed`` and ``frac_train`` are then ``None``). ``seed_origin`` and ``frac_origin`` say
+    where each value comes from: ``"file"`` (the run's stored configuration: our
+    ``config.json``, an authors' file's ``config``), ``"given"`` (an argument of
+    :func:`load_run`), ``"default"`` (assumed: the format's default, as nothing in the file
+    says), ``"search"`` (found by :data:`AUTHORS_SEED_SEARCH`) or ``"recorded"``. ``source``
+    says the same in words; ``str(info)`` is the whole description, e.g. ``authors'
+    procedure, seed 0, frac_train 0.3: 3830 of 12769 pairs (assumed: the file stores no
+    config)``.
+    """
+
+    method: str
+    seed: int | None
+    frac_train: float | None
+    seed_origin: str
+    frac_origin: str
+    n_train: int
+    n_inputs: int
+    source: str
+
+    @property
+    def assumed(self) -> bool:
+        """True when a value of the split is the format's default, not read from the file."""
+        return "default" in (self.seed_origin, self.frac_origin)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields and ``description`` (``str(self)``), for JSON."""
+        return {**dataclasses.asdict(self), "description": str(self)}
+
+    def __str__(self) -> str:
+        if self.method == "recorded":
+            return f"{self.source}: {self.n_train} of {self.n_inputs} pairs"
+        return (
+            f"{_METHOD_NAMES[self.method]}, seed {self.seed}, frac_train "
+            f"{fmt_num(self.frac_train)}: {self.n_train} of {self.n_inputs} pairs ({self.source})"
+        )
+
+
+@dataclass(frozen=True)
+class SplitCheck:
+    """Does the recovered split reproduce the train loss the file stores?
+
+    ``stored`` is the last train loss of the file's history (the authors' ``train_losses[-1]``,
+    recorded in their last epoch, just before the final optimiser step); ``recomputed`` is the
+    final model's float64 cross-entropy over all its output logits (the authors' loss) on the
+    recovered train pairs, ``test_recomputed`` the same on the test pairs. :attr:`matches`
+    when ``recomputed`` is within ``rtol`` (relative) of ``stored``; :attr:`conclusive` when
+    the test pairs' loss is not, so that the check tells this split from another one.
+    """
+
+    epoch: int
+    stored: float
+    recomputed: float
+    test_recomputed: float
+    rtol: float = SPLIT_CHECK_RTOL
+
+    @property
+    def deviation(self) -> float:
+        """``|recomputed / stored - 1|`` (``inf`` when ``stored`` is 0 and they differ)."""
+        return _relative_deviation(self.recomputed, self.stored)
+
+    @property
+    def matches(self) -> bool:
+        return self.deviation <= self.rtol
+
+    @property
+    def conclusive(self) -> bool:
+        return _relative_deviation(self.test_recomputed, self.stored) > self.rtol
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields, ``matches`` and ``conclusive``, for JSON."""
+        return {**dataclasses.asdict(self), "matches": self.matches, "conclusive": self.conclusive}
+
+    def __str__(self) -> str:
+        stored, recomputed = fmt_num(self.stored), fmt_num(self.recomputed)
+        if not self.matches:
+            return (
+                f"does NOT reproduce the stored final train loss {stored} (recomputed "
+                f"{recomputed} on these pairs): the run was probably trained on other pairs"
+            )
+        text = (
+            f"reproduces the stored final train loss {stored} (recomputed {recomputed}, "
+            f"{100 * self.deviation:.1f} % off)"
+        )
+        if not self.conclusive:
+            text += (
+                f"; inconclusive: the test pairs' loss {fmt_num(self.test_recomputed)} is as "
+                "close"
+            )
+        return text
+
+
+def _relative_deviation(value: float, reference: float) -> float:
+    if not (math.isfinite(value) and math.isfinite(reference)):
+        return math.inf
+    if reference == 0:
+        return 0.0 if value == 0 else math.inf
+    return abs(value / reference - 1)
+
+
 @dataclass(frozen=True)
 class LoadedRun:
     """A training run loaded from any format; state dicts are converted on demand.
 
     ``epochs`` are the checkpoint epochs, ascending. ``train_indices``/``test_indices`` index
-    rows of ``task.pairs()`` (sorted; ``None`` when the format does not record the split).
+    rows of ``task.pairs()`` (sorted; ``None`` when the split is not known); ``split`` says
+    where they come from (:class:`SplitInfo`) and, for the authors' format, ``split_check``
+    whether they reproduce the file's stored final train loss (:class:`SplitCheck`).
     ``metrics`` are per-epoch dicts with at least ``epoch`` (our ``metrics.jsonl``, or the
     ``train_losses``/``test_losses`` histories of the other formats).
     """
@@ -772,10 +940,26 @@ class LoadedRun:
     path: Path | None
     _source: _Source = field(repr=False, compare=False)
     _allow_nonfinite: bool = field(default=False, repr=False, compare=False)
+    split: SplitInfo | None = None
+    split_check: SplitCheck | None = None
 
     @property
     def final_epoch(self) -> int:
         return self.epochs[-1]
+
+    def split_line(self) -> str:
+        """One line on the train/test split for people, as the CLI prints it, e.g. ``train
+        split: authors' procedure, seed 0, frac_train 0.3: 3830 of 12769 pairs (assumed: the
+        file stores no config); reproduces the stored final train loss 1.681e-10 (recomputed
+        1.668e-10, 0.8 % off)``."""
+        if self.split is None:
+            return "train split: none recorded (train-pair measures use all inputs)"
+        line = f"train split: {self.split}"
+        if self.split_check is not None:
+            line += f"; {self.split_check}"
+        elif self.format == "authors":
+            line += "; the file stores no train loss to check it against"
+        return line
 
     def _key(self, epoch: int | None) -> int | None:
         if epoch is None:
@@ -817,16 +1001,175 @@ def _summary(epochs: list[int]) -> str:
     return f"[{epochs[0]}, {epochs[1]}, ..., {epochs[-1]}] ({len(epochs)} checkpoints)"
 
 
+def _resolve_split(
+    source: _Source, task: Task, seed: int | None, frac_train: float | None
+) -> tuple[Tensor | None, Tensor | None, SplitInfo | None]:
+    """The run's split: ``(train_indices, test_indices, SplitInfo)``, ``None`` when unknown.
+
+    The authors' format always uses their procedure (their defaults when neither the file's
+    ``config`` nor the caller gives a value); our run directories use ours with the values of
+    ``config.json``; any other format uses ours when the caller gives a value, else the
+    indices the file records (the demo), else none.
+    """
+    hints, n_inputs = source.hints, task.pairs().shape[0]
+    if source.stored_split is not None:
+        method, where, why = source.stored_split["method"], "the file's metadata", ""
+        stored = {k: source.stored_split[k] for k in ("seed", "frac_train")}
+    elif source.format == "authors":
+        method, where = "authors", _AUTHORS_CONFIG
+        why = "the file's config does not say" if source.has_config else "the file stores no config"
+        stored = {k: hints[k] for k in ("seed", "frac_train") if k in hints}
+    elif source.format == "run_dir" and "frac_train" in hints:
+        method, where, why = "tl_grokking", "config.json", "config.json does not say"
+        stored = {k: hints[k] for k in ("seed", "frac_train") if k in hints}
+    elif seed is not None or frac_train is not None:
+        method, where, why, stored = "tl_grokking", "", "the file records no split", {}
+    elif source.train_indices is not None:
+        n_train = int(source.train_indices.numel())
+        info = SplitInfo(
+            method="recorded",
+            seed=None,
+            frac_train=None,
+            seed_origin="recorded",
+            frac_origin="recorded",
+            n_train=n_train,
+            n_inputs=n_inputs,
+            source="the file's train_indices",
+        )
+        return source.train_indices, source.test_indices, info
+    else:
+        return None, None, None
+    defaults = {"seed": AUTHORS_SEED, "frac_train": AUTHORS_FRAC_TRAIN}
+    given = {"seed": seed, "frac_train": frac_train}
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for name in ("seed", "frac_train"):
+        if given[name] is not None:
+            values[name], origins[name] = given[name], "given"
+        elif name in stored:
+            values[name], origins[name] = stored[name], "file"
+        else:
+            values[name], origins[name] = defaults[name], "default"
+    try:
+        split_seed = check_int(values["seed"], "seed", minimum=0)
+        split_frac = validate_frac_train(values["frac_train"])
+        train_idx, test_idx = task.split(split_frac, split_seed, method=method)
+    except (TypeError, ValueError) as err:
+        raise CheckpointFormatError(f"{source.path or 'object'}: stored split: {err}") from None
+    text = _origin_text(origins, where)
+    if "default" in origins.values():
+        text += f": {why}"
+    elif "file" in origins.values() and source.stored_split and source.stored_split.get("note"):
+        text += f": {source.stored_split['note']}"
+    info = SplitInfo(
+        method=method,
+        seed=split_seed,
+        frac_train=split_frac,
+        seed_origin=origins["seed"],
+        frac_origin=origins["frac_train"],
+        n_train=int(train_idx.numel()),
+        n_inputs=n_inputs,
+        source=text,
+    )
+    return train_idx, test_idx, info
+
+
+def _origin_text(origins: Mapping[str, str], where: str) -> str:
+    """Where the seed and frac_train come from, in words (``"assumed"``, ``"from config.json"``,
+    ``"seed given, frac_train from the file's config"``)."""
+    words = {
+        "file": f"from {where}",
+        "given": "given",
+        "default": "assumed",
+        "search": "found by search",
+    }
+    if origins["seed"] == origins["frac_train"]:
+        return words[origins["seed"]]
+    return f"seed {words[origins['seed']]}, frac_train {words[origins['frac_train']]}"
+
+
+def _stored_final_train_loss(metrics: list[dict[str, Any]]) -> float | None:
+    """The last train loss of a stored loss history, or ``None``."""
+    for row in reversed(metrics):
+        if "train_loss" in row:
+            return float(row["train_loss"])
+    return None
+
+
+def _check_split(run: LoadedRun, *, search: bool) -> LoadedRun:
+    """``run`` with :attr:`LoadedRun.split_check` filled in (authors' format), and with the
+    seed found by :data:`AUTHORS_SEED_SEARCH` when ``search`` and the assumed default seed does
+    not reproduce the stored final train loss but exactly one seed of the search does."""
+    split, stored = run.split, _stored_final_train_loss(run.metrics)
+    if split is None or stored is None or run.train_indices is None or run.test_indices is None:
+        return run
+    try:
+        model = run.model()
+    except NonFiniteWeightsError:  # raised again when the caller asks for the model
+        return run
+    task = run.task
+    logits = final_logits_batched(model, task.tokens())
+    row_loss = F.cross_entropy(logits.double(), task.labels(), reduction="none")
+
+    def check(train: Tensor, test: Tensor) -> SplitCheck:
+        losses = float(row_loss[train].mean()), float(row_loss[test].mean())
+        return SplitCheck(run.final_epoch, stored, *losses)
+
+    result = check(run.train_indices, run.test_indices)
+    if result.matches or not search or split.seed_origin != "default":
+        return dataclasses.replace(run, split_check=result)
+    frac = split.frac_train
+    assert frac is not None  # a procedure's split (not "recorded")
+    found = [
+        seed
+        for seed in AUTHORS_SEED_SEARCH
+        if seed != split.seed
+        and _relative_deviation(
+            float(row_loss[task.split(frac, seed, method="authors")[0]].mean()), stored
+        )
+        <= SPLIT_CHECK_RTOL
+    ]
+    seeds = f"seeds {AUTHORS_SEED_SEARCH.start}–{AUTHORS_SEED_SEARCH.stop - 1}"
+    if len(found) != 1:
+        why = (
+            f"none of {seeds} reproduces the stored final train loss"
+            if not found
+            else f"seeds {found} reproduce the stored final train loss alike"
+        )
+        info = dataclasses.replace(split, source=f"{split.source}; {why}")
+        return dataclasses.replace(run, split=info, split_check=result)
+    train, test = task.split(frac, found[0], method="authors")
+    origins = {"seed": "search", "frac_train": split.frac_origin}
+    why = split.source.partition(": ")[2]  # the source of an assumed seed says why
+    info = dataclasses.replace(
+        split,
+        seed=found[0],
+        seed_origin="search",
+        source=(
+            f"{_origin_text(origins, _AUTHORS_CONFIG)}: {why}; the default seed {split.seed} "
+            f"does not reproduce the stored final train loss, and of {seeds} only seed "
+            f"{found[0]} does"
+        ),
+    )
+    return dataclasses.replace(
+        run, train_indices=train, test_indices=test, split=info, split_check=check(train, test)
+    )
+
+
 def _make_run(
-    source: _Source, *, p: int | None, drop_eq_logit: bool, allow_nonfinite: bool
+    source: _Source,
+    *,
+    p: int | None,
+    drop_eq_logit: bool,
+    allow_nonfinite: bool,
+    seed: int | None = None,
+    frac_train: float | None = None,
+    check_split: bool = False,
 ) -> LoadedRun:
     final_state = source.snapshots[source.final]()
     config = infer_model_config(final_state, hints=source.hints, p=p, drop_eq_logit=drop_eq_logit)
     task = make_task(source.hints.get("task", "add"), config.p)
-    train_idx, test_idx = source.train_indices, source.test_indices
-    if source.format == "run_dir" and "frac_train" in source.hints:
-        seed = source.hints.get("seed", 0)  # TrainConfig splits with its seed
-        train_idx, test_idx = task.split(source.hints["frac_train"], int(seed))
+    train_idx, test_idx, split = _resolve_split(source, task, seed, frac_train)
     for name, idx in (("train_indices", train_idx), ("test_indices", test_idx)):
         n = task.pairs().shape[0]
         if idx is not None and idx.numel() and (idx.min() < 0 or idx.max() >= n):
@@ -834,7 +1177,7 @@ def _make_run(
                 f"{name} must index the {n} pairs of {task.name} p={task.p}"
             )
     epochs = sorted(k for k in source.snapshots if k is not None)
-    return LoadedRun(
+    run = LoadedRun(
         model_config=config,
         task=task,
         epochs=epochs,
@@ -845,7 +1188,11 @@ def _make_run(
         path=source.path,
         _source=source,
         _allow_nonfinite=allow_nonfinite,
+        split=split,
     )
+    if check_split and source.format == "authors":
+        run = _check_split(run, search=seed is None)
+    return run
 
 
 def detect_format(path_or_state: Any) -> str:
@@ -882,16 +1229,54 @@ def load_run(
     p: int | None = None,
     drop_eq_logit: bool = False,
     allow_nonfinite: bool = False,
+    seed: int | None = None,
+    frac_train: float | None = None,
 ) -> LoadedRun:
     """Open a training run (run directory, authors' full run, TL demo file) for analysis.
 
     Checkpoints are converted lazily by :meth:`LoadedRun.state_dict` / :meth:`LoadedRun.model`.
     A lone state dict with no epoch information is not a run: :class:`CheckpointFormatError`.
+
+    The train/test split (``train_indices``, ``test_indices``, described by ``split``):
+
+    * our run directories: ``task.split(frac_train, seed)`` with the values of ``config.json``;
+    * the authors' format: their procedure
+      (:func:`tl_grokking.data.tasks.authors_split`) with the ``seed`` and ``frac_train`` of
+      the file's ``config``, or their defaults :data:`AUTHORS_SEED` (0) and
+      :data:`AUTHORS_FRAC_TRAIN` (0.3) when it stores none. The final model's loss on those
+      pairs is compared with the file's stored final train loss (``split_check``, a
+      :class:`SplitCheck`, one forward pass over the inputs). When the seed was assumed and
+      does not reproduce that loss, the seeds :data:`AUTHORS_SEED_SEARCH` are tried, and the
+      one seed that reproduces it, if exactly one does, is used (``split.seed_origin ==
+      "search"``);
+    * the TransformerLens demo: the indices the file records.
+
+    ``seed`` / ``frac_train`` override the stored values (no search then): with the authors'
+    procedure for the authors' format, tl_grokking's for every other (missing values: the
+    stored ones, else 0 and 0.3).
     """
+    if seed is not None:
+        seed = _check_seed(seed)
+    if frac_train is not None:
+        frac_train = validate_frac_train(frac_train)
     source = _open_source(path_or_state)
     if None in source.snapshots:
         raise CheckpointFormatError(
             f"{source.path or 'object'}: a single state dict with no epoch is not a run; "
             "use load_checkpoint"
         )
-    return _make_run(source, p=p, drop_eq_logit=drop_eq_logit, allow_nonfinite=allow_nonfinite)
+    return _make_run(
+        source,
+        p=p,
+        drop_eq_logit=drop_eq_logit,
+        allow_nonfinite=allow_nonfinite,
+        seed=seed,
+        frac_train=frac_train,
+        check_split=True,
+    )
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a nonnegative integer, got {seed!r}")
+    return int(seed)
