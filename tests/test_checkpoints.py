@@ -316,6 +316,28 @@ def test_authors_full_run(tmp_path):
     assert load_run(blob).epochs == [0, 100, 200]
 
 
+def test_a_sparser_loss_history_is_placed_at_its_epochs():
+    """The authors log the test loss every 10 epochs: entry i of a history 10× shorter is
+    epoch 10 i, not epoch i; a history whose length does not divide the other's is left out."""
+    blob = {
+        "model": random_authors_state(CFG, seed=4),
+        "epoch": 39,
+        "train_losses": [float(i) for i in range(40)],
+        "test_losses": [100.0 + i for i in range(4)],
+    }
+    metrics = load_run(blob).metrics
+    assert [m["epoch"] for m in metrics] == list(range(40))
+    assert [m["train_loss"] for m in metrics] == [float(i) for i in range(40)]
+    assert {m["epoch"]: m["test_loss"] for m in metrics if "test_loss" in m} == {
+        0: 100.0,
+        10: 101.0,
+        20: 102.0,
+        30: 103.0,
+    }
+    blob["test_losses"] = [1.0, 2.0, 3.0]  # 40 is no multiple of 3: no epoch can be trusted
+    assert all("test_loss" not in m for m in load_run(blob).metrics)
+
+
 # ---------------------------------------------------------------------------------------------
 # HookedTransformer state dicts: in memory, .pt, our safetensors, run directories
 # ---------------------------------------------------------------------------------------------

@@ -571,16 +571,28 @@ def _constant(state: Mapping[str, Tensor]) -> Callable[[], Mapping[str, Tensor]]
 
 
 def _losses_to_metrics(container: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per-epoch metrics from the ``train_losses`` / ``test_losses`` histories of a file.
+
+    The longer history has one entry per epoch. A shorter one whose length divides it was
+    logged every ``len(longer) / len(shorter)`` epochs (the authors' code records the test loss
+    every 10 epochs: 50000 train and 5000 test entries), so its entry i belongs to epoch
+    ``i · stride``. A shorter history that does not divide it cannot be placed and is left out
+    rather than labelled with the wrong epochs.
+    """
     columns = {
         name: list(container[key])
         for name, key in (("train_loss", "train_losses"), ("test_loss", "test_losses"))
-        if isinstance(container.get(key), list | tuple)
+        if isinstance(container.get(key), list | tuple) and len(container[key]) > 0
     }
     n = max((len(v) for v in columns.values()), default=0)
-    return [
-        {"epoch": i, **{name: float(col[i]) for name, col in columns.items() if i < len(col)}}
-        for i in range(n)
-    ]
+    by_epoch: dict[int, dict[str, Any]] = {i: {"epoch": i} for i in range(n)}
+    for name, col in columns.items():
+        if n % len(col):
+            continue
+        stride = n // len(col)
+        for i, value in enumerate(col):
+            by_epoch[i * stride][name] = float(value)
+    return list(by_epoch.values())
 
 
 def _int_list(values: Any, what: str) -> list[int]:
