@@ -26,3 +26,9 @@ def brute_sum_projection(x: torch.Tensor, p: int, freqs) -> torch.Tensor:
             v = v / v.norm()
             out += v[:, None] * (v @ x.double())[None, :]
     return out
+
+
+def logits_of(model, tokens: torch.Tensor, hooks=()) -> torch.Tensor:
+    """Final-position logits of the plain TransformerLens forward under ``hooks`` (no grad)."""
+    with torch.no_grad():
+        return model.run_with_hooks(tokens, fwd_hooks=list(hooks))[:, -1]

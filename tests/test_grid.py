@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from brute_force import logits_of
 from tl_grokking.analysis.grid import (
     SITES,
     all_logits,
@@ -31,13 +32,8 @@ def model(p13_model):
 
 
 @pytest.fixture(scope="module")
-def task():
-    return ModularAddition(P)
-
-
-def logits_of(model, tokens, hooks=()):
-    with torch.no_grad():
-        return model.run_with_hooks(tokens, fwd_hooks=list(hooks))[:, -1]
+def task(p13_model):
+    return ModularAddition(p13_model.cfg.d_vocab - 1)
 
 
 def brute_ce(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from brute_force import brute_sum_projection
+from brute_force import brute_sum_projection, logits_of
 from tl_grokking.analysis.grid import SITES, evaluate_model, grid_activations
 from tl_grokking.analysis.hooks import fourier_ablate
 from tl_grokking.analysis.logits import restricted_logits
@@ -25,13 +25,8 @@ def model(p13_model):
 
 
 @pytest.fixture(scope="module")
-def task():
-    return ModularAddition(P)
-
-
-def logits_of(model, tokens, hooks=()):
-    with torch.no_grad():
-        return model.run_with_hooks(tokens, fwd_hooks=list(hooks))[:, -1]
+def task(p13_model):
+    return ModularAddition(p13_model.cfg.d_vocab - 1)
 
 
 # ---- token-wise: the embedding ----------------------------------------------------------------
