@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from tl_grokking.model.config import ModelConfig
-from tl_grokking.model.transformer import make_model
+from tl_grokking.model.transformer import load_weights, make_model
 from tl_grokking.runs.rundir import checkpoint_path, load_safetensors
 from tl_grokking.training.config import TrainConfig, load_train_config
 from tl_grokking.training.trainer import train_model
@@ -105,7 +105,7 @@ def small_model(small_run):
     """The final (epoch 1000) HookedTransformer of ``small_run``, in eval mode."""
     config = load_train_config(small_run)
     model = make_model(config.model_config(), seed=config.seed)
-    model.load_state_dict(load_safetensors(checkpoint_path(small_run, config.epochs)))
+    load_weights(model, load_safetensors(checkpoint_path(small_run, config.epochs)))
     model.eval()
     return model
 

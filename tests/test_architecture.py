@@ -468,3 +468,31 @@ def test_one_einsum_convention(module):
                 isinstance(first, ast.Name) and first.id.isupper()
             )
             assert is_equation, f"{path}:{node.lineno}: einsum's first argument is the equation"
+
+
+SEAM = "tl_grokking.model.transformer"
+
+
+def transformer_lens_imports() -> list[tuple[str, int, str]]:
+    """Every ``import transformer_lens...`` / ``from transformer_lens... import`` in the package
+    (at any depth, TYPE_CHECKING included), as (module, line, imported name)."""
+    found = []
+    for module, path in MODULE_FILES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            found += [(module, node.lineno, n) for n in names if n.startswith("transformer_lens")]
+    return found
+
+
+def test_only_the_seam_imports_transformer_lens():
+    """docs/transformerlens.md: one module knows TransformerLens' classes and its version."""
+    found = transformer_lens_imports()
+    assert {module for module, _, _ in found} == {SEAM}, [f for f in found if f[0] != SEAM]
+    names = {name for _, _, name in found}
+    assert "transformer_lens.HookedTransformer" in names
+    assert "transformer_lens.model_bridge.TransformerBridge" in names

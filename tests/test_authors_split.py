@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tl_compat import tl_state
 from tl_grokking.cli import main
 from tl_grokking.data.tasks import ModularAddition
 from tl_grokking.runs.checkpoints import AUTHORS_SEED_SEARCH, load_run
@@ -166,7 +167,7 @@ def _authors_layout(model) -> dict[str, torch.Tensor]:
     """A HookedTransformer's weights in the authors' layout (docs/checkpoints.md's table, read
     backwards)."""
     n_heads, d_head, d_model = model.cfg.n_heads, model.cfg.d_head, model.cfg.d_model
-    sd = model.state_dict()
+    sd = tl_state(model)
 
     def qkv(w):
         return w.transpose(1, 2).contiguous()  # (head, d_model, d_head) -> (head, d_head, d_model)
@@ -195,7 +196,7 @@ def test_ablate_on_a_single_checkpoint_rebuilds_the_split_of_its_format(tmp_path
     torch.manual_seed(0)
     model = make_model(ModelConfig(p=17, d_model=24, n_heads=3, d_head=8, d_mlp=40))
     torch.save({"model": _authors_layout(model)}, tmp_path / "authors.pth")
-    torch.save(model.state_dict(), tmp_path / "tl.pt")
+    torch.save(tl_state(model), tmp_path / "tl.pt")
     task = ModularAddition(17)
 
     def ablate(*argv: str) -> dict:

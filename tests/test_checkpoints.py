@@ -12,13 +12,16 @@ import numpy as np
 import pytest
 import torch
 
+from tl_compat import edit_weights, tl_state
 from tl_grokking.data.tasks import ModularAddition
 from tl_grokking.model.config import ModelConfig
 from tl_grokking.model.transformer import (
+    BACKEND,
     IncompatibleModelError,
     check_compatible,
     make_model,
     model_attn_rate,
+    weight_shapes,
 )
 from tl_grokking.runs.checkpoints import (
     CHECKPOINT_FORMATS,
@@ -132,15 +135,19 @@ def random_tl_model(cfg: ModelConfig = CFG, seed: int = 0):
     """A TL model with every bias non-zero, so that bias handling is visible."""
     model = make_model(cfg, seed=seed)
     g = torch.Generator().manual_seed(seed + 1000)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.rsplit(".", 1)[-1].startswith("b_"):
-                param.copy_(torch.randn(param.shape, generator=g) / 5)
+    edit_weights(
+        model,
+        lambda name, value: (
+            torch.randn(value.shape, generator=g) / 5
+            if name.rsplit(".", 1)[-1].startswith("b_")
+            else None
+        ),
+    )
     return model
 
 
 def params(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.named_parameters()}
+    return tl_state(model)
 
 
 def assert_same_params(model, expected: dict[str, torch.Tensor]) -> None:
@@ -395,7 +402,7 @@ def test_split_of_other_formats(tmp_path):
     assert torch.equal(run.train_indices, task.split(0.4, 4)[0])
     assert run.split.source == "seed given, frac_train from config.json"
     # a lone safetensors checkpoint records no split, unless one is asked for
-    save_safetensors(models[5].state_dict(), tmp_path / "epoch_5.safetensors")
+    save_safetensors(tl_state(models[5]), tmp_path / "epoch_5.safetensors")
     assert load_run(tmp_path / "epoch_5.safetensors").split is None
     assert "none recorded" in load_run(tmp_path / "epoch_5.safetensors").split_line()
     run = load_run(tmp_path / "epoch_5.safetensors", frac_train=0.5)
@@ -406,38 +413,39 @@ def test_split_of_other_formats(tmp_path):
 def test_plain_state_dict_round_trip(tmp_path):
     source = random_tl_model(CFG, seed=3)
     expected = params(source)
-    assert_same_params(load_checkpoint(source.state_dict()), expected)
-    torch.save(source.state_dict(), tmp_path / "model.pt")
+    assert_same_params(load_checkpoint(tl_state(source)), expected)
+    torch.save(tl_state(source), tmp_path / "model.pt")
     loaded = load_checkpoint(tmp_path / "model.pt")
     assert detect_format(tmp_path / "model.pt") == "state_dict"
     assert_same_params(loaded, expected)
     np.testing.assert_array_equal(final_logits(loaded, CFG.p), final_logits(source, CFG.p))
     # legacy (non-zip) torch serialisation
-    torch.save(source.state_dict(), tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    torch.save(tl_state(source), tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
     assert_same_params(load_checkpoint(tmp_path / "legacy.pth"), expected)
 
 
 def test_absent_biases_are_zero():
     source = random_tl_model(CFG, seed=4)
-    state = {k: v for k, v in source.state_dict().items() if ".b_" not in k and "b_U" not in k}
+    state = {k: v for k, v in tl_state(source).items() if ".b_" not in k and "b_U" not in k}
     model = load_checkpoint(state)
-    for name, param in model.named_parameters():
+    for name, param in tl_state(model).items():
         if name.rsplit(".", 1)[-1].startswith("b_"):
             assert not param.any(), name
         else:
-            assert torch.equal(param, source.state_dict()[name]), name
+            assert torch.equal(param, tl_state(source)[name]), name
 
 
 def test_expected_shape_table_matches_transformer_lens():
     model = make_model(CFG)
     table = _expected_shapes(CFG, "tl")
-    assert table == {k: tuple(v.shape) for k, v in model.named_parameters()}
+    assert table == {k: tuple(v.shape) for k, v in tl_state(model).items()}
+    assert table == weight_shapes(CFG)
 
 
 def test_loads_old_transformer_lens_buffers():
     """TransformerLens 1.x/2.x saved a (n_ctx, n_ctx) bool mask and IGNORE = -1e5."""
     source = random_tl_model(CFG, seed=5)
-    state = dict(source.state_dict())
+    state = dict(tl_state(source))
     state["blocks.0.attn.mask"] = torch.ones(3, 3, dtype=torch.bool).tril()
     state["blocks.0.attn.IGNORE"] = torch.tensor(-1e5)
     assert_same_params(load_checkpoint(state), params(source))
@@ -464,7 +472,7 @@ def _write_run(run_dir: Path, models: dict[int, object], **config) -> dict:
     write_json(run_dir / "config.json", cfg)
     for epoch, model in models.items():
         save_safetensors(
-            model.state_dict(), checkpoint_path(run_dir, epoch), metadata={"epoch": str(epoch)}
+            tl_state(model), checkpoint_path(run_dir, epoch), metadata={"epoch": str(epoch)}
         )
         append_metrics(run_dir, {"epoch": epoch, "train_loss": 1.0 / (epoch + 1)})
     return cfg
@@ -504,7 +512,7 @@ def test_run_config_disagreeing_with_tensors(tmp_path):
 
 def test_safetensors_outside_a_run(tmp_path):
     source = random_tl_model(CFG, seed=6)
-    save_safetensors(source.state_dict(), tmp_path / "epoch_42.safetensors")
+    save_safetensors(tl_state(source), tmp_path / "epoch_42.safetensors")
     model = load_checkpoint(tmp_path / "epoch_42.safetensors")
     assert_same_params(model, params(source))
     assert model.cfg.act_fn == "relu"  # nothing says otherwise: the paper's activation
@@ -551,9 +559,9 @@ def _demo_blob(config_as_object: bool = True) -> tuple[dict, dict[int, dict]]:
     final = models[299]
     perm = torch.randperm(CFG.p**2, generator=torch.Generator().manual_seed(0))
     blob = {
-        "model": final.state_dict(),
+        "model": tl_state(final),
         "config": final.cfg if config_as_object else final.cfg.to_dict(),
-        "checkpoints": [m.state_dict() for m in models.values()],
+        "checkpoints": [tl_state(m) for m in models.values()],
         "checkpoint_epochs": list(models),
         "train_losses": [1.0] * 300,
         "test_losses": [2.0] * 300,
@@ -624,7 +632,7 @@ def test_unknown_format_lists_known_formats(tmp_path):
 
 @pytest.mark.parametrize("kind", ["safetensors", "zip", "legacy"])
 def test_corrupt_or_truncated_file(tmp_path, kind):
-    state = random_tl_model(CFG).state_dict()
+    state = tl_state(random_tl_model(CFG))
     path = tmp_path / f"model.{kind}"
     if kind == "safetensors":
         save_safetensors(state, path)
@@ -671,15 +679,22 @@ def test_malicious_pickle_never_runs(tmp_path, serialisation):
 
 
 def test_pickled_module_is_refused_not_run(tmp_path):
-    """`torch.save(model)` pickles the class: loading it would import and run library code."""
-    torch.save(make_model(CFG), tmp_path / "whole_model.pt")
-    with pytest.raises(UnsafeCheckpointError, match=r"HookedTransformer"):
-        load_checkpoint(tmp_path / "whole_model.pt")
+    """`torch.save(model)` pickles the class: loading it would import and run library code.
+
+    (A TransformerBridge cannot be pickled at all; a HookedTransformer and any other module can.)
+    """
+    modules = [(torch.nn.Linear(2, 2), r"torch\.nn\.modules\.linear\.Linear")]
+    if BACKEND == "HookedTransformer":
+        modules.append((make_model(CFG), r"HookedTransformer"))
+    for module, name in modules:
+        torch.save(module, tmp_path / "whole_model.pt")
+        with pytest.raises(UnsafeCheckpointError, match=name):
+            load_checkpoint(tmp_path / "whole_model.pt")
 
 
 def test_incompatible_state_dict_names_every_failure():
     two_layers = make_model(ModelConfig(p=17, d_model=24, n_heads=3, d_mlp=40, n_layers=2))
-    state = dict(two_layers.state_dict())
+    state = dict(tl_state(two_layers))
     state["ln_final.w"] = torch.ones(24)
     state["ln_final.b"] = torch.zeros(24)
     state["pos_embed.W_pos"] = torch.zeros(4, 24)
@@ -716,7 +731,7 @@ def test_incompatible_state_dict_names_every_failure():
     ],
 )
 def test_wrong_shapes_name_the_key(change, pattern):
-    state = {**random_tl_model(CFG).state_dict(), **change}
+    state = {**tl_state(random_tl_model(CFG)), **change}
     if pattern is None:  # a well-formed replacement loads fine
         load_checkpoint(state)
         return
@@ -734,11 +749,11 @@ def test_wrong_shapes_authors_layout():
 
 
 def test_missing_and_unexpected_keys():
-    state = dict(random_tl_model(CFG).state_dict())
+    state = dict(tl_state(random_tl_model(CFG)))
     del state["blocks.0.mlp.W_out"]
     with pytest.raises(CheckpointFormatError, match=r"missing keys \['blocks\.0\.mlp\.W_out'\]"):
         load_checkpoint(state)
-    state = {**random_tl_model(CFG).state_dict(), "blocks.0.attn.W_extra": torch.zeros(2)}
+    state = {**tl_state(random_tl_model(CFG)), "blocks.0.attn.W_extra": torch.zeros(2)}
     with pytest.raises(
         CheckpointFormatError, match=r"unexpected keys \['blocks\.0\.attn\.W_extra'\]"
     ):
@@ -746,7 +761,7 @@ def test_missing_and_unexpected_keys():
 
 
 def test_p_mismatch():
-    state = random_tl_model(CFG).state_dict()
+    state = tl_state(random_tl_model(CFG))
     with pytest.raises(IncompatibleModelError, match=r"d_vocab is 18 \(p = 17\) but p = 19"):
         load_checkpoint(state, p=19)
     model = load_checkpoint(state, p=17)
@@ -755,7 +770,7 @@ def test_p_mismatch():
 
 
 def test_nonfinite_weights(tmp_path):
-    state = dict(random_tl_model(CFG).state_dict())
+    state = dict(tl_state(random_tl_model(CFG)))
     state["blocks.0.mlp.W_out"] = state["blocks.0.mlp.W_out"].clone()
     state["blocks.0.mlp.W_out"][3, 4] = float("nan")
     state["unembed.b_U"] = state["unembed.b_U"].clone()
@@ -794,12 +809,12 @@ def test_empty_run_directory(tmp_path):
 
 def test_single_state_dict_is_not_a_run():
     with pytest.raises(CheckpointFormatError, match=r"not a run; use load_checkpoint"):
-        load_run(random_tl_model(CFG).state_dict())
+        load_run(tl_state(random_tl_model(CFG)))
 
 
 def test_bad_device():
     with pytest.raises(ValueError, match=r"device"):
-        load_checkpoint(random_tl_model(CFG).state_dict(), device="tpu")
+        load_checkpoint(tl_state(random_tl_model(CFG)), device="tpu")
 
 
 def test_errors_are_value_errors():
@@ -807,3 +822,22 @@ def test_errors_are_value_errors():
     for cls in (CheckpointFormatError, CheckpointShapeError, UnsafeCheckpointError,
                 NonFiniteWeightsError, IncompatibleModelError, RunDirError):  # fmt: skip
         assert issubclass(cls, ValueError)
+
+
+def test_a_bridge_state_dict_is_refused_by_name():
+    """A TransformerBridge's own state_dict() does not record the number of heads."""
+    bridge_like = {
+        "embed.weight": torch.zeros(18, 24),
+        "pos_embed.weight": torch.zeros(3, 24),
+        "blocks.0.attn.q.weight": torch.zeros(24, 24),
+        "blocks.0.attn.o.weight": torch.zeros(24, 24),
+        "unembed.weight": torch.zeros(17, 24),
+    }
+    states = [bridge_like]
+    if BACKEND == "TransformerBridge":
+        states.append(make_model(CFG).state_dict())
+    for state in states:
+        with pytest.raises(
+            CheckpointFormatError, match=r"TransformerBridge state dict.*tl3_state_dict"
+        ):
+            load_checkpoint(state)

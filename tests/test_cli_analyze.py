@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tl_compat import tl_state
 from tl_grokking.analysis.phases import detect_phases
 from tl_grokking.analysis.progress import read_measures_csv
 from tl_grokking.cli import build_parser, main
@@ -198,7 +199,7 @@ def test_checkpoints_of_different_shapes(run_copy, capsys):
     other = make_model(
         ModelConfig(p=config["p"], d_model=config["d_model"], d_mlp=2 * config["d_mlp"])
     )
-    state = {k: v for k, v in other.state_dict().items() if not k.endswith(("mask", "IGNORE"))}
+    state = {k: v for k, v in tl_state(other).items() if not k.endswith(("mask", "IGNORE"))}
     save_safetensors(state, list_checkpoints(run_copy)[1][1])
     assert main(["analyze", str(run_copy), "--no-progress"]) == 2
     err = capsys.readouterr().err

@@ -42,6 +42,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tl_compat import tl_state
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -288,10 +290,10 @@ def test_snippets_run(path: Path, doc_workdir: Path, monkeypatch):
 
 
 def _check_readme(workdir: Path, ns: dict) -> None:
-    from transformer_lens import HookedTransformer
+    from tl_grokking.model.transformer import GrokModel
 
-    assert isinstance(ns["model"], HookedTransformer)
-    assert isinstance(ns["paper"], HookedTransformer) and ns["paper"].cfg.d_vocab == 114
+    assert isinstance(ns["model"], GrokModel)
+    assert isinstance(ns["paper"], GrokModel) and ns["paper"].cfg.d_vocab == 114
     assert ns["result"].metrics["test_acc"] == 1.0, "the tour's p = 23 run should grok"
     assert len(ns["keys"].keys) >= 1
     report = workdir / "runs" / "tour" / "report.html"
@@ -486,7 +488,7 @@ def test_shipped_checkpoint_is_the_authors_model_bit_for_bit():
         assert fh.metadata()["source_sha256"] == hashlib.sha256(FIXTURE.read_bytes()).hexdigest()
     ours = load_checkpoint(DATA / "paper_no_wd.safetensors")
     authors = load_checkpoint(FIXTURE)
-    a, b = ours.state_dict(), authors.state_dict()
+    a, b = tl_state(ours), tl_state(authors)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -1,19 +1,21 @@
-"""The fast final-position forward equals HookedTransformer's forward, values and gradients."""
+"""The fast final-position forward equals the model's forward (a HookedTransformer on
+TransformerLens 3, a TransformerBridge on 4), values and gradients."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from tl_compat import edit_weights, foreign_model, tl_grads, tl_state
 from tl_grokking.data.tasks import make_task
 from tl_grokking.model.config import ModelConfig
 from tl_grokking.model.fastforward import (
     final_logits,
     final_logits_batched,
     supports_fast_path,
+    weights_final_logits,
 )
-from tl_grokking.model.transformer import make_model, model_attn_rate
+from tl_grokking.model.transformer import GrokModel, make_model, model_attn_rate
 
 # (p, d_model, n_heads, d_head, d_mlp, act_fn, d_vocab_out, attn_rate)
 CONFIGS = [
@@ -25,7 +27,7 @@ CONFIGS = [
 ]
 
 
-def _random_model(cfg: tuple, seed: int) -> HookedTransformer:
+def _random_model(cfg: tuple, seed: int) -> GrokModel:
     p, d_model, n_heads, d_head, d_mlp, act_fn, d_vocab_out, rate = cfg
     config = ModelConfig(
         p=p,
@@ -40,14 +42,16 @@ def _random_model(cfg: tuple, seed: int) -> HookedTransformer:
     )
     model = make_model(config, seed=seed)
     gen = torch.Generator().manual_seed(1000 + seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            scale = 0.5 if name.rsplit(".", 1)[-1].startswith("b_") else 0.3
-            param.add_(scale * torch.randn(param.shape, generator=gen))  # nonzero biases too
+
+    def perturb(name: str, value: torch.Tensor) -> torch.Tensor:
+        scale = 0.5 if name.rsplit(".", 1)[-1].startswith("b_") else 0.3
+        return value + scale * torch.randn(value.shape, generator=gen)  # nonzero biases too
+
+    edit_weights(model, perturb)
     return model
 
 
-def _grads(model: HookedTransformer, logits: torch.Tensor, weights: torch.Tensor) -> dict:
+def _grads(model: GrokModel, logits: torch.Tensor, weights: torch.Tensor) -> dict:
     model.zero_grad(set_to_none=True)
     (logits.double() * weights).sum().backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -79,6 +83,29 @@ def test_matches_hooked_forward_and_gradients(cfg, seed, final_token):
     for name in g_ref:
         err = (g_fast[name] - g_ref[name]).abs().max().item()
         assert err <= 1e-6 * gscale + 1e-4 * g_ref[name].abs().max().item(), (name, err, gscale)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[1:3], ids=lambda c: f"p{c[0]}-{c[5]}-rate{c[7]}")
+def test_weights_path_gradients_equal_the_models(cfg):
+    """What the trainer differentiates: TL-3-keyed leaf tensors through weights_final_logits,
+    against the model's own forward, gradients read back in TL-3 layout."""
+    model = _random_model(cfg, seed=0)
+    tokens = make_task("add", cfg[0]).tokens()
+    weights = {k: v.requires_grad_(True) for k, v in tl_state(model).items()}
+    logits = weights_final_logits(weights, tokens, act_fn=cfg[5], attn_rate=cfg[7])
+    reference = model(tokens)[:, -1]
+    torch.testing.assert_close(
+        logits, reference, atol=2e-6 * reference.abs().max().item(), rtol=1e-5
+    )
+    probe = torch.randn(reference.shape, generator=torch.Generator().manual_seed(3)).double()
+    (logits.double() * probe).sum().backward()
+    model.zero_grad(set_to_none=True)
+    (reference.double() * probe).sum().backward()
+    g_ref = tl_grads(model)
+    gscale = max(g.abs().max().item() for g in g_ref.values())
+    for name, g in g_ref.items():
+        err = (weights[name].grad - g).abs().max().item()
+        assert err <= 1e-6 * gscale + 1e-4 * g.abs().max().item(), (name, err, gscale)
 
 
 def test_attention_rate_extremes_have_closed_forms():
@@ -118,7 +145,7 @@ def test_user_hooks_fall_back_to_plain_forward():
 
 
 def test_outside_family_uses_plain_forward():
-    cfg = HookedTransformerConfig(
+    model = foreign_model(
         n_layers=1,
         d_model=16,
         n_ctx=3,
@@ -130,8 +157,6 @@ def test_outside_family_uses_plain_forward():
         act_fn="relu",
         normalization_type="LN",
     )
-    torch.manual_seed(0)
-    model = HookedTransformer(cfg)
     assert not supports_fast_path(model)
     tokens = make_task("add", 17).tokens()
     assert torch.equal(final_logits(model, tokens), model(tokens)[:, -1])

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from brute_force import brute_sum_projection, logits_of
+from tl_compat import tl_state
 from tl_grokking.analysis.grid import SITES, evaluate_model, grid_activations
 from tl_grokking.analysis.hooks import fourier_ablate
 from tl_grokking.analysis.logits import restricted_logits
 from tl_grokking.data.tasks import ModularAddition
 from tl_grokking.model.config import ModelConfig
-from tl_grokking.model.transformer import make_model
+from tl_grokking.model.transformer import load_weights, make_model
 
 P = 13
 
@@ -58,7 +59,7 @@ def test_embed_remove_equals_editing_W_E(model, task):
     tokens = task.tokens()
     hooked = logits_of(model, tokens, fourier_ablate(model, [2, 5], "embed", mode="remove"))
     edited = make_model(ModelConfig(p=P, d_model=24, n_heads=2, d_mlp=40), seed=5)
-    edited.load_state_dict(model.state_dict())
+    load_weights(edited, tl_state(model))
     with torch.no_grad():
         W = edited.W_E[:P].double()
         t = torch.arange(P).double()

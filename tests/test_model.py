@@ -7,17 +7,26 @@ import math
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from tl_compat import foreign_model, tl_state
 from tl_grokking.data.tasks import ModularAddition
 from tl_grokking.model.config import ModelConfig
 from tl_grokking.model.transformer import (
+    BACKEND,
+    TL_VERSION,
     IncompatibleModelError,
     check_compatible,
     config_from_model,
+    init_weights,
+    legacy_hook_names,
+    load_weights,
     make_model,
     model_attn_rate,
+    model_weights,
+    tl3_state_dict,
+    trainable_weight_names,
     validate_device,
+    weight_shapes,
 )
 
 SMALL = dict(p=17, d_model=24, n_heads=3, d_mlp=40)
@@ -30,9 +39,9 @@ def test_defaults_are_the_papers_model():
     cfg = ModelConfig()
     assert (cfg.p, cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp) == (113, 128, 4, 32, 512)
     assert (cfg.act_fn, cfg.d_vocab_out, cfg.d_vocab, cfg.n_layers) == ("relu", 113, 114, 1)
-    hooked = cfg.hooked_config()
-    assert hooked.normalization_type is None and hooked.n_ctx == 3
-    assert (hooked.d_vocab, hooked.d_vocab_out) == (114, 113)
+    model = make_model(cfg)
+    assert model.cfg.normalization_type is None and model.cfg.n_ctx == 3
+    assert (model.cfg.d_vocab, model.cfg.d_vocab_out) == (114, 113)
 
 
 @pytest.mark.parametrize(
@@ -111,7 +120,7 @@ def test_field_checks_without_torch():
 
 
 def _params(model):
-    return {k: v.detach().clone() for k, v in model.named_parameters()}
+    return tl_state(model)
 
 
 def test_make_model_is_deterministic_and_keeps_global_rng():
@@ -155,7 +164,9 @@ def test_make_model_shapes_and_init_scale():
 )
 def test_bias_policy(policy, trainable):
     model = make_model(ModelConfig(**SMALL, trainable_biases=policy))
-    for name, param in model.named_parameters():
+    if BACKEND == "TransformerBridge":  # b_U is a buffer on a bridge; it never trains there
+        trainable = trainable - {"unembed.b_U"}
+    for name, param in model_weights(model).items():
         is_bias = name.rsplit(".", 1)[-1].startswith("b_")
         if is_bias:
             assert not param.any(), f"{name} must start at zero"
@@ -198,7 +209,7 @@ def test_check_compatible_accepts_made_models():
 
 
 def test_check_compatible_names_every_failure():
-    cfg = HookedTransformerConfig(
+    model = foreign_model(
         n_layers=2,
         d_model=16,
         d_head=4,
@@ -210,7 +221,6 @@ def test_check_compatible_names_every_failure():
         act_fn="relu",
         normalization_type="LN",
     )
-    model = HookedTransformer(cfg, move_to_device=False)
     with pytest.raises(IncompatibleModelError) as info:
         check_compatible(model, ModularAddition(19))
     message = str(info.value)
@@ -225,12 +235,12 @@ def test_check_compatible_names_every_failure():
 
 
 def test_check_compatible_attn_only():
-    cfg = HookedTransformerConfig(
+    model = foreign_model(
         n_layers=1, d_model=16, d_head=4, n_heads=4, d_vocab=18, n_ctx=3, attn_only=True,
         act_fn="relu", normalization_type=None,
     )  # fmt: skip
     with pytest.raises(IncompatibleModelError, match=r"attn_only is True"):
-        check_compatible(HookedTransformer(cfg, move_to_device=False))
+        check_compatible(model)
 
 
 def test_config_from_model_round_trip():
@@ -242,3 +252,86 @@ def test_config_from_model_round_trip():
     del model.tl_grokking_config
     assert config_from_model(model) == cfg
     assert issubclass(IncompatibleModelError, ValueError)
+
+
+# ---- the TransformerLens seam (docs/transformerlens.md) -----------------------------------------
+
+
+@pytest.mark.skipif(BACKEND != "HookedTransformer", reason="needs TransformerLens 3's own init")
+def test_init_weights_are_what_hookedtransformer_draws():
+    """Our draw (the same on TL 3 and 4) is bit for bit HookedTransformer's own initialisation."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = ModelConfig(**SMALL, d_vocab_out=18)
+    ht_cfg = HookedTransformerConfig(
+        n_layers=1, n_heads=3, d_model=24, d_head=8, d_mlp=40, d_vocab=18, d_vocab_out=18,
+        n_ctx=3, act_fn="relu", normalization_type=None, seed=11,
+    )  # fmt: skip
+    theirs = dict(HookedTransformer(ht_cfg, move_to_device=False).named_parameters())
+    ours = init_weights(cfg, seed=11)
+    assert list(ours) == list(theirs) == list(weight_shapes(cfg))  # the drawing order
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_make_model_carries_init_weights_or_given_weights():
+    cfg = ModelConfig(**SMALL)
+    assert all(
+        torch.equal(v, init_weights(cfg, seed=4)[k])
+        for k, v in tl_state(make_model(cfg, seed=4)).items()
+    )
+    weights = {k: torch.randn(v.shape) for k, v in init_weights(cfg).items()}
+    model = make_model(cfg, weights=weights)
+    assert all(torch.equal(v, weights[k]) for k, v in tl_state(model).items())
+    assert all(torch.equal(v, weights[k]) for k, v in tl3_state_dict(model).items())
+
+
+def test_load_weights_is_strict():
+    model = make_model(ModelConfig(**SMALL))
+    state = tl3_state_dict(model)
+    with pytest.raises(ValueError, match=r"missing \['unembed.b_U'\], unexpected \[\]"):
+        load_weights(model, {k: v for k, v in state.items() if k != "unembed.b_U"})
+    with pytest.raises(ValueError, match=r"unexpected \['blocks.0.ln1.w'\]"):
+        load_weights(model, {**state, "blocks.0.ln1.w": torch.ones(24)})
+    with pytest.raises(ValueError, match=r"embed.W_E: expected \(18, 24\), got \(19, 24\)"):
+        load_weights(model, {**state, "embed.W_E": torch.zeros(19, 24)})
+
+
+def test_trainable_weight_names_follow_the_policy():
+    names = trainable_weight_names(ModelConfig(**SMALL, trainable_biases="mlp"))
+    assert [n for n in names if ".b_" in n] == ["blocks.0.mlp.b_in", "blocks.0.mlp.b_out"]
+    assert len(trainable_weight_names(ModelConfig(**SMALL))) == 9  # the weight matrices
+    assert len(trainable_weight_names(ModelConfig(**SMALL, trainable_biases="all"))) == 16
+
+
+def test_hook_functions_see_the_legacy_names():
+    """On a bridge a hook point's own name is new (``mlp.out.hook_in``); ours carry TL-3's."""
+    model = make_model(ModelConfig(**SMALL, d_vocab_out=18))
+    names = [n for n in legacy_hook_names() if not n.endswith(GATED)]
+    seen: list[str] = []
+    model.run_with_hooks(
+        torch.tensor([[1, 2, 17]]),
+        fwd_hooks=[(n, lambda x, hook: seen.append(hook.name)) for n in names],
+    )
+    assert sorted(seen) == sorted(names)
+    _, cache = model.run_with_cache(torch.tensor([[1, 2, 17]]))
+    assert set(names) <= set(cache.keys())
+
+
+# Hook points HookedTransformer only fires when a cfg flag turns them on.
+GATED = (
+    "hook_result",
+    "hook_attn_in",
+    "hook_q_input",
+    "hook_k_input",
+    "hook_v_input",
+    "hook_mlp_in",
+)
+
+
+def test_the_backend_matches_the_installed_transformer_lens():
+    from importlib.metadata import version
+
+    major = int(version("transformer-lens").split(".")[0])
+    assert TL_VERSION[0] == major
+    assert BACKEND == ("TransformerBridge" if major >= 4 else "HookedTransformer")
+    assert type(make_model(ModelConfig(**SMALL))).__name__ == BACKEND

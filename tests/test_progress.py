@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tl_compat import tl_state
 from tl_grokking.analysis.circuits import key_frequencies
 from tl_grokking.analysis.progress import (
     ProgressMeasures,
@@ -22,7 +23,7 @@ from tl_grokking.analysis.progress import (
 )
 from tl_grokking.data.tasks import make_task
 from tl_grokking.model.config import ModelConfig
-from tl_grokking.model.transformer import make_model
+from tl_grokking.model.transformer import BACKEND, make_model
 from tl_grokking.runs.checkpoints import load_run
 from tl_grokking.runs.rundir import save_safetensors, write_json
 
@@ -104,10 +105,7 @@ def brute_force_row(model, p: int, train: list[int], key_freqs: list[int]) -> di
     w_l = model.blocks[0].mlp.W_out.detach().double() @ model.W_U.detach()[:, :p].double()
     row["gini_W_E"] = gini_mean_abs_diff((F @ w_e).norm(dim=1).tolist())
     row["gini_W_L"] = gini_mean_abs_diff((w_l @ F.T).norm(dim=0).tolist())
-    buffers = {name for name, _ in model.named_buffers()}
-    row["sum_sq_weights"] = sum(
-        float(v.double().pow(2).sum()) for k, v in model.state_dict().items() if k not in buffers
-    )
+    row["sum_sq_weights"] = sum(float(v.double().pow(2).sum()) for v in tl_state(model).values())
     return row
 
 
@@ -302,7 +300,7 @@ def test_checkpoints_of_different_shapes_are_a_clear_error(small_run, tmp_path):
     cfg = load_run(src).model_config
     other = make_model(ModelConfig(p=cfg.p, d_model=cfg.d_model, d_mlp=2 * cfg.d_mlp))
     first = sorted((tmp_path / "checkpoints").iterdir())[0]
-    state = {k: v for k, v in other.state_dict().items() if not k.endswith(("mask", "IGNORE"))}
+    state = {k: v for k, v in tl_state(other).items() if not k.endswith(("mask", "IGNORE"))}
     save_safetensors(state, first)
     with pytest.raises(ValueError, match="different shapes"):
         progress_measures(tmp_path, progress=False)
@@ -319,7 +317,7 @@ def test_bad_sources_and_arguments(tmp_path):
     model = make_model(ModelConfig(p=17, d_model=16, n_heads=2, d_mlp=32))
     with pytest.raises(ValueError, match="no checkpoints"):
         progress_measures([], progress=False)
-    with pytest.raises(ValueError, match="HookedTransformer or a state dict"):
+    with pytest.raises(ValueError, match=f"{BACKEND} or a state dict"):
         progress_measures([(0, "model.pt")], progress=False)
     with pytest.raises(ValueError, match="distinct"):
         progress_measures([(0, model), (0, model)], key_freqs=[1], progress=False)

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import tl_grokking.training.trainer as training
+from tl_compat import tl_state
 from tl_grokking.data.tasks import make_task
-from tl_grokking.model.transformer import make_model
+from tl_grokking.model.transformer import load_weights, make_model
 from tl_grokking.runs.rundir import (
     checkpoint_path,
     list_checkpoints,
@@ -99,7 +100,7 @@ def test_logged_metrics_equal_independent_evaluation(tmp_path):
     tokens, labels = task.tokens(), task.labels()
     for record in [r for r in read_metrics(tmp_path) if r["epoch"] in (0, 20, 40)]:
         model = make_model(config.model_config(), seed=0)
-        model.load_state_dict(_state(tmp_path, record["epoch"]))
+        load_weights(model, _state(tmp_path, record["epoch"]))
         with torch.no_grad():
             logits = model(tokens)[:, -1]  # the plain HookedTransformer forward
         for split, idx in (("train", train_idx), ("test", test_idx)):
@@ -108,7 +109,7 @@ def test_logged_metrics_equal_independent_evaluation(tmp_path):
             acc = (logits[idx].argmax(-1) == labels[idx]).double().mean().item()
             assert record[f"{split}_acc"] == pytest.approx(acc)
     # epoch 0 is the seeded initialisation
-    init = make_model(config.model_config(), seed=0).state_dict()
+    init = tl_state(make_model(config.model_config(), seed=0))
     assert all(torch.equal(init[k], v) for k, v in _state(tmp_path, 0).items())
 
 
@@ -159,7 +160,7 @@ def test_same_seed_same_run_and_resume_is_bit_identical(tmp_path):
     assert max(r["epoch"] for r in read_metrics(tmp_path / "c")) == 20  # the 25 line never landed
     resumed = train_model(config, tmp_path / "c", resume=True, progress=False)
     assert resumed.epoch == 40
-    final_a, final_c = a.model.state_dict(), resumed.model.state_dict()
+    final_a, final_c = tl_state(a.model), tl_state(resumed.model)
     assert all(torch.equal(final_a[k], final_c[k]) for k in final_a)
     assert _without_elapsed(read_metrics(tmp_path / "c")) == _without_elapsed(
         read_metrics(tmp_path / "a")
@@ -170,8 +171,7 @@ def test_same_seed_same_run_and_resume_is_bit_identical(tmp_path):
     extended = train_model(longer, tmp_path / "c", resume=True, progress=False)
     straight = train_model(longer, tmp_path / "d", progress=False)
     assert all(
-        torch.equal(extended.model.state_dict()[k], v)
-        for k, v in straight.model.state_dict().items()
+        torch.equal(tl_state(extended.model)[k], v) for k, v in tl_state(straight.model).items()
     )
 
 
@@ -351,7 +351,7 @@ def test_resume_config_changes_only_what_may_change(tmp_path):
     # the resumed run continues the same trajectory as a straight run to 30 epochs
     resumed = train_model(longer, tmp_path / "run", resume=True, progress=False)
     straight = train_model(longer, tmp_path / "straight", progress=False)
-    final_r, final_s = resumed.model.state_dict(), straight.model.state_dict()
+    final_r, final_s = tl_state(resumed.model), tl_state(straight.model)
     assert all(torch.equal(final_r[k], final_s[k]) for k in final_s)
 
 

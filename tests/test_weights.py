@@ -22,7 +22,7 @@ from tl_grokking.analysis.weights import (
 from tl_grokking.data.discrete_log import discrete_log_table
 from tl_grokking.data.tasks import ModularAddition, make_task
 from tl_grokking.model.config import ModelConfig
-from tl_grokking.model.transformer import IncompatibleModelError, make_model
+from tl_grokking.model.transformer import BACKEND, IncompatibleModelError, make_model
 
 P = 11
 
@@ -113,8 +113,12 @@ def test_W_neur_is_the_neuron_input_when_one_head_attends_to_one_token(model):
 
 def test_W_attn_matches_attention_scores_up_to_a_token_independent_shift(model):
     task = ModularAddition(P)
-    _, cache = model.run_with_cache(task.tokens(), names_filter="blocks.0.attn.hook_attn_scores")
-    scores = cache["blocks.0.attn.hook_attn_scores"][:, :, 2, 0]  # query '=', key position 0
+    names = ("blocks.0.attn.hook_q", "blocks.0.attn.hook_k", "blocks.0.attn.hook_attn_scores")
+    _, cache = model.run_with_cache(task.tokens(), names_filter=list(names))
+    q, k = cache[names[0]][:, 2], cache[names[1]][:, 0]  # query '=', key position 0
+    scores = (q * k).sum(-1) / math.sqrt(q.shape[-1])  # [p², heads]
+    if BACKEND == "HookedTransformer":  # a bridge fires hook_attn_scores after the softmax
+        torch.testing.assert_close(scores, cache[names[2]][:, :, 2, 0])
     a = task.tokens()[:, 0]
     diff = scores - W_attn(model).T[a]  # [p², heads]
     # what W_attn leaves out (W_pos[0] and b_K on the key side) shifts all tokens equally
@@ -204,11 +208,11 @@ def test_frequency_mass_count_closed_form(unchecked_types):
 
 
 def test_incompatible_model_is_rejected():
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from tl_compat import foreign_model
 
-    cfg = HookedTransformerConfig(
+    model = foreign_model(
         n_layers=2, d_model=8, d_head=4, n_heads=2, d_mlp=16, d_vocab=8, d_vocab_out=7, n_ctx=3,
         act_fn="relu", normalization_type=None,
     )  # fmt: skip
     with pytest.raises(IncompatibleModelError, match="n_layers"):
-        W_L(HookedTransformer(cfg))
+        W_L(model)

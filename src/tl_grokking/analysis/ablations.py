@@ -38,13 +38,13 @@ from typing import cast
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from tl_grokking.analysis.circuits import NeuronClusters, key_frequencies, neuron_clusters
 from tl_grokking.analysis.fourier import SumProjection, project_grid, validate_freqs
 from tl_grokking.analysis.grid import grid_activations, loss_and_accuracy, resolve_task
 from tl_grokking.analysis.hooks import HookList, grid_fn_hook, grid_guard
 from tl_grokking.data.tasks import Task
+from tl_grokking.model.transformer import GrokModel
 
 __all__ = [
     "AblationRow",
@@ -114,7 +114,7 @@ class AblationTable:
 
 
 def mlp_readout(
-    model: HookedTransformer,
+    model: GrokModel,
     resid_mid: Float[Tensor, "batch d_model"],
     post: Float[Tensor, "batch d_mlp"],
 ) -> Float[Tensor, "batch p"]:
@@ -186,7 +186,7 @@ def replace_by_cluster_blocks(
 
 
 def cluster_block_hooks(
-    model: HookedTransformer,
+    model: GrokModel,
     clusters: NeuronClusters,
     *,
     drop_unclustered: bool = False,
@@ -214,7 +214,7 @@ def cluster_block_hooks(
 
 @torch.no_grad()
 def ablation_table(
-    model: HookedTransformer,
+    model: GrokModel,
     task: Task | None = None,
     *,
     key_freqs: Sequence[int] | None = None,

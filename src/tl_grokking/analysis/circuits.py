@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from tl_grokking.analysis.fourier import (
     SumProjection,
@@ -61,6 +60,7 @@ from tl_grokking.analysis.weights import (
     unembed_fourier_norms,
 )
 from tl_grokking.data.tasks import Task
+from tl_grokking.model.transformer import GrokModel
 
 __all__ = [
     "NeuronClusters",
@@ -389,7 +389,7 @@ class KeyFrequencies:
 
 
 def _coordinates(
-    model: HookedTransformer, task: Task | None, reindex: bool | None, analysis: str
+    model: GrokModel, task: Task | None, reindex: bool | None, analysis: str
 ) -> tuple[Task, int]:
     """The task and the size n of its Fourier analysis in the coordinates of ``reindex``.
 
@@ -402,7 +402,7 @@ def _coordinates(
 
 
 def neuron_clusters(
-    model: HookedTransformer,
+    model: GrokModel,
     task: Task | None = None,
     threshold: float = 0.85,
     *,
@@ -504,7 +504,7 @@ def _restricted_fits(
 
 
 def key_frequencies(
-    model: HookedTransformer,
+    model: GrokModel,
     task: Task | None = None,
     *,
     rule: str = "circuit",

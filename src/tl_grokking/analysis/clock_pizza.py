@@ -47,12 +47,11 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from tl_grokking.analysis.grid import resolve_task
 from tl_grokking.data.discrete_log import reindexed_tokens
 from tl_grokking.data.tasks import Task
-from tl_grokking.model.transformer import model_attn_rate
+from tl_grokking.model.transformer import GrokModel, model_attn_rate
 
 __all__ = [
     "gradient_symmetricity",
@@ -83,7 +82,7 @@ def _sample_triples(task: Task, n_samples: int, seed: int) -> Int[Tensor, "n_sam
 
 
 def gradient_symmetricity(
-    model: HookedTransformer,
+    model: GrokModel,
     task: Task | None = None,
     *,
     n_samples: int = 100,
@@ -128,7 +127,7 @@ def gradient_symmetricity(
     return float(cos.mean())
 
 
-def correct_logit_grid(model: HookedTransformer, task: Task | None = None) -> Float[Tensor, "n n"]:
+def correct_logit_grid(model: GrokModel, task: Task | None = None) -> Float[Tensor, "n n"]:
     """``L[i, j]``: the final-position logit of the correct answer for operands
     ``(order[i], order[j])``, ``order = task.fourier_tokens()`` (the p×p grid (a, b) for add)."""
     task = resolve_task(model, task, needs="clock_pizza", analysis="the correct-logit grid")
@@ -140,7 +139,7 @@ def correct_logit_grid(model: HookedTransformer, task: Task | None = None) -> Fl
     return logits.gather(1, labels[:, None]).reshape(n, n)
 
 
-def distance_irrelevance(model: HookedTransformer, task: Task | None = None) -> float:
+def distance_irrelevance(model: GrokModel, task: Task | None = None) -> float:
     """Distance irrelevance ``q`` (Zhong et al. 2023, Def. 4.2).
 
     ``q = mean_d std_i L[i, i + d] / std L`` over the correct-logit grid of
@@ -196,7 +195,7 @@ class ClockPizzaVerdict:
 
 
 def classify_clock_pizza(
-    model: HookedTransformer,
+    model: GrokModel,
     task: Task | None = None,
     *,
     gs_threshold: float = GRADIENT_SYMMETRICITY_THRESHOLD,

@@ -34,11 +34,10 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from tl_grokking.data.discrete_log import reindexed_tokens
 from tl_grokking.data.tasks import ModularAddition, Task
-from tl_grokking.model.transformer import check_compatible
+from tl_grokking.model.transformer import GrokModel, check_compatible
 
 __all__ = [
     "SITES",
@@ -70,7 +69,7 @@ SITES: dict[str, str] = {
 _NOT_BATCH_POS = ("hook_attn_scores", "hook_pattern")
 
 
-def resolve_site(model: HookedTransformer, where: str) -> str:
+def resolve_site(model: GrokModel, where: str) -> str:
     """Map a friendly site name or a raw hook name to the hook name; ``ValueError`` if unknown."""
     name = SITES.get(where, where)
     if not isinstance(name, str) or name not in model.hook_dict:
@@ -87,7 +86,7 @@ def resolve_site(model: HookedTransformer, where: str) -> str:
 
 
 def resolve_task(
-    model: HookedTransformer,
+    model: GrokModel,
     task: Task | None = None,
     *,
     needs: str | None = "token_fourier",
@@ -143,7 +142,7 @@ def _require_full_grid(task: Task, analysis: str) -> None:
 
 
 def grid_tokens(
-    model: HookedTransformer, task: Task | None = None, *, reindex: bool | None = False
+    model: GrokModel, task: Task | None = None, *, reindex: bool | None = False
 ) -> Int[Tensor, "n_sq 3"]:
     """All n² inputs ``[a, b, =]`` of the grid in the coordinates of ``reindex``, on the model's
     device: row ``i * n + j`` holds tokens ``(order[i], order[j])``, ``order =``
@@ -165,7 +164,7 @@ def grid_tokens(
 
 @torch.no_grad()
 def grid_activations(
-    model: HookedTransformer,
+    model: GrokModel,
     task: Task | None = None,
     names: str | Sequence[str] = ("blocks.0.mlp.hook_post",),
     *,
@@ -195,7 +194,7 @@ def grid_activations(
 
 @torch.no_grad()
 def all_logits(
-    model: HookedTransformer,
+    model: GrokModel,
     task: Task | None = None,
     *,
     fwd_hooks: Iterable[tuple[str, Callable]] = (),
@@ -229,7 +228,7 @@ def loss_and_accuracy(
 
 @torch.no_grad()
 def evaluate_model(
-    model: HookedTransformer,
+    model: GrokModel,
     task: Task | None = None,
     fwd_hooks: Iterable[tuple[str, Callable]] = (),
     train_indices: Int[Tensor, " n_train"] | Sequence[int] | None = None,

@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from tl_grokking.analysis.fourier import (
     GRID_BASES,
@@ -43,6 +42,7 @@ from tl_grokking.analysis.grid import (
     resolve_task,
 )
 from tl_grokking.data.tasks import Task
+from tl_grokking.model.transformer import GrokModel
 
 __all__ = [
     "HookList",
@@ -79,7 +79,7 @@ def _grid_error(p: int, why: str) -> ValueError:
     )
 
 
-def grid_guard(model: HookedTransformer, p: int) -> tuple[str, Callable]:
+def grid_guard(model: GrokModel, p: int) -> tuple[str, Callable]:
     """A ``hook_embed`` hook raising ``ValueError`` unless the batch is the canonical p² grid.
 
     The token ids at positions 0 and 1 are recovered by matching the embeddings against
@@ -114,7 +114,7 @@ def grid_guard(model: HookedTransformer, p: int) -> tuple[str, Callable]:
 
 
 def _embed_hook(
-    model: HookedTransformer, p: int, freqs: list[int], mode: str, include_const: bool | None
+    model: GrokModel, p: int, freqs: list[int], mode: str, include_const: bool | None
 ) -> Callable:
     def hook(embed: Float[Tensor, "batch pos d_model"], hook) -> Tensor:
         W_E = model.W_E.detach()
@@ -151,7 +151,7 @@ def grid_fn_hook(
 
 
 def fourier_ablate(
-    model: HookedTransformer,
+    model: GrokModel,
     freqs: Iterable[int],
     where: str = "embed",
     mode: str = "remove",
@@ -206,7 +206,7 @@ def fourier_ablate(
     return hooks + [(name, grid_fn_hook(p, project))]
 
 
-def zero_ablate(model: HookedTransformer, where: str, index: NeuronIndex = None) -> HookList:
+def zero_ablate(model: GrokModel, where: str, index: NeuronIndex = None) -> HookList:
     """Hooks setting a site (or ``act[..., index]`` of it, e.g. some neurons) to zero."""
     name = resolve_site(model, where)
 
@@ -221,7 +221,7 @@ def zero_ablate(model: HookedTransformer, where: str, index: NeuronIndex = None)
     return [(name, hook)]
 
 
-def mean_ablate(model: HookedTransformer, where: str, index: NeuronIndex = None) -> HookList:
+def mean_ablate(model: GrokModel, where: str, index: NeuronIndex = None) -> HookList:
     """Hooks replacing a site's final-position activation (or some of its last-axis entries)
     by its mean over the batch (the whole grid when run on ``task.tokens()``)."""
     name = resolve_site(model, where)

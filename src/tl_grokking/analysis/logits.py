@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from tl_grokking.analysis.circuits import key_frequencies
 from tl_grokking.analysis.fourier import (
@@ -44,6 +43,7 @@ from tl_grokking.analysis.fourier import (
 )
 from tl_grokking.analysis.grid import all_logits, resolve_task
 from tl_grokking.data.tasks import ModularAddition, Task
+from tl_grokking.model.transformer import GrokModel
 
 __all__ = [
     "restricted_logits",
@@ -141,7 +141,7 @@ def _chunked_loss(
 
 @torch.no_grad()
 def trig_logit_decomposition(
-    model_or_logits: HookedTransformer | Float[Tensor, "p_sq n_classes"],
+    model_or_logits: GrokModel | Float[Tensor, "p_sq n_classes"],
     task: Task | None = None,
     freqs: Iterable[int] | None = None,
 ) -> TrigDecomposition:

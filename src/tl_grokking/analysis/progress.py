@@ -47,14 +47,22 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from tl_grokking.analysis.circuits import key_frequencies
 from tl_grokking.analysis.fourier import SumProjection, validate_freqs
 from tl_grokking.analysis.weights import embed_fourier_norms, unembed_fourier_norms
 from tl_grokking.data.tasks import Task, make_task
 from tl_grokking.model.fastforward import final_logits_batched
-from tl_grokking.model.transformer import check_compatible, config_from_model, validate_device
+from tl_grokking.model.transformer import (
+    BACKEND,
+    GrokModel,
+    check_compatible,
+    config_from_model,
+    load_weights,
+    model_weights,
+    move_model,
+    validate_device,
+)
 from tl_grokking.runs.rundir import atomic_write_text, write_json
 
 if TYPE_CHECKING:
@@ -120,15 +128,16 @@ def gini(x: Float[Tensor, "... n"]) -> Float[Tensor, "..."]:
     return 1.0 - 2.0 * ((c / total) * weights).sum(dim=-1)
 
 
-def _fourier_norms(model: HookedTransformer, task: Task) -> Float[Tensor, "2 n"]:
+def _fourier_norms(model: GrokModel, task: Task) -> Float[Tensor, "2 n"]:
     """Fourier-component norms of W_E (row 0) and W_L (row 1) in the task's coordinates,
     constant included, float64."""
     return torch.stack([embed_fourier_norms(model, task), unembed_fourier_norms(model, task)])
 
 
-def sum_squared_weights(model: HookedTransformer) -> float:
+def sum_squared_weights(model: GrokModel) -> float:
     """Total sum of squared weights over all parameters (frozen zero biases included), float64."""
-    return float(sum(p.detach().to(torch.float64).pow(2).sum() for p in model.parameters()))
+    weights = model_weights(model).values()
+    return float(sum(w.detach().to(torch.float64).pow(2).sum() for w in weights))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,9 +256,7 @@ def _ce(logits: Float[Tensor, "n c"], labels: Int[Tensor, " n"]) -> float:
     return float(F.cross_entropy(logits, labels))
 
 
-def _final_logits_p(
-    model: HookedTransformer, tokens: Int[Tensor, "n 3"], p: int
-) -> Float[Tensor, "n p"]:
+def _final_logits_p(model: GrokModel, tokens: Int[Tensor, "n 3"], p: int) -> Float[Tensor, "n p"]:
     """Final-position logits of the p residue classes (an extra ``=`` logit is dropped)."""
     return final_logits_batched(model, tokens)[:, :p]
 
@@ -259,7 +266,7 @@ def _final_logits_p(
 # ---------------------------------------------------------------------------------------------
 
 
-def _key_freqs_of(model: HookedTransformer, task: Task) -> tuple[list[int], str]:
+def _key_freqs_of(model: GrokModel, task: Task) -> tuple[list[int], str]:
     """Key frequencies of ``model`` by the first rule of :data:`KEY_FREQ_FALLBACK_RULES` that
     finds a sparse set (1 to :data:`MAX_KEY_FRACTION` of all frequencies), and its name."""
     limit = max(1, int(MAX_KEY_FRACTION * (task.p // 2)))
@@ -384,8 +391,8 @@ class _Source:
     epochs: list[int]
     task: Task
     train_indices: Int[Tensor, " n_train"] | Sequence[int] | None
-    final_model: Callable[[], HookedTransformer]
-    iter_models: Callable[[], Iterator[tuple[int, HookedTransformer]]]
+    final_model: Callable[[], GrokModel]
+    iter_models: Callable[[], Iterator[tuple[int, GrokModel]]]
 
 
 def _shapes(state: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
@@ -418,19 +425,19 @@ def _from_loaded_run(run: Any, device: torch.device) -> _Source:
             "the run has no checkpoints to measure (checkpoints/epoch_<N>.safetensors)"
         )
 
-    built: list[HookedTransformer] = []
+    built: list[GrokModel] = []
 
-    def final_model() -> HookedTransformer:
+    def final_model() -> GrokModel:
         if not built:
             built.append(run.model(epochs[-1], device=device))
         return built[0]
 
-    def iter_models() -> Iterator[tuple[int, HookedTransformer]]:
-        # one model, reloaded per checkpoint: building a HookedTransformer costs more than
-        # loading a state dict into it
+    def iter_models() -> Iterator[tuple[int, GrokModel]]:
+        # one model, reloaded per checkpoint: building a model costs more than loading
+        # weights into it
         skeleton = final_model()
         skeleton.eval()
-        reference = _shapes(skeleton.state_dict())
+        reference = _shapes(model_weights(skeleton))
         for epoch in epochs:
             try:
                 state = run.state_dict(epoch)
@@ -439,7 +446,7 @@ def _from_loaded_run(run: Any, device: torch.device) -> _Source:
                     f"checkpoints of different shapes (the run's shapes come from its final "
                     f"checkpoint, epoch {epochs[-1]}): {err}"
                 ) from err
-            full = dict(skeleton.state_dict())
+            full = {k: v.detach() for k, v in model_weights(skeleton).items()}
             unknown = set(state) - set(full)
             if unknown:
                 raise ValueError(
@@ -448,7 +455,7 @@ def _from_loaded_run(run: Any, device: torch.device) -> _Source:
                 )
             full.update(state)
             _check_same_shapes(reference, full, epoch, epochs[-1])
-            skeleton.load_state_dict(full)
+            load_weights(skeleton, full)
             yield epoch, skeleton
 
     task = getattr(run, "task", None) or make_task("add", run.model_config.p)
@@ -471,9 +478,9 @@ def _from_sequence(
         epoch, obj = item
         if isinstance(epoch, bool) or int(epoch) != epoch or int(epoch) < 0:
             raise ValueError(f"epoch must be a nonnegative integer, got {epoch!r}")
-        if not isinstance(obj, HookedTransformer | Mapping):
+        if not isinstance(obj, GrokModel | Mapping):
             raise ValueError(
-                f"checkpoint for epoch {epoch} must be a HookedTransformer or a state dict, "
+                f"checkpoint for epoch {epoch} must be a {BACKEND} or a state dict, "
                 f"got {type(obj).__name__}"
             )
         pairs.append((int(epoch), obj))
@@ -484,18 +491,18 @@ def _from_sequence(
     if len(set(epochs)) != len(epochs):
         raise ValueError(f"epochs must be distinct, got {epochs}")
 
-    def as_model(epoch: int, obj: Any) -> HookedTransformer:
-        if isinstance(obj, HookedTransformer):
-            return obj if obj.W_E.device == device else obj.to(device, print_details=False)
+    def as_model(epoch: int, obj: Any) -> GrokModel:
+        if isinstance(obj, GrokModel):
+            return move_model(obj, device)
         from tl_grokking.runs.checkpoints import load_checkpoint
 
         return load_checkpoint(obj, device=str(device))  # any known state-dict layout
 
-    def iter_models() -> Iterator[tuple[int, HookedTransformer]]:
+    def iter_models() -> Iterator[tuple[int, GrokModel]]:
         reference = None
         for epoch, obj in pairs:
             model = as_model(epoch, obj)
-            params = {n: p for n, p in model.named_parameters()}
+            params = model_weights(model)
             if reference is None:
                 reference = _shapes(params)
             else:
@@ -553,7 +560,7 @@ def progress_measures(
 
     Args:
         source: a run directory, a :class:`tl_grokking.runs.checkpoints.LoadedRun`, or a sequence of
-            ``(epoch, HookedTransformer or state dict)``.
+            ``(epoch, GrokModel or state dict)``.
         task: the task (default: the run's, or modular addition with the model's p).
         key_freqs: the key frequencies K; default: fixed from the final checkpoint by the
             circuit rule of :func:`~tl_grokking.analysis.circuits.key_frequencies`, falling
@@ -630,7 +637,7 @@ def cheap_measures_callback(
     *,
     train_indices: Int[Tensor, " n_train"] | Sequence[int] | None = None,
     measure_every: int | None = None,
-) -> Callable[[int, HookedTransformer], dict[str, float]]:
+) -> Callable[[int, GrokModel], dict[str, float]]:
     """A trainer callback ``(epoch, model) -> dict`` logging the cheap progress measures.
 
     Always: ``gini_W_E``, ``gini_W_L``, ``sum_sq_weights`` (weights only, microseconds). With
@@ -649,7 +656,7 @@ def cheap_measures_callback(
         task.require("sum_directions", _SUM_ANALYSIS)
     state: dict[str, Any] = {}
 
-    def callback(epoch: int, model: HookedTransformer) -> dict[str, float]:
+    def callback(epoch: int, model: GrokModel) -> dict[str, float]:
         if measure_every is not None and epoch % int(measure_every):
             return {}
         dev = model.W_E.device

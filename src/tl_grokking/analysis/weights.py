@@ -28,12 +28,11 @@ import torch
 from fancy_einsum import einsum
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from tl_grokking.analysis.fourier import basis_frequencies, fourier_transform
 from tl_grokking.analysis.grid import fourier_order, resolve_task
 from tl_grokking.data.tasks import Task
-from tl_grokking.model.transformer import check_compatible
+from tl_grokking.model.transformer import GrokModel, check_compatible
 
 __all__ = [
     "model_p",
@@ -50,35 +49,35 @@ __all__ = [
 ]
 
 
-def model_p(model: HookedTransformer) -> int:
+def model_p(model: GrokModel) -> int:
     """The modulus p of a compatible model (``d_vocab - 1``)."""
     check_compatible(model)
     return model.cfg.d_vocab - 1
 
 
 @torch.no_grad()
-def W_E(model: HookedTransformer) -> Float[Tensor, "p d_model"]:
+def W_E(model: GrokModel) -> Float[Tensor, "p d_model"]:
     """Embedding of the p number tokens (``model.W_E[:p]``; the ``=`` row is dropped)."""
     p = model_p(model)
     return model.W_E[:p].detach().clone()
 
 
 @torch.no_grad()
-def W_U(model: HookedTransformer) -> Float[Tensor, "d_model p"]:
+def W_U(model: GrokModel) -> Float[Tensor, "d_model p"]:
     """Unembedding restricted to the p residue classes (``model.W_U[:, :p]``)."""
     p = model_p(model)
     return model.W_U[:, :p].detach().clone()
 
 
 @torch.no_grad()
-def W_L(model: HookedTransformer) -> Float[Tensor, "d_mlp p"]:
+def W_L(model: GrokModel) -> Float[Tensor, "d_mlp p"]:
     """The paper's neuron → logit map ``W_L = W_out W_U`` on the p output classes."""
     p = model_p(model)
     return (model.blocks[0].mlp.W_out @ model.W_U[:, :p]).detach()
 
 
 @torch.no_grad()
-def W_neur(model: HookedTransformer) -> Float[Tensor, "n_heads p d_mlp"]:
+def W_neur(model: GrokModel) -> Float[Tensor, "n_heads p d_mlp"]:
     """Token → neuron-input map through each head's OV circuit: ``W_E W_V^h W_O^h W_in``.
 
     Entry ``[h, t, n]`` is what token t's embedding contributes to neuron n's pre-activation
@@ -95,7 +94,7 @@ def W_neur(model: HookedTransformer) -> Float[Tensor, "n_heads p d_mlp"]:
 
 
 @torch.no_grad()
-def W_attn(model: HookedTransformer) -> Float[Tensor, "n_heads p"]:
+def W_attn(model: GrokModel) -> Float[Tensor, "n_heads p"]:
     """Attention score (pre-softmax, scaled by ``1/sqrt(d_head)``) from ``=`` to each token.
 
     The query is the residual stream at the final position before attention
@@ -148,14 +147,14 @@ def frequency_mass_count(freq_norms: Float[Tensor, " n_freqs"], mass: float = 0.
 
 
 def _token_order(
-    model: HookedTransformer, task: Task | None, reindex: bool | None, what: str
+    model: GrokModel, task: Task | None, reindex: bool | None, what: str
 ) -> Int[Tensor, " n"]:
     task = resolve_task(model, task, needs=None)
     return fourier_order(task, reindex, analysis=f"the Fourier norms of {what}")
 
 
 def embed_fourier_norms(
-    model: HookedTransformer, task: Task | None = None, *, reindex: bool | None = None
+    model: GrokModel, task: Task | None = None, *, reindex: bool | None = None
 ) -> Float[Tensor, " n"]:
     """Norm over d_model of each Fourier component of ``W_E`` along the token axis, float64.
 
@@ -169,7 +168,7 @@ def embed_fourier_norms(
 
 
 def unembed_fourier_norms(
-    model: HookedTransformer, task: Task | None = None, *, reindex: bool | None = None
+    model: GrokModel, task: Task | None = None, *, reindex: bool | None = None
 ) -> Float[Tensor, " n"]:
     """Norm over neurons of each Fourier component of ``W_L`` along its class axis, float64.
 

@@ -26,7 +26,8 @@ from tl_grokking.cli._common import add_device_flag, add_key_freqs_flag
 
 if TYPE_CHECKING:
     from torch import Tensor
-    from transformer_lens import HookedTransformer
+
+    from tl_grokking.model.transformer import GrokModel
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _load(
     args: argparse.Namespace,
-) -> tuple[HookedTransformer, Tensor | None, Any, dict[str, Any]]:
+) -> tuple[GrokModel, Tensor | None, Any, dict[str, Any]]:
     """The model, the training indices (when known), the task (a
     ``tl_grokking.data.tasks.Task``; ``None`` for a single checkpoint) and the split's record
     (``line``: what the text output prints; ``split``, ``check``: the JSON output)."""

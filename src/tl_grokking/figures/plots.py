@@ -34,7 +34,6 @@ import torch
 from jaxtyping import Float
 from plotly.subplots import make_subplots
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from tl_grokking._format import fmt_num
 from tl_grokking.analysis import weights
@@ -44,6 +43,7 @@ from tl_grokking.analysis.fourier import fourier_basis, to_grid
 from tl_grokking.analysis.grid import grid_activations
 from tl_grokking.analysis.logits import TrigDecomposition
 from tl_grokking.data.tasks import ModularAddition, Task
+from tl_grokking.model.transformer import GrokModel
 
 __all__ = [
     "PHASE_COLORS",
@@ -181,7 +181,7 @@ def _as_list(values: Any) -> list:
     return list(values)
 
 
-def _model_p(model: HookedTransformer, task: Task | None) -> int:
+def _model_p(model: GrokModel, task: Task | None) -> int:
     p = model.cfg.d_vocab - 1
     if task is not None and task.p != p:
         raise ValueError(
@@ -238,7 +238,7 @@ def _cluster_members(freqs: list[int], fves: list[float], threshold: float) -> d
 
 
 def _grid_task(
-    model: HookedTransformer,
+    model: GrokModel,
     task: Task | None,
     analysis: str,
     *,
@@ -394,7 +394,7 @@ def progress_measures_panel(
 
 
 def embedding_fourier_norms(
-    model: HookedTransformer,
+    model: GrokModel,
     task: Task | None = None,
     *,
     key_freqs: Iterable[int] = (),
@@ -435,7 +435,7 @@ def embedding_fourier_norms(
 
 
 def unembed_fourier_heatmap(
-    model: HookedTransformer,
+    model: GrokModel,
     task: Task | None = None,
     *,
     clusters: NeuronClusters | None = None,
@@ -575,7 +575,7 @@ def fve_histogram(
     return fig
 
 
-def _grid_pattern(model: HookedTransformer, task: Task) -> Float[Tensor, "p_sq head q k"]:
+def _grid_pattern(model: GrokModel, task: Task) -> Float[Tensor, "p_sq head q k"]:
     """Attention pattern ``blocks.0.attn.hook_pattern`` for every input of the grid."""
     name = "blocks.0.attn.hook_pattern"
     with torch.no_grad():
@@ -584,7 +584,7 @@ def _grid_pattern(model: HookedTransformer, task: Task) -> Float[Tensor, "p_sq h
 
 
 def neuron_activation_grids(
-    model: HookedTransformer,
+    model: GrokModel,
     task: Task | None,
     clusters: NeuronClusters | Sequence[int] | Tensor,
     fve: Sequence[float] | Tensor | None = None,
@@ -680,7 +680,7 @@ def _square_grid_axes(fig: go.Figure, n_panels: int) -> None:
 
 
 def attention_to_operands(
-    model: HookedTransformer,
+    model: GrokModel,
     task: Task | None = None,
     *,
     title: str = "Attention from '=' to a and to b over the (a, b) grid",
@@ -732,7 +732,7 @@ def attention_to_operands(
 
 
 def attention_examples(
-    model: HookedTransformer,
+    model: GrokModel,
     task: Task | None = None,
     examples: Sequence[tuple[int, int]] | None = None,
 ) -> list[tuple[list[str], Float[Tensor, "head dest src"]]]:
@@ -759,7 +759,7 @@ def attention_examples(
 
 
 def attention_heads_view(
-    model: HookedTransformer,
+    model: GrokModel,
     task: Task | None = None,
     examples: Sequence[tuple[int, int]] | None = None,
 ):

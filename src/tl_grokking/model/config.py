@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tl_grokking._validation import (
     check_choice,
@@ -18,9 +18,6 @@ from tl_grokking._validation import (
     config_from_dict,
     option,
 )
-
-if TYPE_CHECKING:
-    from transformer_lens import HookedTransformerConfig
 
 __all__ = ["ModelConfig", "SUPPORTED_ACT_FNS", "TRAINABLE_BIASES", "MODEL_GROUP"]
 
@@ -103,24 +100,3 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         return config_from_dict(cls, data)
-
-    def hooked_config(self, device: Any = "cpu") -> HookedTransformerConfig:
-        """The equivalent :class:`HookedTransformerConfig` (no seed: see ``make_model``)."""
-        from transformer_lens import HookedTransformerConfig
-
-        assert self.d_head is not None and self.d_vocab_out is not None  # set by __post_init__
-        return HookedTransformerConfig(
-            n_layers=self.n_layers,
-            n_heads=self.n_heads,
-            d_model=self.d_model,
-            d_head=self.d_head,
-            d_mlp=self.d_mlp,
-            act_fn=self.act_fn,
-            normalization_type=None,
-            d_vocab=self.d_vocab,
-            d_vocab_out=self.d_vocab_out,
-            n_ctx=3,
-            init_weights=True,
-            device=str(device),
-            default_prepend_bos=False,
-        )

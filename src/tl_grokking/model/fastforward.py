@@ -29,27 +29,46 @@ than the attention-rate hook of :func:`tl_grokking.model.transformer.make_model`
 — including a model with user hooks attached, whose hooks the fast path would silently skip —
 goes through the plain ``model(tokens)[:, -1]``.
 
+The computation is a function of the weights (a TL-3-keyed dict,
+:func:`tl_grokking.model.transformer.model_weights`): :func:`weights_final_logits` is what the
+trainer differentiates (it owns its weights, the same on TransformerLens 3 and 4), and
+:func:`final_logits` applies it to a model's own weights when :func:`supports_fast_path` holds.
+
 Contractions use ``fancy_einsum.einsum`` (equation first, named axes), the package's one
 einsum convention.
 """
 
 from __future__ import annotations
 
-from typing import cast
+import math
+from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from fancy_einsum import einsum
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from tl_grokking.model.config import SUPPORTED_ACT_FNS
-from tl_grokking.model.transformer import model_attn_rate
+from tl_grokking.model.transformer import (
+    GrokModel,
+    is_plain_block,
+    model_attn_rate,
+    model_weights,
+)
 
-__all__ = ["final_logits", "supports_fast_path", "final_logits_batched"]
+__all__ = [
+    "final_logits",
+    "supports_fast_path",
+    "final_logits_batched",
+    "weights_final_logits",
+    "activation",
+]
+
+Weights = Mapping[str, Tensor]
 
 
-def _only_attn_rate_hooks(model: HookedTransformer) -> bool:
+def _only_attn_rate_hooks(model: GrokModel) -> bool:
     """True when no hook other than the permanent attention-rate hook is attached."""
     for name, hook_point in model.hook_dict.items():
         if hook_point.bwd_hooks:
@@ -62,16 +81,16 @@ def _only_attn_rate_hooks(model: HookedTransformer) -> bool:
     return True
 
 
-def supports_fast_path(model: HookedTransformer) -> bool:
+def supports_fast_path(model: GrokModel) -> bool:
     """Whether :func:`final_logits` can use the tabulated path for ``model`` (see module doc)."""
-    if not isinstance(model, HookedTransformer):
+    if not isinstance(model, GrokModel):
         return False
     cfg = model.cfg
     checks = (
         cfg.n_layers == 1,
         cfg.n_ctx >= 3,
         cfg.normalization_type is None,
-        not cfg.attn_only,
+        not getattr(cfg, "attn_only", False),
         cfg.act_fn in SUPPORTED_ACT_FNS,
         cfg.positional_embedding_type == "standard",
         not getattr(cfg, "gated_mlp", False),
@@ -84,13 +103,26 @@ def supports_fast_path(model: HookedTransformer) -> bool:
         getattr(cfg, "original_architecture", None) is None,
         not getattr(cfg, "use_logn_attn", False),
         getattr(cfg, "num_experts", None) is None,
+        getattr(cfg, "use_attn_scale", True),
+        (getattr(cfg, "attn_scale", -1.0) or -1.0) <= 0
+        or math.isclose(cfg.attn_scale, math.sqrt(cfg.d_head)),
     )
-    if not all(checks):
-        return False
-    block = model.blocks[0]
-    if type(block.attn).__name__ != "Attention" or type(block.mlp).__name__ != "MLP":
+    if not all(checks) or not is_plain_block(model):
         return False
     return _only_attn_rate_hooks(model)
+
+
+def activation(act_fn: str, x: Tensor) -> Tensor:
+    """TransformerLens' MLP activation ``act_fn`` (one of ``SUPPORTED_ACT_FNS``) applied to x."""
+    if act_fn == "relu":
+        return F.relu(x)
+    if act_fn == "gelu":
+        return F.gelu(x)
+    if act_fn == "gelu_new":  # GPT-2's tanh approximation, as TransformerLens writes it
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+    if act_fn == "silu":
+        return F.silu(x)
+    raise ValueError(f"act_fn must be one of {SUPPORTED_ACT_FNS}, got {act_fn!r}")
 
 
 def _mix_uniform(pattern: Tensor, rate: float) -> Tensor:
@@ -158,22 +190,27 @@ class _ReluMlpUnembed(torch.autograd.Function):
 
 
 def _mlp_unembed(
-    model: HookedTransformer, resid_mid: Float[Tensor, "batch d_model"]
+    w: Weights, act_fn: str, resid_mid: Float[Tensor, "batch d_model"]
 ) -> Float[Tensor, "batch d_vocab_out"]:
     """MLP and unembedding of the final position (fused ``addmm`` with every bias)."""
-    mlp, unembed = model.blocks[0].mlp, model.unembed
-    if model.cfg.act_fn == "relu":
-        return _ReluMlpUnembed.apply(
-            resid_mid, mlp.W_in, mlp.b_in, mlp.W_out, mlp.b_out, unembed.W_U, unembed.b_U
-        )
-    b_in, b_out = cast(Tensor, mlp.b_in), cast(Tensor, mlp.b_out)
-    post = mlp.act_fn(torch.addmm(b_in, resid_mid, mlp.W_in))  # [batch, d_mlp]
-    resid_post = torch.addmm(resid_mid + b_out, post, mlp.W_out)
-    return torch.addmm(unembed.b_U, resid_post, unembed.W_U)
+    W_in, b_in, W_out, b_out = (w[f"blocks.0.mlp.{k}"] for k in ("W_in", "b_in", "W_out", "b_out"))
+    W_U, b_U = w["unembed.W_U"], w["unembed.b_U"]
+    if act_fn == "relu":
+        return _ReluMlpUnembed.apply(resid_mid, W_in, b_in, W_out, b_out, W_U, b_U)
+    post = activation(act_fn, torch.addmm(b_in, resid_mid, W_in))  # [batch, d_mlp]
+    resid_post = torch.addmm(resid_mid + b_out, post, W_out)
+    return torch.addmm(b_U, resid_post, W_U)
+
+
+def _attn(w: Weights) -> tuple[Tensor, ...]:
+    """W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O of layer 0."""
+    return tuple(
+        w[f"blocks.0.attn.{k}"] for k in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
+    )
 
 
 def _final_logits_constant_query(
-    model: HookedTransformer, tokens: Int[Tensor, "batch 3"], eq_token: int
+    w: Weights, act_fn: str, rate: float, tokens: Int[Tensor, "batch 3"], eq_token: int
 ) -> Float[Tensor, "batch d_vocab_out"]:
     """Fast path when every input has the same final token (``=``): the query is a constant.
 
@@ -182,79 +219,101 @@ def _final_logits_constant_query(
     whole attention layer costs one gather of ``[batch, 2, head, 1 + d_head]`` rows from a
     ``2 × d_vocab`` table, a softmax over 3 and the ``W_O`` matmul.
     """
-    attn = model.blocks[0].attn
-    W_E, W_pos = model.embed.W_E, model.pos_embed.W_pos[:3]
-    n_vocab = W_E.shape[0]
+    W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O = _attn(w)
+    W_E, W_pos = w["embed.W_E"], w["pos_embed.W_pos"][:3]
+    n_vocab, scale = W_E.shape[0], math.sqrt(W_Q.shape[-1])
 
     x_ab = (W_pos[:2, None, :] + W_E[None, :, :]).flatten(0, 1)  # [pos=2 * vocab, d_model]
     x_eq = W_pos[2] + W_E[eq_token]  # [d_model] — residual stream of the final position
     # q/k/v of every (position, token) row and of the final position in one matmul.
-    W_QKV = torch.stack([attn.W_Q, attn.W_K, attn.W_V], dim=1)  # [head, qkv, d_model, d_head]
+    W_QKV = torch.stack([W_Q, W_K, W_V], dim=1)  # [head, qkv, d_model, d_head]
     W_QKV = W_QKV.permute(2, 0, 1, 3).flatten(1)  # [d_model, head * qkv * d_head]
-    b_QKV = torch.stack([attn.b_Q, attn.b_K, attn.b_V], dim=1).flatten()
+    b_QKV = torch.stack([b_Q, b_K, b_V], dim=1).flatten()
     qkv = torch.addmm(b_QKV, torch.cat([x_ab, x_eq[None]]), W_QKV)
-    qkv = qkv.unflatten(1, (attn.W_Q.shape[0], 3, -1))  # [row, head, qkv, d_head]
+    qkv = qkv.unflatten(1, (W_Q.shape[0], 3, -1))  # [row, head, qkv, d_head]
     q, k_eq, v_eq = qkv[-1].unbind(1)  # [head, d_head] each
     k_ab, v_ab = qkv[:-1, :, 1], qkv[:-1, :, 2]  # [pos * vocab, head, d_head]
-    s_ab = (k_ab * q).sum(-1, keepdim=True) / attn.attn_scale  # [pos * vocab, head, 1]
-    s_eq = (k_eq * q).sum(-1) / attn.attn_scale  # [head]
+    s_ab = (k_ab * q).sum(-1, keepdim=True) / scale  # [pos * vocab, head, 1]
+    s_eq = (k_eq * q).sum(-1) / scale  # [head]
 
     # One table, one gather: row pos * vocab + token holds [score, value] of every head.
     table = torch.cat([s_ab, v_ab], dim=-1)  # [2 * vocab, head, 1 + d_head]
     offsets = torch.arange(2, device=tokens.device) * n_vocab
     rows = _gather_rows(table, tokens[:, :2] + offsets)  # [batch, pos=2, head, 1+d_head]
     scores = torch.cat([rows[..., 0], s_eq.expand(rows.shape[0], 1, -1)], dim=1)  # [b, 3, head]
-    pattern = _mix_uniform(torch.softmax(scores, dim=1), model_attn_rate(model))
+    pattern = _mix_uniform(torch.softmax(scores, dim=1), rate)
     z = (pattern[:, :2, :, None] * rows[..., 1:]).sum(1) + pattern[:, 2, :, None] * v_eq
-    resid_mid = torch.addmm(x_eq + attn.b_O, z.flatten(1), attn.W_O.flatten(0, 1))
-    return _mlp_unembed(model, resid_mid)
+    resid_mid = torch.addmm(x_eq + b_O, z.flatten(1), W_O.flatten(0, 1))
+    return _mlp_unembed(w, act_fn, resid_mid)
 
 
 def _final_logits_general(
-    model: HookedTransformer, tokens: Int[Tensor, "batch 3"]
+    w: Weights, act_fn: str, rate: float, tokens: Int[Tensor, "batch 3"]
 ) -> Float[Tensor, "batch d_vocab_out"]:
     """Fast path for arbitrary final tokens: per-(position, token) q/k/v tables, gathered."""
-    attn = model.blocks[0].attn
-    W_E, W_pos = model.embed.W_E, model.pos_embed.W_pos[:3]
-    n_vocab = W_E.shape[0]
+    W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O = _attn(w)
+    W_E, W_pos = w["embed.W_E"], w["pos_embed.W_pos"][:3]
+    n_vocab, scale = W_E.shape[0], math.sqrt(W_Q.shape[-1])
 
     x_table = (W_pos[:, None, :] + W_E[None, :, :]).flatten(0, 1)  # [pos*vocab, d_model]
-    W_QKV = torch.stack([attn.W_Q, attn.W_K, attn.W_V])  # [3, head, d_model, d_head]
-    b_QKV = torch.stack([attn.b_Q, attn.b_K, attn.b_V])  # [3, head, d_head]
+    W_QKV = torch.stack([W_Q, W_K, W_V])  # [3, head, d_model, d_head]
+    b_QKV = torch.stack([b_Q, b_K, b_V])  # [3, head, d_head]
     qkv_table = einsum("row d, qkv head d d_head -> row qkv head d_head", x_table, W_QKV) + b_QKV
     offsets = torch.arange(3, device=tokens.device) * n_vocab
     qkv = _gather_rows(qkv_table, tokens + offsets)  # [batch, pos, qkv, head, d_head]
     q, k, v = qkv[:, 2, 0], qkv[:, :, 1], qkv[:, :, 2]
     scores = einsum("batch head d_head, batch pos head d_head -> batch pos head", q, k)
-    pattern = _mix_uniform(torch.softmax(scores / attn.attn_scale, dim=1), model_attn_rate(model))
+    pattern = _mix_uniform(torch.softmax(scores / scale, dim=1), rate)
     z = (pattern[..., None] * v).sum(1)  # [batch, head, d_head]
     x_final = _gather_rows(x_table, tokens[:, 2] + 2 * n_vocab)
-    resid_mid = x_final + torch.addmm(attn.b_O, z.flatten(1), attn.W_O.flatten(0, 1))
-    return _mlp_unembed(model, resid_mid)
+    resid_mid = x_final + torch.addmm(b_O, z.flatten(1), W_O.flatten(0, 1))
+    return _mlp_unembed(w, act_fn, resid_mid)
+
+
+def weights_final_logits(
+    weights: Weights,
+    tokens: Int[Tensor, "batch 3"],
+    *,
+    act_fn: str = "relu",
+    attn_rate: float = 1.0,
+) -> Float[Tensor, "batch d_vocab_out"]:
+    """Final-position logits of the one-layer model with these (TL-3-keyed) weights.
+
+    Equal to ``model(tokens)[:, -1]`` of a model carrying ``weights`` (to float32 rounding),
+    and differentiable in every weight. ``tokens`` must be ``[batch, 3]``.
+    """
+    if tokens.ndim != 2 or tokens.shape[1] != 3:
+        raise ValueError(f"tokens must be a [batch, 3] tensor, got shape {tuple(tokens.shape)}")
+    if act_fn not in SUPPORTED_ACT_FNS:
+        raise ValueError(f"act_fn must be one of {SUPPORTED_ACT_FNS}, got {act_fn!r}")
+    last = tokens[:, 2]
+    first = int(last[0]) if tokens.shape[0] else 0
+    if tokens.shape[0] and bool((last == first).all()):
+        return _final_logits_constant_query(weights, act_fn, attn_rate, tokens, first)
+    return _final_logits_general(weights, act_fn, attn_rate, tokens)
 
 
 def final_logits(
-    model: HookedTransformer, tokens: Int[Tensor, "batch 3"]
+    model: GrokModel, tokens: Int[Tensor, "batch 3"]
 ) -> Float[Tensor, "batch d_vocab_out"]:
     """Logits at the final position (the ``=`` token), i.e. ``model(tokens)[:, -1]``.
 
-    Uses the tabulated fast path when :func:`supports_fast_path` holds and ``tokens`` has three
-    columns; otherwise the plain HookedTransformer forward. Differentiable either way.
+    Uses the tabulated fast path on the model's own weights when :func:`supports_fast_path`
+    holds and ``tokens`` has three columns; otherwise the model's forward (with its hooks).
+    Differentiable either way.
     """
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be a [batch, 3] tensor, got shape {tuple(tokens.shape)}")
     if tokens.shape[1] == 3 and tokens.shape[0] > 0 and supports_fast_path(model):
-        last = tokens[:, 2]
-        first = int(last[0])
-        if bool((last == first).all()):
-            return _final_logits_constant_query(model, tokens, first)
-        return _final_logits_general(model, tokens)
+        return weights_final_logits(
+            model_weights(model), tokens, act_fn=model.cfg.act_fn, attn_rate=model_attn_rate(model)
+        )
     return model(tokens)[:, -1]
 
 
 @torch.no_grad()
 def final_logits_batched(
-    model: HookedTransformer, tokens: Int[Tensor, "batch 3"], *, batch_size: int = 16384
+    model: GrokModel, tokens: Int[Tensor, "batch 3"], *, batch_size: int = 16384
 ) -> Float[Tensor, "batch d_vocab_out"]:
     """:func:`final_logits` without gradients, in chunks of ``batch_size`` rows (evaluation)."""
     if batch_size <= 0:

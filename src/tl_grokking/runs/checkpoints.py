@@ -46,13 +46,17 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from tl_grokking._format import fmt_num
 from tl_grokking._validation import check_int
 from tl_grokking.data.tasks import SPLIT_METHODS, Task, make_task, validate_frac_train
 from tl_grokking.model.fastforward import final_logits_batched
-from tl_grokking.model.transformer import IncompatibleModelError, check_compatible, make_model
+from tl_grokking.model.transformer import (
+    GrokModel,
+    IncompatibleModelError,
+    check_compatible,
+    make_model,
+)
 from tl_grokking.model.config import ModelConfig
 from tl_grokking.runs.rundir import (
     CHECKPOINT_DIR,
@@ -89,7 +93,7 @@ __all__ = [
 
 CHECKPOINT_FORMATS: dict[str, str] = {
     "run_dir": "our run directory: config.json + checkpoints/epoch_<N>.safetensors",
-    "safetensors": "one of our checkpoint files, epoch_<N>.safetensors (HookedTransformer keys)",
+    "safetensors": "one of our checkpoint files, epoch_<N>.safetensors (GrokModel keys)",
     "authors": (
         "the authors' original layout: a dict with 'model' (their state dict, W_E of shape "
         "(d_model, p+1), 2-D W_O); full runs add 'state_dicts' and 'epochs'"
@@ -135,9 +139,11 @@ class _PickledConfig:
     """
 
 
-# Where HookedTransformerConfig lived across TransformerLens versions (pickles name the path).
+# Where HookedTransformerConfig lived across TransformerLens versions (pickles name the path),
+# and TransformerLens 4's TransformerBridgeConfig (the demo notebook run on 4.x pickles it).
 _CONFIG_CLASS_PATHS = (
     "transformer_lens.config.hooked_transformer_config.HookedTransformerConfig",
+    "transformer_lens.config.transformer_bridge_config.TransformerBridgeConfig",
     "transformer_lens.HookedTransformerConfig.HookedTransformerConfig",
     "transformer_lens.config.HookedTransformerConfig.HookedTransformerConfig",
     "easy_transformer.EasyTransformerConfig.EasyTransformerConfig",
@@ -273,7 +279,7 @@ def _is_state_dict(obj: Any) -> bool:
 
 
 def state_dict_layout(state: Mapping[str, Tensor]) -> str:
-    """``"authors"`` (2-D ``W_O``, transposed weights) or ``"tl"`` (HookedTransformer layout).
+    """``"authors"`` (2-D ``W_O``, transposed weights) or ``"tl"`` (GrokModel layout).
 
     Both layouts share key names; the attention output matrix tells them apart: the authors'
     ``W_O`` is ``(d_model, n_heads * d_head)``, TransformerLens' is ``(n_heads, d_head, d_model)``.
@@ -281,6 +287,13 @@ def state_dict_layout(state: Mapping[str, Tensor]) -> str:
     if not _is_state_dict(state):
         raise CheckpointFormatError(
             "expected a state dict (a non-empty dict of str -> tensor); " + _formats_help()
+        )
+    if "embed.weight" in state and any(re.fullmatch(r"blocks\.\d+\.attn\.o\.weight", k) for k in state):
+        raise CheckpointFormatError(
+            "this is a TransformerLens 4 TransformerBridge state dict (keys 'embed.weight', "
+            "'blocks.0.attn.o.weight', ...), which does not record the number of heads; save "
+            "the TL-3-keyed weights instead: tl_grokking.model.transformer.tl3_state_dict(model) "
+            "(or model.tl_parameters()); docs/transformerlens.md"
         )
     w_o = [k for k in state if re.fullmatch(r"blocks\.\d+\.attn\.W_O", k)]
     if not w_o or "embed.W_E" not in state:
@@ -507,16 +520,9 @@ def _authors_to_tl(key: str, value: Tensor, n_heads: int) -> Tensor:
 
 def _build_model(
     params: Mapping[str, Tensor], config: ModelConfig, device: str | torch.device, task: Task
-) -> HookedTransformer:
+) -> GrokModel:
     """``make_model(config)`` with ``params`` loaded, checked by ``check_compatible``."""
-    model = make_model(config, device=device)
-    result = model.load_state_dict(dict(params), strict=False)
-    buffers = {name for name, _ in model.named_buffers()}
-    if result.unexpected_keys or set(result.missing_keys) - buffers:
-        raise CheckpointFormatError(  # pragma: no cover - the shape table mirrors TL's keys
-            f"state dict does not match the model: missing {result.missing_keys}, "
-            f"unexpected {result.unexpected_keys}"
-        )
+    model = make_model(config, device=device, weights=params)
     check_compatible(model, task)
     return model
 
@@ -995,13 +1001,13 @@ class LoadedRun:
 
     def model(
         self, epoch: int | None = None, *, device: str | torch.device = "cpu"
-    ) -> HookedTransformer:
+    ) -> GrokModel:
         """A :class:`HookedTransformer` with the weights of ``epoch`` (default: final)."""
         return _build_model(self.state_dict(epoch), self.model_config, device, self.task)
 
     def iter_models(
         self, epochs: list[int] | None = None, *, device: str | torch.device = "cpu"
-    ) -> Iterator[tuple[int, HookedTransformer]]:
+    ) -> Iterator[tuple[int, GrokModel]]:
         """Yield ``(epoch, model)`` for ``epochs`` (default: all), converting one at a time."""
         for epoch in self.epochs if epochs is None else epochs:
             yield epoch, self.model(epoch, device=device)
@@ -1220,7 +1226,7 @@ def load_checkpoint(
     p: int | None = None,
     drop_eq_logit: bool = False,
     allow_nonfinite: bool = False,
-) -> HookedTransformer:
+) -> GrokModel:
     """Load one checkpoint, in any known format, as a compatible :class:`HookedTransformer`.
 
     ``epoch`` picks a checkpoint of a run (run directory, authors' full run, demo file); the

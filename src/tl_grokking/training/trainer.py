@@ -4,7 +4,14 @@ One optimiser step per epoch on the whole training split; AdamW (lr 1e-3, weight
 betas (0.9, 0.98)); a linear warm-up ``lr · min(step / warmup_steps, 1)`` as in the authors'
 code (``LambdaLR``; the first step therefore has learning rate 0); cross-entropy on the final
 position computed in float64.  The forward pass is
-:func:`tl_grokking.model.fastforward.final_logits` (only what the final-position loss needs).
+:func:`tl_grokking.model.fastforward.weights_final_logits` (only what the final-position loss
+needs).
+
+The trainer owns the weights it trains: a TL-3-keyed dict drawn by
+:func:`tl_grokking.model.transformer.init_weights`, differentiated through the exact fast path
+and stepped by AdamW. The same seed therefore gives the same run, bit for bit, on
+TransformerLens 3 and 4. The model object (a HookedTransformer or a TransformerBridge) is
+loaded with these weights for the callbacks and at the end.
 
 A run writes its directory as described in :mod:`tl_grokking.runs.rundir`:
 
@@ -12,9 +19,9 @@ A run writes its directory as described in :mod:`tl_grokking.runs.rundir`:
 * ``metrics.jsonl`` — one line per logged epoch (every ``log_every`` epochs, every
   ``measure_every`` epochs, epoch 0 and the last epoch) with ``epoch, train_loss, test_loss,
   train_acc, test_acc, lr, elapsed`` plus whatever the callbacks return;
-* ``checkpoints/epoch_<N>.safetensors`` — the model's state dict every ``checkpoint_every``
+* ``checkpoints/epoch_<N>.safetensors`` — the weights (TL-3 keys) every ``checkpoint_every``
   epochs, at epoch 0 (initialisation) and at the last epoch;
-* ``resume.safetensors`` — model + AdamW state + epoch, written (atomically) with every
+* ``resume.safetensors`` — weights + AdamW state + epoch, written (atomically) with every
   checkpoint; ``resume=True`` continues from it and reaches bit-identical weights on CPU.
 
 Metrics at epoch N describe the model of checkpoint N (after N optimiser steps); ``lr`` is the
@@ -37,11 +44,17 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from tl_grokking._validation import worded
-from tl_grokking.model.fastforward import final_logits, final_logits_batched
-from tl_grokking.model.transformer import make_model, validate_device
+from tl_grokking.model.fastforward import weights_final_logits
+from tl_grokking.model.transformer import (
+    GrokModel,
+    init_weights,
+    load_weights,
+    make_model,
+    trainable_weight_names,
+    validate_device,
+)
 from tl_grokking.runs.rundir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -75,7 +88,7 @@ __all__ = [
 ]
 
 #: A callback receives ``(epoch, model)`` and returns extra metrics for that epoch's line.
-Callback = Callable[[int, HookedTransformer], dict[str, float]]
+Callback = Callable[[int, GrokModel], dict[str, float]]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -86,7 +99,7 @@ class TrainingDivergedError(RuntimeError):
 class TrainResult:
     """What :func:`train_model` returns."""
 
-    model: HookedTransformer
+    model: GrokModel
     metrics: dict[str, Any]  # the last metrics line: epoch (int), losses, accuracies, lr, ...
     epoch: int  # epochs trained (== config.epochs unless stopped early)
     run_dir: Path
@@ -201,15 +214,18 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, *, resume: bool, overwr
     return False
 
 
+Weights = dict[str, Tensor]
+
+
 def _save_resume(
     run_dir: Path,
-    model: HookedTransformer,
+    weights: Weights,
     optimizer: torch.optim.Optimizer,
     names: Sequence[str],
     epoch: int,
     elapsed: float,
 ) -> None:
-    tensors: dict[str, Tensor] = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors: dict[str, Tensor] = {f"model.{k}": v for k, v in weights.items()}
     state = optimizer.state_dict()["state"]
     for idx, name in enumerate(names):
         for key, value in state.get(idx, {}).items():
@@ -220,19 +236,29 @@ def _save_resume(
 
 def _load_resume(
     run_dir: Path,
-    model: HookedTransformer,
+    weights: Weights,
     optimizer: torch.optim.Optimizer,
     names: Sequence[str],
     device: torch.device,
 ) -> tuple[int, float]:
+    """Restore ``weights`` (in place) and AdamW from ``resume.safetensors``.
+
+    Files of earlier releases also carry HookedTransformer's attention-mask buffers
+    (``model.blocks.0.attn.mask``/``IGNORE``); they are not weights and are skipped.
+    """
     from safetensors import safe_open
 
     path = run_dir / RESUME_FILE
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata() or {}
     tensors = load_safetensors(path)
-    model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    model.load_state_dict(model_state, strict=True)
+    stored = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    missing = sorted(set(weights) - set(stored))
+    if missing:
+        raise ValueError(f"{path}: the stored weights lack {missing}")
+    with torch.no_grad():
+        for name, value in weights.items():
+            value.copy_(stored[name])
     opt_state = optimizer.state_dict()
     state: dict[int, dict[str, Tensor]] = {}
     for idx, name in enumerate(names):
@@ -245,9 +271,9 @@ def _load_resume(
     return int(meta["epoch"]), float(meta.get("elapsed", "0"))
 
 
-def _save_checkpoint(run_dir: Path, model: HookedTransformer, epoch: int) -> None:
+def _save_checkpoint(run_dir: Path, weights: Weights, epoch: int) -> None:
     save_safetensors(
-        model.state_dict(),
+        weights,
         checkpoint_path(run_dir, epoch),
         metadata={"epoch": str(epoch), "format": "tl_grokking"},
     )
@@ -259,14 +285,16 @@ def _save_checkpoint(run_dir: Path, model: HookedTransformer, epoch: int) -> Non
 
 @torch.no_grad()
 def _evaluate(
-    model: HookedTransformer,
+    logits_of: Callable[[Tensor], Tensor],
     tokens: Int[Tensor, "n 3"],
     labels: Int[Tensor, " n"],
     train_idx: Int[Tensor, " n_train"],
     test_idx: Int[Tensor, " n_test"],
+    *,
+    batch_size: int = 16384,
 ) -> dict[str, float]:
     """Loss (float64) and accuracy on the train and test splits, from one pass over all inputs."""
-    logits = final_logits_batched(model, tokens)
+    logits = torch.cat([logits_of(chunk) for chunk in tokens.split(batch_size)])
     out = {}
     for split, idx in (("train", train_idx), ("test", test_idx)):
         split_logits, split_labels = logits[idx], labels[idx]
@@ -293,7 +321,7 @@ def _next_streak(streak: int, test_acc: float, threshold: float | None) -> int:
 
 
 class _Run:
-    """One run in memory: the data on the device, the model, AdamW, the epoch and the clock."""
+    """One run in memory: the data on the device, the weights, AdamW, the epoch and the clock."""
 
     def __init__(
         self,
@@ -310,11 +338,14 @@ class _Run:
         self.train_idx, self.test_idx = train_idx.to(device), test_idx.to(device)
         self.train_tokens = self.tokens[self.train_idx]
         self.train_labels = self.labels[self.train_idx]
-        self.model = make_model(config.model_config(), seed=config.seed, device=device)
-        trained = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        self.param_names = [n for n, _ in trained]
+        self.model_config = config.model_config()
+        self.weights = init_weights(self.model_config, seed=config.seed, device=device)
+        self.param_names = trainable_weight_names(self.model_config)
+        for name in self.param_names:
+            self.weights[name].requires_grad_(True)
+        self.model = make_model(self.model_config, weights=self.weights, device=device)
         self.optimizer = torch.optim.AdamW(
-            [p for _, p in trained],
+            [self.weights[name] for name in self.param_names],
             lr=config.lr,
             betas=(config.beta1, config.beta2),
             weight_decay=config.weight_decay,
@@ -326,13 +357,25 @@ class _Run:
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
 
+    def logits(self, tokens: Int[Tensor, "batch 3"]) -> Float[Tensor, "batch d_vocab_out"]:
+        """Final-position logits of the current weights (differentiable)."""
+        cfg = self.model_config
+        return weights_final_logits(
+            self.weights, tokens, act_fn=cfg.act_fn, attn_rate=cfg.attn_rate
+        )
+
+    def sync_model(self) -> GrokModel:
+        """The model object, loaded with the current weights."""
+        load_weights(self.model, self.weights)
+        return self.model
+
     def lr_at(self, step: int) -> float:
         return self.config.lr * warmup_factor(step, self.config.warmup_steps)
 
     def restore(self) -> None:
         """Continue from ``resume.safetensors``; drop the metrics and checkpoints after it."""
         self.epoch, self.elapsed_before = _load_resume(
-            self.run_dir, self.model, self.optimizer, self.param_names, self.device
+            self.run_dir, self.weights, self.optimizer, self.param_names, self.device
         )
         kept = read_metrics(self.run_dir, keep=lambda r: r.get("epoch", 0) <= self.epoch)
         rewrite_metrics(self.run_dir, kept)
@@ -344,7 +387,7 @@ class _Run:
         """One full-batch AdamW step: from epoch N to N + 1."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.epoch)
-        loss = cross_entropy_final(final_logits(self.model, self.train_tokens), self.train_labels)
+        loss = cross_entropy_final(self.logits(self.train_tokens), self.train_labels)
         value = loss.item()
         if not math.isfinite(value):
             raise TrainingDivergedError(
@@ -358,10 +401,9 @@ class _Run:
 
     def log(self, *, measure: bool) -> dict[str, Any]:
         """Evaluate, add the callbacks' metrics if ``measure``, append the line to the log."""
-        self.model.eval()
         record: dict[str, Any] = {"epoch": self.epoch}
         record.update(
-            _evaluate(self.model, self.tokens, self.labels, self.train_idx, self.test_idx)
+            _evaluate(self.logits, self.tokens, self.labels, self.train_idx, self.test_idx)
         )
         for key in ("train_loss", "test_loss"):
             if not math.isfinite(record[key]):
@@ -371,20 +413,20 @@ class _Run:
                     "intact."
                 )
         record["lr"] = self.lr_at(self.epoch)
-        if measure:
+        if measure and self.callbacks:
+            model = self.sync_model().eval()
             with torch.no_grad():
                 for callback in self.callbacks:
-                    record.update(callback(self.epoch, self.model))
+                    record.update(callback(self.epoch, model))
         record["elapsed"] = self.elapsed()
-        self.model.train()
         append_metrics(self.run_dir, record)
         return record
 
     def save(self) -> None:
         """Checkpoint the model, then the resume state (model + AdamW), at this epoch."""
-        _save_checkpoint(self.run_dir, self.model, self.epoch)
+        _save_checkpoint(self.run_dir, self.weights, self.epoch)
         _save_resume(
-            self.run_dir, self.model, self.optimizer, self.param_names, self.epoch, self.elapsed()
+            self.run_dir, self.weights, self.optimizer, self.param_names, self.epoch, self.elapsed()
         )
 
 
@@ -444,7 +486,6 @@ def train_model(
         dynamic_ncols=True,
         disable=not progress,
     )
-    run.model.train()
     with bar:
         while run.epoch < config.epochs:
             run.step()
@@ -467,9 +508,8 @@ def train_model(
             if stopped_early:
                 break
 
-    run.model.eval()
     return TrainResult(
-        model=run.model,
+        model=run.sync_model().eval(),
         metrics=last,
         epoch=run.epoch,
         run_dir=run_dir,
