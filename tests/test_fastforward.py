@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+import tl_grokking.model.fastforward as ff
 from tl_compat import edit_weights, foreign_model, tl_grads, tl_state
 from tl_grokking.data.tasks import make_task
 from tl_grokking.model.config import ModelConfig
 from tl_grokking.model.fastforward import (
+    TokenGroups,
     final_logits,
     final_logits_batched,
     supports_fast_path,
@@ -172,3 +174,71 @@ def test_batched_evaluation_matches_and_has_no_grad():
         final_logits_batched(model, tokens, batch_size=0)
     with pytest.raises(ValueError, match="tokens"):
         final_logits(model, tokens[:, 0])
+
+
+# ---- the algebraic path (ReLU, constant final token) ---------------------------------------------
+
+ALGEBRAIC = [
+    (17, 32, 4, None, 64, "relu", None, 1.0),
+    (23, 24, 3, 5, 40, "relu", 24, 0.0),  # p + 1 outputs, uniform attention
+    (19, 16, 2, 12, 48, "relu", None, 0.35),
+]
+
+
+@pytest.mark.parametrize("cfg", ALGEBRAIC, ids=lambda c: f"p{c[0]}-rate{c[7]}")
+@pytest.mark.parametrize("rows", ["grid", "train"])
+def test_algebraic_path_matches_the_model(cfg, rows, monkeypatch):
+    """Values and every weight's gradient against the model's own forward, on the whole grid
+    and on a random 30 % subset (uneven group sizes), with random nonzero biases."""
+    monkeypatch.setattr(ff, "ALGEBRAIC_MIN_BATCH", 1)
+    model = _random_model(cfg, seed=2)
+    task = make_task("add", cfg[0])
+    tokens = task.tokens() if rows == "grid" else task.tokens()[task.split(0.3, 1)[0]]
+    groups = TokenGroups(tokens, cfg[0] + 1, cfg[2])
+    weights = {k: v.requires_grad_(True) for k, v in tl_state(model).items()}
+    logits = weights_final_logits(weights, tokens, attn_rate=cfg[7], groups=groups)
+    reference = model(tokens)[:, -1]
+    scale = reference.abs().max().item()
+    torch.testing.assert_close(logits, reference, atol=2e-6 * max(scale, 1.0), rtol=1e-5)
+    probe = torch.randn(reference.shape, generator=torch.Generator().manual_seed(5)).double()
+    (logits.double() * probe).sum().backward()
+    model.zero_grad(set_to_none=True)
+    (reference.double() * probe).sum().backward()
+    g_ref = tl_grads(model)
+    gscale = max(g.abs().max().item() for g in g_ref.values())
+    for name, g in g_ref.items():
+        err = (weights[name].grad - g).abs().max().item()
+        assert err <= 1e-6 * gscale + 1e-4 * g.abs().max().item(), (name, err, gscale)
+
+
+def test_the_algebraic_path_is_taken_only_where_it_applies(monkeypatch):
+    calls = []
+    real = ff._final_logits_algebraic
+    monkeypatch.setattr(ff, "_final_logits_algebraic", lambda *a: calls.append(1) or real(*a))
+    weights = tl_state(_random_model((17, 32, 4, None, 64, "relu", None, 1.0), seed=0))
+    grid = make_task("add", 17).tokens()  # 289 rows >= ALGEBRAIC_MIN_BATCH
+    weights_final_logits(weights, grid)
+    assert calls == [1]
+    weights_final_logits(weights, grid[:10])  # too few rows
+    weights_final_logits(weights, grid, act_fn="gelu")  # not ReLU
+    mixed = grid.clone()
+    mixed[0, 2] = 3  # not one final token
+    weights_final_logits(weights, mixed)
+    assert calls == [1]
+    with pytest.raises(ValueError, match="groups were built for other tokens"):
+        weights_final_logits(weights, grid, groups=TokenGroups(grid[1:], 18, 4))
+
+
+def test_token_groups_layout_by_brute_force():
+    task = make_task("add", 11)
+    tokens = task.tokens()[task.split(0.4, 3)[0]]
+    groups = TokenGroups(tokens, 12, 3)
+    for b in range(len(tokens)):
+        a_, b_ = int(tokens[b, 0]), int(tokens[b, 1])
+        expected = [a_ * 3 + h for h in range(3)] + [(12 + b_) * 3 + h for h in range(3)]
+        assert groups.rows[b].tolist() == expected + [72, 73, 74]  # then the '=' rows
+    # the transposed layout: table row r is used by exactly the samples listed in its bag
+    ends = torch.cat([groups.bag_offsets[1:], torch.tensor([groups.bag_samples.numel()])])
+    for r in range((2 * 12 + 1) * 3):
+        users = sorted(groups.bag_samples[groups.bag_offsets[r] : ends[r]].tolist())
+        assert users == sorted(b for b in range(len(tokens)) if r in groups.rows[b].tolist())

@@ -144,6 +144,32 @@ def add_device_flag(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--device", default="cpu", help=f"{what}: cpu, cuda, cuda:N or mps")
 
 
+def add_threads_flag(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch's CPU threads (default: by problem size, docs/training.md)."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch [by problem size: 1 for small p, up to one per core]",
+    )
+
+
+def set_analysis_threads(threads: int | None, model_config: Any) -> int:
+    """Set torch's threads for this command's analysis: ``threads``, or by the size of the
+    grid forward pass of ``model_config`` (p² inputs, three positions). Returns the count."""
+    import torch
+
+    from tl_grokking._threads import auto_threads
+
+    if threads is not None and (isinstance(threads, bool) or threads < 1):
+        raise ValueError(f"--threads must be a positive integer, got {threads}")
+    cfg = model_config
+    work = 3 * cfg.p**2 * 2 * cfg.d_model * cfg.d_mlp
+    count = threads if threads is not None else auto_threads(work)
+    torch.set_num_threads(count)
+    return count
+
+
 # ---------------------------------------------------------------------------------------------
 # Flags generated from config dataclasses
 

@@ -22,7 +22,12 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from tl_grokking.cli._common import add_device_flag, add_key_freqs_flag
+from tl_grokking.cli._common import (
+    add_device_flag,
+    add_key_freqs_flag,
+    add_threads_flag,
+    set_analysis_threads,
+)
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -69,6 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run's: its config's, else the authors' 0, checked against the stored train loss]",
     )
     add_device_flag(parser, "device")
+    add_threads_flag(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.set_defaults(func=run)
 
@@ -78,8 +84,10 @@ def run(args: argparse.Namespace) -> int:
     from tl_grokking.analysis.circuits import key_frequencies, neuron_clusters
     from tl_grokking.analysis.grid import grid_activations, resolve_task
     from tl_grokking.analysis.logits import trig_logit_decomposition
+    from tl_grokking.model.transformer import config_from_model
 
     model, train_indices, task, split = _load(args)
+    set_analysis_threads(args.threads, config_from_model(model))
     task = resolve_task(model, task)
     if train_indices is None and (args.frac_train is not None or args.seed is not None):
         train_indices, split = _single_checkpoint_split(args, task)

@@ -14,7 +14,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tl_grokking.cli._common import add_device_flag, add_key_freqs_flag
+from tl_grokking.cli._common import (
+    add_device_flag,
+    add_key_freqs_flag,
+    add_threads_flag,
+    set_analysis_threads,
+)
 
 __all__ = ["register", "run"]
 
@@ -38,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "from the final checkpoint by the circuit rule, falling back to the W_E Fourier norms",
     )
     add_device_flag(parser, "device for the forward passes")
+    add_threads_flag(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 
@@ -49,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from tl_grokking.runs.rundir import read_json
 
     run_dir = Path(args.run_dir)
+    set_analysis_threads(args.threads, load_run(run_dir).model_config)
     measures, _ = analyze_run(
         run_dir, key_freqs=args.key_freqs, device=args.device, progress=not args.no_progress
     )

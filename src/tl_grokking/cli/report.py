@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tl_grokking.cli._common import add_device_flag
+from tl_grokking.cli._common import add_device_flag, add_threads_flag, set_analysis_threads
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out", default=None, metavar="FILE", help="where to write [RUN_DIR/report.html]"
     )
     add_device_flag(parser, "device for the analysis forward passes")
+    add_threads_flag(parser)
     parser.add_argument(
         "--no-progress",
         action="store_true",
@@ -49,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
         blocker = next((d for d in out.parents if d.exists()), None)
         if blocker is not None and not blocker.is_dir():
             raise NotADirectoryError(f"--out {out}: {blocker} is a file, not a directory")
+    from tl_grokking.runs.checkpoints import load_run
+
+    set_analysis_threads(args.threads, load_run(args.run_dir).model_config)
     path = write_report(args.run_dir, args.out, device=args.device, progress=not args.no_progress)
     print(status.message)
     print(f"wrote {path}")

@@ -26,7 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tl_grokking.cli._common import add_config_flags, config_values, show_default
+from tl_grokking.cli._common import (
+    add_config_flags,
+    add_threads_flag,
+    config_values,
+    set_analysis_threads,
+    show_default,
+)
 from tl_grokking.runs.rundir import CONFIG_FILE, is_run_dir, read_json, resume_epoch
 from tl_grokking.training.config import RESUMABLE_FIELDS, TrainConfig, config_changes
 
@@ -174,13 +180,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="delete the run already in --out and start again"
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads for torch [1 with --quick, where the matrices are too small to gain "
-        "from more; torch's default otherwise]",
-    )
+    add_threads_flag(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
 
@@ -192,12 +192,8 @@ def run(args: argparse.Namespace) -> int:
     config = make(**config_values(args, TrainConfig))
     name = "quick" if args.quick else "paper"
     out = Path(args.out) if args.out else Path("runs") / f"reproduce-{name}-seed{config.seed}"
-    threads = args.threads if args.threads is not None else (1 if args.quick else None)
-    if threads is not None and threads < 1:
-        raise ValueError(f"--threads must be a positive integer, got {threads}")
     saved = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    set_analysis_threads(args.threads, config.model_config())  # training sets its own
     try:
         rep = reproduce(config, out, progress=not args.no_progress, overwrite=args.overwrite)
     finally:

@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="continue the run in DIR from its last checkpoint, with its stored configuration; "
         f"only {_RESUMABLE_FLAGS} may be changed (the result is bit-identical to an "
-        "uninterrupted run)",
+        "uninterrupted run with the same thread count)",
     )
     out.add_argument(
         "--overwrite", action="store_true", help="delete the run already in DIR and start again"

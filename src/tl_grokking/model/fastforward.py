@@ -41,6 +41,7 @@ einsum convention.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -63,9 +64,15 @@ __all__ = [
     "final_logits_batched",
     "weights_final_logits",
     "activation",
+    "TokenGroups",
+    "groups_for",
+    "ALGEBRAIC_MIN_BATCH",
 ]
 
 Weights = Mapping[str, Tensor]
+
+#: Below this many rows the per-step tables of the algebraic path cost more than they save.
+ALGEBRAIC_MIN_BATCH = 256
 
 
 def _only_attn_rate_hooks(model: GrokModel) -> bool:
@@ -270,17 +277,179 @@ def _final_logits_general(
     return _mlp_unembed(w, act_fn, resid_mid)
 
 
+# ---------------------------------------------------------------------------------------------
+# The algebraic path: everything linear moved into per-token tables (ReLU, constant query)
+# ---------------------------------------------------------------------------------------------
+
+
+class TokenGroups:
+    """Which table rows each sample of a ``[batch, 3]`` token tensor mixes: the layout of the
+    algebraic path (:func:`weights_final_logits`), built once per token tensor and reused.
+
+    The tables have ``(2 · d_vocab + 1) · n_heads`` rows: row ``(j · d_vocab + t) · n_heads + h``
+    for token t at position j ∈ {0, 1} seen by head h, then one row per head for the final
+    position (``=``); sample b mixes the ``3 · n_heads`` rows of its tokens (:attr:`rows`).
+    The transposed layout (:attr:`bag_samples`, :attr:`bag_offsets`, :attr:`bag_order`: for
+    each table row, the samples that use it) turns the table gradient into one more
+    ``embedding_bag``, and :attr:`pattern` (a CSR matrix with the rows' sparsity) the pattern
+    gradient into one ``sampled_addmm``. The trainer builds it once for its training set and
+    once for the grid.
+    """
+
+    def __init__(self, tokens: Int[Tensor, "batch 3"], n_vocab: int, n_heads: int) -> None:
+        if tokens.ndim != 2 or tokens.shape[1] != 3 or tokens.shape[0] == 0:
+            raise ValueError(
+                f"tokens must be a non-empty [batch, 3] tensor, got {tuple(tokens.shape)}"
+            )
+        self.tokens, self.n_vocab, self.n_heads = tokens, n_vocab, n_heads
+        batch, device = tokens.shape[0], tokens.device
+        heads = torch.arange(n_heads, device=device)
+        rows = [(j * n_vocab + tokens[:, j, None]) * n_heads + heads for j in (0, 1)]
+        rows.append((2 * n_vocab * n_heads + heads).expand(batch, -1))  # the '=' position
+        self.rows = torch.cat(rows, dim=1)  # [batch, 3 * head], ascending along each row
+        n_rows, per_sample = (2 * n_vocab + 1) * n_heads, 3 * n_heads
+        flat = self.rows.flatten()
+        self.bag_order = torch.argsort(flat, stable=True)  # entries grouped by table row
+        counts = torch.bincount(flat, minlength=n_rows)
+        self.bag_offsets = torch.cumsum(counts, 0) - counts
+        self.bag_samples = self.bag_order // per_sample
+        crow = torch.arange(0, flat.numel() + 1, per_sample, device=device)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore")
+            self.pattern = torch.sparse_csr_tensor(
+                crow, flat, torch.zeros(flat.numel(), device=device), size=(batch, n_rows)
+            )
+
+    def matches(self, tokens: Tensor, n_heads: int) -> bool:
+        same = tokens is self.tokens or (
+            tokens.shape == self.tokens.shape and bool(torch.equal(tokens, self.tokens))
+        )
+        return same and n_heads == self.n_heads
+
+
+class _ReluReadout(torch.autograd.Function):
+    """``logits = Z[:, m:] + relu(Z[:, :m]) @ W_L`` with ``Z = c + Σ_(j,h) P[j, h] R[j, tok_j, h]``.
+
+    ``R`` holds, per position, token and head, the head's value vector already pushed through
+    ``W_O [W_in | W_U]`` (the MLP pre-activation and the direct path to the logits, side by
+    side); ``P`` is the attention pattern of the final query. The mixing is one
+    ``embedding_bag`` (per-sample weights); the backward is written out: the table gradient is
+    an ``embedding_bag`` over the transposed layout, the pattern gradient a ``sampled_addmm``,
+    and the read-out costs the three ``[batch, d_mlp] × [d_mlp, d_vocab_out]`` products — the
+    same arithmetic as autograd up to float32 rounding.
+    """
+
+    @staticmethod
+    def forward(ctx, table, c, W_L, pattern, groups, d_mlp):
+        Z = F.embedding_bag(groups.rows, table, per_sample_weights=pattern, mode="sum").add_(c)
+        post = Z[:, :d_mlp].clamp_min(0.0)
+        logits = torch.addmm(Z[:, d_mlp:], post, W_L)
+        ctx.save_for_backward(post, table, W_L, pattern)
+        ctx.groups = groups
+        return logits
+
+    @staticmethod
+    def backward(ctx, d_logits):
+        post, table, W_L, pattern = ctx.saved_tensors
+        groups, d_mlp = ctx.groups, post.shape[1]
+        dZ = torch.empty(post.shape[0], table.shape[1], dtype=post.dtype, device=post.device)
+        dZ[:, d_mlp:] = d_logits
+        torch.ops.aten.threshold_backward.grad_input(
+            d_logits @ W_L.T, post, 0.0, grad_input=dZ[:, :d_mlp]
+        )  # the ReLU's backward, written into dZ
+        weights = pattern.flatten().index_select(0, groups.bag_order)
+        d_table = F.embedding_bag(
+            groups.bag_samples, dZ, groups.bag_offsets, per_sample_weights=weights, mode="sum"
+        )
+        d_pattern = torch.sparse.sampled_addmm(groups.pattern, dZ, table.T, beta=0.0).values()
+        return d_table, dZ.sum(0), post.T @ d_logits, d_pattern.view_as(pattern), None, None
+
+
+def groups_for(
+    tokens: Int[Tensor, "batch 3"], n_vocab: int, n_heads: int, act_fn: str
+) -> TokenGroups | None:
+    """:class:`TokenGroups` of ``tokens`` when :func:`weights_final_logits` would use them."""
+    if act_fn != "relu" or tokens.ndim != 2 or tokens.shape[0] < ALGEBRAIC_MIN_BATCH:
+        return None
+    if tokens.shape[1] != 3 or not bool((tokens[:, 2] == tokens[0, 2]).all()):
+        return None
+    return TokenGroups(tokens, n_vocab, n_heads)
+
+
+def _final_logits_algebraic(
+    w: Weights, rate: float, tokens: Int[Tensor, "batch 3"], groups: TokenGroups
+) -> Float[Tensor, "batch d_vocab_out"]:
+    """The ReLU model with a constant final token, every linear map folded into tables.
+
+    With one layer and no LayerNorm, each value vector depends on one token, so (Nanda et al.'s
+    model, written out)::
+
+        resid_mid = x_= + b_O + Σ_h Σ_j P[h, j] · U_j[tok_j, h],   U = (x W_V + b_V) W_O
+        pre       = resid_mid W_in + b_in
+        logits    = resid_mid W_U + relu(pre) W_out W_U + b_out W_U + b_U
+
+    so ``pre`` and the direct path are pattern-weighted sums of rows of ``U [W_in | W_U]``
+    (``[2 · d_vocab, n_heads, d_mlp + d_vocab_out]``, built per step), and the only
+    batch-sized matmul left is the read-out ``relu(pre) @ W_L`` with ``W_L = W_out W_U``.
+    """
+    W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O = _attn(w)
+    W_E, W_pos = w["embed.W_E"], w["pos_embed.W_pos"]
+    W_in, b_in = w["blocks.0.mlp.W_in"], w["blocks.0.mlp.b_in"]
+    W_out, b_out = w["blocks.0.mlp.W_out"], w["blocks.0.mlp.b_out"]
+    W_U, b_U = w["unembed.W_U"], w["unembed.b_U"]
+    d_mlp, scale = W_in.shape[1], math.sqrt(W_Q.shape[-1])
+
+    x_ab = W_pos[:2, None, :] + W_E[None, :, :]  # [pos=2, vocab, d_model]
+    x_eq = W_pos[2] + W_E[int(tokens[0, 2])]  # [d_model]
+    q = einsum("d_model, head d_model d_head -> head d_head", x_eq, W_Q) + b_Q
+    k_ab = (
+        einsum("pos vocab d_model, head d_model d_head -> pos vocab head d_head", x_ab, W_K) + b_K
+    )
+    v_ab = (
+        einsum("pos vocab d_model, head d_model d_head -> pos vocab head d_head", x_ab, W_V) + b_V
+    )
+    k_eq = einsum("d_model, head d_model d_head -> head d_head", x_eq, W_K) + b_K
+    v_eq = einsum("d_model, head d_model d_head -> head d_head", x_eq, W_V) + b_V
+    s_ab = einsum("pos vocab head d_head, head d_head -> pos vocab head", k_ab, q) / scale
+    s_eq = einsum("head d_head, head d_head -> head", k_eq, q) / scale
+
+    W_F = torch.cat([W_in, W_U], dim=1)  # [d_model, d_mlp + d_vocab_out]
+    W_OF = einsum("head d_head d_model, d_model width -> head d_head width", W_O, W_F)
+    R = einsum("pos vocab head d_head, head d_head width -> pos vocab head width", v_ab, W_OF)
+    R_eq = einsum("head d_head, head d_head width -> head width", v_eq, W_OF)
+    c = (x_eq + b_O) @ W_F + torch.cat([b_in, b_out @ W_U + b_U])
+    W_L = W_out @ W_U
+
+    scores = torch.stack(
+        [
+            s_ab[0].index_select(0, tokens[:, 0]),
+            s_ab[1].index_select(0, tokens[:, 1]),
+            s_eq.expand(tokens.shape[0], -1),
+        ],
+        dim=1,
+    )  # [batch, pos, head]
+    pattern = _mix_uniform(torch.softmax(scores, dim=1), rate)
+    table = torch.cat([R.flatten(0, 2), R_eq])  # [(2 * vocab + 1) * head, width]
+    return _ReluReadout.apply(table, c, W_L, pattern.flatten(1), groups, d_mlp)
+
+
 def weights_final_logits(
     weights: Weights,
     tokens: Int[Tensor, "batch 3"],
     *,
     act_fn: str = "relu",
     attn_rate: float = 1.0,
+    groups: TokenGroups | None = None,
 ) -> Float[Tensor, "batch d_vocab_out"]:
     """Final-position logits of the one-layer model with these (TL-3-keyed) weights.
 
     Equal to ``model(tokens)[:, -1]`` of a model carrying ``weights`` (to float32 rounding),
     and differentiable in every weight. ``tokens`` must be ``[batch, 3]``.
+
+    A ReLU model on inputs with one final token (``=``) and at least ``ALGEBRAIC_MIN_BATCH``
+    rows takes the algebraic path (:func:`_final_logits_algebraic`); pass ``groups``
+    (:class:`TokenGroups` of these tokens) to reuse its layout across calls. Other inputs take
+    the tabulated paths.
     """
     if tokens.ndim != 2 or tokens.shape[1] != 3:
         raise ValueError(f"tokens must be a [batch, 3] tensor, got shape {tuple(tokens.shape)}")
@@ -289,6 +458,13 @@ def weights_final_logits(
     last = tokens[:, 2]
     first = int(last[0]) if tokens.shape[0] else 0
     if tokens.shape[0] and bool((last == first).all()):
+        n_vocab, n_heads = weights["embed.W_E"].shape[0], weights["blocks.0.attn.W_Q"].shape[0]
+        if act_fn == "relu" and tokens.shape[0] >= ALGEBRAIC_MIN_BATCH:
+            if groups is None:
+                groups = TokenGroups(tokens, n_vocab, n_heads)
+            elif not groups.matches(tokens, n_heads):
+                raise ValueError("groups were built for other tokens than the ones given")
+            return _final_logits_algebraic(weights, attn_rate, tokens, groups)
         return _final_logits_constant_query(weights, act_fn, attn_rate, tokens, first)
     return _final_logits_general(weights, act_fn, attn_rate, tokens)
 

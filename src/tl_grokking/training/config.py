@@ -51,6 +51,7 @@ RESUMABLE_FIELDS = (
     "device",
     "early_stop_acc",
     "early_stop_patience",
+    "threads",
 )
 
 _MODEL_FIELDS = {f.name: f for f in dataclasses.fields(ModelConfig)}
@@ -117,6 +118,12 @@ class TrainConfig:
         group=LOG_GROUP,
         none="off",
     )
+    threads: int | None = option(
+        None,
+        "CPU threads for torch while training",
+        group=LOG_GROUP,
+        none="by problem size: 1 for small p, up to one per core",
+    )
 
     def __post_init__(self) -> None:
         from tl_grokking.data.tasks import TASKS, validate_frac_train
@@ -137,6 +144,8 @@ class TrainConfig:
             set_(self, name, check_int(getattr(self, name), name))
         if self.measure_every is not None:
             set_(self, "measure_every", check_int(self.measure_every, "measure_every"))
+        if self.threads is not None:
+            set_(self, "threads", check_int(self.threads, "threads"))
         if self.early_stop_acc is not None:
             acc = check_float(self.early_stop_acc, "early_stop_acc", 0, 1, low_open=True)
             set_(self, "early_stop_acc", acc)

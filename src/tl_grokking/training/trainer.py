@@ -45,8 +45,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tl_grokking._threads import auto_threads, using_threads
 from tl_grokking._validation import worded
-from tl_grokking.model.fastforward import weights_final_logits
+from tl_grokking.model.fastforward import TokenGroups, groups_for, weights_final_logits
 from tl_grokking.model.transformer import (
     GrokModel,
     init_weights,
@@ -85,6 +86,7 @@ __all__ = [
     "train_model",
     "cross_entropy_final",
     "warmup_factor",
+    "step_work",
 ]
 
 #: A callback receives ``(epoch, model)`` and returns extra metrics for that epoch's line.
@@ -215,6 +217,8 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, *, resume: bool, overwr
 
 
 Weights = dict[str, Tensor]
+#: Rows per evaluation forward (the whole grid up to p = 128).
+EVAL_BATCH = 16384
 
 
 def _save_resume(
@@ -285,16 +289,14 @@ def _save_checkpoint(run_dir: Path, weights: Weights, epoch: int) -> None:
 
 @torch.no_grad()
 def _evaluate(
-    logits_of: Callable[[Tensor], Tensor],
-    tokens: Int[Tensor, "n 3"],
+    logits_of: Callable[[Tensor, TokenGroups | None], Tensor],
+    chunks: Sequence[tuple[Tensor, TokenGroups | None]],
     labels: Int[Tensor, " n"],
     train_idx: Int[Tensor, " n_train"],
     test_idx: Int[Tensor, " n_test"],
-    *,
-    batch_size: int = 16384,
 ) -> dict[str, float]:
     """Loss (float64) and accuracy on the train and test splits, from one pass over all inputs."""
-    logits = torch.cat([logits_of(chunk) for chunk in tokens.split(batch_size)])
+    logits = torch.cat([logits_of(chunk, groups) for chunk, groups in chunks])
     out = {}
     for split, idx in (("train", train_idx), ("test", test_idx)):
         split_logits, split_labels = logits[idx], labels[idx]
@@ -339,6 +341,12 @@ class _Run:
         self.train_tokens = self.tokens[self.train_idx]
         self.train_labels = self.labels[self.train_idx]
         self.model_config = config.model_config()
+        layout = (self.model_config.d_vocab, self.model_config.n_heads, self.model_config.act_fn)
+        # the layout of the algebraic forward path, built once for the training set and the grid
+        self.train_groups = groups_for(self.train_tokens, *layout)
+        self.eval_chunks = [
+            (chunk, groups_for(chunk, *layout)) for chunk in self.tokens.split(EVAL_BATCH)
+        ]
         self.weights = init_weights(self.model_config, seed=config.seed, device=device)
         self.param_names = trainable_weight_names(self.model_config)
         for name in self.param_names:
@@ -349,7 +357,7 @@ class _Run:
             lr=config.lr,
             betas=(config.beta1, config.beta2),
             weight_decay=config.weight_decay,
-            foreach=True,
+            fused=device.type in ("cpu", "cuda"),  # one kernel per step where torch has one
         )
         self.epoch = 0
         self.elapsed_before = 0.0  # training time of earlier calls (resume)
@@ -357,11 +365,13 @@ class _Run:
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
 
-    def logits(self, tokens: Int[Tensor, "batch 3"]) -> Float[Tensor, "batch d_vocab_out"]:
+    def logits(
+        self, tokens: Int[Tensor, "batch 3"], groups: TokenGroups | None
+    ) -> Float[Tensor, "batch d_vocab_out"]:
         """Final-position logits of the current weights (differentiable)."""
         cfg = self.model_config
         return weights_final_logits(
-            self.weights, tokens, act_fn=cfg.act_fn, attn_rate=cfg.attn_rate
+            self.weights, tokens, act_fn=cfg.act_fn, attn_rate=cfg.attn_rate, groups=groups
         )
 
     def sync_model(self) -> GrokModel:
@@ -387,7 +397,8 @@ class _Run:
         """One full-batch AdamW step: from epoch N to N + 1."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.epoch)
-        loss = cross_entropy_final(self.logits(self.train_tokens), self.train_labels)
+        logits = self.logits(self.train_tokens, self.train_groups)
+        loss = cross_entropy_final(logits, self.train_labels)
         value = loss.item()
         if not math.isfinite(value):
             raise TrainingDivergedError(
@@ -403,7 +414,7 @@ class _Run:
         """Evaluate, add the callbacks' metrics if ``measure``, append the line to the log."""
         record: dict[str, Any] = {"epoch": self.epoch}
         record.update(
-            _evaluate(self.logits, self.tokens, self.labels, self.train_idx, self.test_idx)
+            _evaluate(self.logits, self.eval_chunks, self.labels, self.train_idx, self.test_idx)
         )
         for key in ("train_loss", "test_loss"):
             if not math.isfinite(record[key]):
@@ -457,9 +468,33 @@ def train_model(
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     device = validate_device(config.device)
-    run_dir = Path(run_dir)
+    threads = config.threads or auto_threads(step_work(config))
+    with using_threads(threads if device.type == "cpu" else None):
+        return _train(config, Path(run_dir), device, resume, overwrite, progress, list(callbacks))
+
+
+def step_work(config: TrainConfig) -> float:
+    """Multiply-adds of one training step of the algebraic path (what sets the thread count):
+    the three ``[n_train, d_mlp] × [d_mlp, d_vocab_out]`` read-out products and the tables."""
+    model = config.model_config()
+    assert model.d_vocab_out is not None
+    n_train = math.floor(config.frac_train * config.p**2)
+    readout = 3 * n_train * model.d_mlp * model.d_vocab_out
+    tables = 3 * (2 * model.d_vocab + 1) * model.d_model * (model.d_mlp + model.d_vocab_out)
+    return float(readout + tables)
+
+
+def _train(
+    config: TrainConfig,
+    run_dir: Path,
+    device: torch.device,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+    callbacks: list[Callback],
+) -> TrainResult:
     resuming = _prepare_run_dir(config, run_dir, resume=resume, overwrite=overwrite)
-    run = _Run(config, run_dir, device, list(callbacks))
+    run = _Run(config, run_dir, device, callbacks)
     run_dir.mkdir(parents=True, exist_ok=True)
     if resuming:
         run.restore()
