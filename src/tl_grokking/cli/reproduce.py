@@ -10,7 +10,7 @@ The main job of the library in one command (Nanda et al. 2023):
    ``measures.csv``, ``phases.json``);
 3. write ``report.html`` (what ``tl-grokking report`` does) and print where everything is.
 
-``--quick`` uses a smaller setting that groks within about a minute on two CPU cores:
+``--quick`` uses a smaller setting that groks in well under a minute on two CPU cores:
 p = 53, half of the pairs for training, d_mlp 256, lr 3e-3, 1500 epochs (test accuracy
 first reaches 99 % at logged epoch 675 with seed 0; about 45 s of CPU time on one core, all
 three steps).  The paper's setting costs about 0.1 s of CPU time per epoch on one core (about
@@ -38,7 +38,7 @@ from tl_grokking.training.config import RESUMABLE_FIELDS, TrainConfig, config_ch
 
 __all__ = ["paper_config", "quick_config", "reproduce", "Reproduction", "QUICK_SETTINGS"]
 
-#: What ``--quick`` changes from the paper's setting: a run that groks in about a minute.
+#: What ``--quick`` changes from the paper's setting: a run that groks in well under a minute.
 QUICK_SETTINGS: dict[str, Any] = dict(
     p=53,
     frac_train=0.5,
@@ -154,14 +154,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Reproduce Nanda et al. (2023): train the paper's configuration (p = 113, 40k "
             "epochs), compute the progress measures and phases, and write the HTML report. "
-            "--quick runs a smaller setting that groks in about a minute on a CPU."
+            "--quick runs a smaller setting that groks in well under a minute on a CPU."
         ),
     )
     quick = ", ".join(f"{name} {show_default(value)}" for name, value in QUICK_SETTINGS.items())
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"a smaller setting that groks in about a minute on 2 cores: {quick}",
+        help=f"a smaller setting that groks in well under a minute on 2 cores: {quick}",
     )
     parser.add_argument(
         "--out",

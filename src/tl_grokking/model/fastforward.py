@@ -286,9 +286,10 @@ class TokenGroups:
     """Which table rows each sample of a ``[batch, 3]`` token tensor mixes: the layout of the
     algebraic path (:func:`weights_final_logits`), built once per token tensor and reused.
 
-    The tables have ``(2 · d_vocab + 1) · n_heads`` rows: row ``(j · d_vocab + t) · n_heads + h``
-    for token t at position j ∈ {0, 1} seen by head h, then one row per head for the final
-    position (``=``); sample b mixes the ``3 · n_heads`` rows of its tokens (:attr:`rows`).
+    The tables have ``n_heads · (2 · d_vocab + 1)`` rows: row ``h · (2 · d_vocab + 1) + j ·
+    d_vocab + t`` for token t at position j ∈ {0, 1} seen by head h, and row
+    ``h · (2 · d_vocab + 1) + 2 · d_vocab`` for the final position (``=``); sample b mixes the
+    ``3 · n_heads`` rows of its tokens (:attr:`rows`).
     The transposed layout (:attr:`bag_samples`, :attr:`bag_offsets`, :attr:`bag_order`: for
     each table row, the samples that use it) turns the table gradient into one more
     ``embedding_bag``, and :attr:`pattern` (a CSR matrix with the rows' sparsity) the pattern
@@ -303,11 +304,15 @@ class TokenGroups:
             )
         self.tokens, self.n_vocab, self.n_heads = tokens, n_vocab, n_heads
         batch, device = tokens.shape[0], tokens.device
-        heads = torch.arange(n_heads, device=device)
-        rows = [(j * n_vocab + tokens[:, j, None]) * n_heads + heads for j in (0, 1)]
-        rows.append((2 * n_vocab * n_heads + heads).expand(batch, -1))  # the '=' position
-        self.rows = torch.cat(rows, dim=1)  # [batch, 3 * head], ascending along each row
-        n_rows, per_sample = (2 * n_vocab + 1) * n_heads, 3 * n_heads
+        per_head = 2 * n_vocab + 1  # table rows per head: both positions' tokens, then '='
+        #: rows of the per-token score table each sample reads: a, then vocab + b
+        self.token_rows = (tokens[:, :2] + torch.tensor([0, n_vocab], device=device)).flatten()
+        base = torch.arange(n_heads, device=device)[:, None] * per_head  # [head, 1]
+        own = torch.stack(
+            [tokens[:, 0], n_vocab + tokens[:, 1], torch.full_like(tokens[:, 0], 2 * n_vocab)], 1
+        )  # [batch, pos]
+        self.rows = (base[None] + own[:, None, :]).flatten(1)  # [batch, head * pos], ascending
+        n_rows, per_sample = n_heads * per_head, 3 * n_heads
         flat = self.rows.flatten()
         self.bag_order = torch.argsort(flat, stable=True)  # entries grouped by table row
         counts = torch.bincount(flat, minlength=n_rows)
@@ -343,7 +348,7 @@ class _ReluReadout(torch.autograd.Function):
     def forward(ctx, table, c, W_L, pattern, groups, d_mlp):
         Z = F.embedding_bag(groups.rows, table, per_sample_weights=pattern, mode="sum").add_(c)
         post = Z[:, :d_mlp].clamp_min(0.0)
-        logits = torch.addmm(Z[:, d_mlp:], post, W_L)
+        logits = torch.mm(post, W_L).add_(Z[:, d_mlp:])
         ctx.save_for_backward(post, table, W_L, pattern)
         ctx.groups = groups
         return logits
@@ -389,7 +394,7 @@ def _final_logits_algebraic(
         logits    = resid_mid W_U + relu(pre) W_out W_U + b_out W_U + b_U
 
     so ``pre`` and the direct path are pattern-weighted sums of rows of ``U [W_in | W_U]``
-    (``[2 · d_vocab, n_heads, d_mlp + d_vocab_out]``, built per step), and the only
+    (``[n_heads, 2 · d_vocab + 1, d_mlp + d_vocab_out]``, built per step), and the only
     batch-sized matmul left is the read-out ``relu(pre) @ W_L`` with ``W_L = W_out W_U``.
     """
     W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O = _attn(w)
@@ -399,38 +404,31 @@ def _final_logits_algebraic(
     W_U, b_U = w["unembed.W_U"], w["unembed.b_U"]
     d_mlp, scale = W_in.shape[1], math.sqrt(W_Q.shape[-1])
 
-    x_ab = W_pos[:2, None, :] + W_E[None, :, :]  # [pos=2, vocab, d_model]
-    x_eq = W_pos[2] + W_E[int(tokens[0, 2])]  # [d_model]
-    q = einsum("d_model, head d_model d_head -> head d_head", x_eq, W_Q) + b_Q
-    k_ab = (
-        einsum("pos vocab d_model, head d_model d_head -> pos vocab head d_head", x_ab, W_K) + b_K
-    )
-    v_ab = (
-        einsum("pos vocab d_model, head d_model d_head -> pos vocab head d_head", x_ab, W_V) + b_V
-    )
-    k_eq = einsum("d_model, head d_model d_head -> head d_head", x_eq, W_K) + b_K
-    v_eq = einsum("d_model, head d_model d_head -> head d_head", x_eq, W_V) + b_V
-    s_ab = einsum("pos vocab head d_head, head d_head -> pos vocab head", k_ab, q) / scale
-    s_eq = einsum("head d_head, head d_head -> head", k_eq, q) / scale
+    # The residual stream of every (position, token) row, then of the final position:
+    # row j * vocab + t for token t at position j ∈ {0, 1}, row 2 * vocab for '='.
+    x_eq = W_pos[2] + W_E[int(tokens[0, 2])]
+    x = torch.cat([(W_pos[:2, None, :] + W_E[None, :, :]).flatten(0, 1), x_eq[None]])
+    W_QKV, b_QKV = torch.stack([W_Q, W_K, W_V]), torch.stack([b_Q, b_K, b_V])[:, :, None, :]
+    qkv = einsum("row d_model, qkv head d_model d_head -> qkv head row d_head", x, W_QKV) + b_QKV
+    q, k, v = qkv[0, :, -1], qkv[1], qkv[2]  # [head, d_head], [head, row, d_head] twice
+    scores_table = einsum("head row d_head, head d_head -> row head", k, q) / scale
 
     W_F = torch.cat([W_in, W_U], dim=1)  # [d_model, d_mlp + d_vocab_out]
     W_OF = einsum("head d_head d_model, d_model width -> head d_head width", W_O, W_F)
-    R = einsum("pos vocab head d_head, head d_head width -> pos vocab head width", v_ab, W_OF)
-    R_eq = einsum("head d_head, head d_head width -> head width", v_eq, W_OF)
+    table = einsum("head row d_head, head d_head width -> head row width", v, W_OF)
     c = (x_eq + b_O) @ W_F + torch.cat([b_in, b_out @ W_U + b_U])
     W_L = W_out @ W_U
 
-    scores = torch.stack(
+    batch, n_heads = tokens.shape[0], W_Q.shape[0]
+    scores = torch.cat(
         [
-            s_ab[0].index_select(0, tokens[:, 0]),
-            s_ab[1].index_select(0, tokens[:, 1]),
-            s_eq.expand(tokens.shape[0], -1),
+            scores_table.index_select(0, groups.token_rows).view(batch, 2, n_heads),
+            scores_table[-1].expand(batch, 1, n_heads),
         ],
         dim=1,
     )  # [batch, pos, head]
-    pattern = _mix_uniform(torch.softmax(scores, dim=1), rate)
-    table = torch.cat([R.flatten(0, 2), R_eq])  # [(2 * vocab + 1) * head, width]
-    return _ReluReadout.apply(table, c, W_L, pattern.flatten(1), groups, d_mlp)
+    pattern = _mix_uniform(torch.softmax(scores, dim=1), rate).transpose(1, 2)  # [b, head, pos]
+    return _ReluReadout.apply(table.flatten(0, 1), c, W_L, pattern.flatten(1), groups, d_mlp)
 
 
 def weights_final_logits(
