@@ -93,12 +93,19 @@ def test_weights_path_gradients_equal_the_models(cfg):
     against the model's own forward, gradients read back in TL-3 layout."""
     model = _random_model(cfg, seed=0)
     tokens = make_task("add", cfg[0]).tokens()
-    weights = {k: v.requires_grad_(True) for k, v in tl_state(model).items()}
-    logits = weights_final_logits(weights, tokens, act_fn=cfg[5], attn_rate=cfg[7])
-    reference = model(tokens)[:, -1]
-    torch.testing.assert_close(
-        logits, reference, atol=2e-6 * reference.abs().max().item(), rtol=1e-5
+    _assert_weights_path_matches(
+        model, tokens, lambda w: weights_final_logits(w, tokens, act_fn=cfg[5], attn_rate=cfg[7])
     )
+
+
+def _assert_weights_path_matches(model, tokens, logits_of) -> None:
+    """``logits_of(weights)`` on TL-3-keyed leaf copies of the model's weights equals the
+    model's own forward, values and every weight's gradient (read back in TL-3 layout)."""
+    weights = {k: v.requires_grad_(True) for k, v in tl_state(model).items()}
+    logits = logits_of(weights)
+    reference = model(tokens)[:, -1]
+    scale = reference.abs().max().item()
+    torch.testing.assert_close(logits, reference, atol=2e-6 * max(scale, 1.0), rtol=1e-5)
     probe = torch.randn(reference.shape, generator=torch.Generator().manual_seed(3)).double()
     (logits.double() * probe).sum().backward()
     model.zero_grad(set_to_none=True)
@@ -197,20 +204,9 @@ def test_algebraic_path_matches_the_model(cfg, rows, monkeypatch):
     task = make_task("add", cfg[0])
     tokens = task.tokens() if rows == "grid" else task.tokens()[task.split(0.3, 1)[0]]
     groups = TokenGroups(tokens, cfg[0] + 1, cfg[2])
-    weights = {k: v.requires_grad_(True) for k, v in tl_state(model).items()}
-    logits = weights_final_logits(weights, tokens, attn_rate=cfg[7], groups=groups)
-    reference = model(tokens)[:, -1]
-    scale = reference.abs().max().item()
-    torch.testing.assert_close(logits, reference, atol=2e-6 * max(scale, 1.0), rtol=1e-5)
-    probe = torch.randn(reference.shape, generator=torch.Generator().manual_seed(5)).double()
-    (logits.double() * probe).sum().backward()
-    model.zero_grad(set_to_none=True)
-    (reference.double() * probe).sum().backward()
-    g_ref = tl_grads(model)
-    gscale = max(g.abs().max().item() for g in g_ref.values())
-    for name, g in g_ref.items():
-        err = (weights[name].grad - g).abs().max().item()
-        assert err <= 1e-6 * gscale + 1e-4 * g.abs().max().item(), (name, err, gscale)
+    _assert_weights_path_matches(
+        model, tokens, lambda w: weights_final_logits(w, tokens, attn_rate=cfg[7], groups=groups)
+    )
 
 
 def test_the_algebraic_path_is_taken_only_where_it_applies(monkeypatch):
