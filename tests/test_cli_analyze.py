@@ -79,8 +79,8 @@ def test_analyze_writes_one_row_per_checkpoint(analyzed):
         m = metrics[int(r["epoch"])]
         assert float(r["test_acc"]) == pytest.approx(m["test_acc"], abs=1e-12)
         assert float(r["train_loss"]) == pytest.approx(m["train_loss"], rel=1e-5, abs=1e-9)
-    # written atomically: no temporary files left behind
-    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")]
+    # written atomically: no temporary files left behind (the trainer's .lock is not one)
+    assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_phases_json_matches_the_library(analyzed):

@@ -35,6 +35,7 @@ import math
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,7 @@ from tl_grokking.model.config import ModelConfig
 from tl_grokking.runs.rundir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
+    RunDirError,
     checkpoint_epoch,
     is_run_dir,
     load_safetensors,
@@ -195,6 +197,9 @@ def _file_kind(path: Path) -> str:
 def read_checkpoint_file(path: str | os.PathLike) -> tuple[Any, dict[str, str]]:
     """Read a checkpoint file without executing code; return ``(object, safetensors metadata)``.
 
+    The format is decided by the file's first bytes (:func:`_file_kind`), never by its name: a
+    torch file called ``*.safetensors`` loads as the torch file it is.
+
     safetensors files are read with :func:`tl_grokking.runs.rundir.load_safetensors`; torch
     files with ``torch.load(map_location="cpu", weights_only=True)`` (CUDA-saved tensors land
     on the CPU).
@@ -219,8 +224,12 @@ def read_checkpoint_file(path: str | os.PathLike) -> tuple[Any, dict[str, str]]:
             # Only what is not allowlisted already: leaving the context removes what it added.
             present = set(torch.serialization.get_safe_globals())
             extra = [g for g in _safe_globals() if g not in present]
-            with torch.serialization.safe_globals(extra):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
+            # A file object, not the path: torch picks a format by the file's suffix, and the
+            # bytes (a zip or a pickle, whatever the name says) decide here.
+            with torch.serialization.safe_globals(extra), open(path, "rb") as fh:
+                with warnings.catch_warnings():  # "Detected pickle protocol N": not the user's
+                    warnings.simplefilter("ignore", UserWarning)
+                    obj = torch.load(fh, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
             message = str(err)
             for pattern in _UNSAFE_PATTERNS:
@@ -237,9 +246,10 @@ def read_checkpoint_file(path: str | os.PathLike) -> tuple[Any, dict[str, str]]:
             raise CheckpointFormatError(
                 f"{path}: corrupt or truncated torch file ({message.splitlines()[-1]})"
             ) from None
-        except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
+        except Exception as err:  # noqa: BLE001 - garbage can fail anywhere in the decoder
+            # (IndexError, struct.error, ...); weights_only never runs the file's code
             raise CheckpointFormatError(
-                f"{path}: corrupt or truncated torch file ({err})"
+                f"{path}: corrupt or truncated torch file ({type(err).__name__}: {err})"
             ) from None
         return obj, {}
     if path.suffix == ".safetensors":  # e.g. a run's checkpoint cut off in a copy
@@ -774,9 +784,31 @@ def _hints_near_file(path: Path | None, metadata: Mapping[str, str]) -> dict[str
     return hints
 
 
+def _check_run_config(config: Any, path: Path) -> None:
+    """Validate what analysis reads from a run's ``config.json`` (the architecture, the task and
+    the split) with the trainer's own validators; errors name the file and the field."""
+    from tl_grokking.data.tasks import TASKS, validate_frac_train
+
+    if not isinstance(config, Mapping):
+        raise RunDirError(f"{path} must hold a JSON object, got {type(config).__name__}")
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    try:
+        ModelConfig.from_dict({k: v for k, v in config.items() if k in model_fields})
+        if "frac_train" in config:
+            validate_frac_train(config["frac_train"])
+        if "seed" in config:
+            check_int(config["seed"], "seed", minimum=0)
+        task = config.get("task", "add")
+        if not isinstance(task, str) or task not in TASKS:
+            raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
+    except ValueError as err:
+        raise RunDirError(f"{path}: {err}") from None
+
+
 def _run_dir_source(run_dir: Path) -> _Source:
     found = require_run_dir(run_dir)
     config = read_json(run_dir / CONFIG_FILE)
+    _check_run_config(config, run_dir / CONFIG_FILE)
 
     def loader(file: Path) -> Callable[[], Mapping[str, Tensor]]:
         return lambda: read_checkpoint_file(file)[0]

@@ -51,6 +51,10 @@ __all__ = [
     "RunDirNotFoundError",
     "GROK_ACC",
     "grok_epoch",
+    "LOCK_FILE",
+    "DERIVED_FILES",
+    "run_lock",
+    "RunDirLockedError",
 ]
 
 CONFIG_FILE = "config.json"
@@ -61,6 +65,12 @@ RESUME_FILE = "resume.safetensors"
 #: ``analyze``, the report, ``reproduce``) is :func:`grok_epoch` of the run's metrics log.
 GROK_ACC = 0.99
 
+#: Held (an advisory lock) by the one process writing the run; never removed.
+LOCK_FILE = ".lock"
+#: What analysis writes into a run directory: stale once the run changes (``--overwrite``
+#: removes them).
+DERIVED_FILES = ("measures.csv", "phases.json", "report.html")
+
 _CHECKPOINT_NAME = re.compile(r"^epoch_(\d+)\.safetensors$")
 
 
@@ -70,6 +80,42 @@ class RunDirError(ValueError):
 
 class RunDirNotFoundError(RunDirError, FileNotFoundError):
     """The run directory does not exist (a :class:`RunDirError` and a ``FileNotFoundError``)."""
+
+
+class RunDirLockedError(RunDirError):
+    """Another process is writing this run directory (it holds :data:`LOCK_FILE`)."""
+
+
+@contextmanager
+def run_lock(run_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold the run directory's exclusive lock for the block (one writer per run).
+
+    An advisory ``flock`` on ``RUN_DIR/.lock``, which records the holder's pid; the OS
+    releases it when the holder exits, however it exits (kill -9 included), so a stale lock
+    never blocks a resume. A second writer gets :class:`RunDirLockedError` naming the holder.
+    Where ``fcntl`` does not exist (Windows) the block runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = Path(run_dir) / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_current_umask())
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise RunDirLockedError(
+                f"{run_dir} is being written by another process (pid {holder}); wait for it to "
+                "finish or choose another directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _current_umask() -> int:
@@ -98,9 +144,10 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-        os.chmod(tmp_path, 0o666 & ~_current_umask())
         yield tmp_path
+        # mkstemp creates 0600 files, and a writer may re-create the file (safetensors does):
+        # give the result the permissions a plain open() would, whoever wrote it.
+        os.chmod(tmp_path, 0o666 & ~_current_umask())
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
@@ -124,7 +171,7 @@ def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file; invalid JSON raises :class:`RunDirError` naming the file."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(_read_text(path))
     except json.JSONDecodeError as err:
         raise RunDirError(f"{path} is not valid JSON: {err}") from None
 
@@ -239,7 +286,7 @@ def read_metrics(
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     lines = text.split("\n")
     records = []
     for i, line in enumerate(lines):
@@ -252,9 +299,30 @@ def read_metrics(
             if is_last:
                 continue
             raise RunDirError(f"{path}: line {i + 1} is not valid JSON") from None
+        _check_metrics_record(record, path, i + 1)
         if keep is None or keep(record):
             records.append(record)
     return records
+
+
+def _check_metrics_record(record: Any, path: Path, line: int) -> None:
+    """A metrics line is an object with a nonnegative integer ``epoch`` and numbers (or null:
+    a measure that could not be computed) for everything else."""
+    if not isinstance(record, dict):
+        raise RunDirError(f"{path}: line {line} must be a JSON object, got {type(record).__name__}")
+    epoch = record.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise RunDirError(f"{path}: line {line}: epoch must be a nonnegative integer, got {epoch!r}")
+    for key, value in record.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise RunDirError(f"{path}: line {line}: {key} must be a number, got {value!r}")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RunDirError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
 
 
 def rewrite_metrics(run_dir: str | os.PathLike, records: list[dict[str, Any]]) -> None:

@@ -24,7 +24,7 @@ from tl_grokking._validation import (
     option,
 )
 from tl_grokking.model.config import MODEL_GROUP, ModelConfig
-from tl_grokking.runs.rundir import CONFIG_FILE, read_json
+from tl_grokking.runs.rundir import CONFIG_FILE, RunDirError, read_json
 
 if TYPE_CHECKING:
     from tl_grokking.data.tasks import Task
@@ -186,7 +186,12 @@ def load_train_config(run_dir: str | os.PathLike) -> TrainConfig:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: {CONFIG_FILE} is missing")
-    return TrainConfig.from_dict(read_json(path))
+    try:
+        return TrainConfig.from_dict(read_json(path))
+    except RunDirError:
+        raise
+    except ValueError as err:  # a field the trainer refuses: name the file it came from
+        raise RunDirError(f"{path}: {err}") from None
 
 
 def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:

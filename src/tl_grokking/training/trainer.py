@@ -55,11 +55,14 @@ from tl_grokking.model.transformer import (
     make_model,
     trainable_weight_names,
     validate_device,
+    weight_shapes,
 )
 from tl_grokking.runs.rundir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
+    DERIVED_FILES,
     GROK_ACC,
+    LOCK_FILE,
     METRICS_FILE,
     RESUME_FILE,
     append_metrics,
@@ -70,6 +73,7 @@ from tl_grokking.runs.rundir import (
     read_json,
     read_metrics,
     rewrite_metrics,
+    run_lock,
     save_safetensors,
     write_json,
 )
@@ -87,6 +91,10 @@ __all__ = [
     "cross_entropy_final",
     "warmup_factor",
     "step_work",
+    "TooLargeError",
+    "ResumeStateError",
+    "memory_estimate",
+    "check_memory",
 ]
 
 #: A callback receives ``(epoch, model)`` and returns extra metrics for that epoch's line.
@@ -132,18 +140,29 @@ def _describe(changes: Mapping[str, tuple[Any, Any]]) -> str:
     return "; ".join(f"{name}: {old!r} -> {new!r}" for name, (old, new) in changes.items())
 
 
+def _holds_files(run_dir: Path) -> bool:
+    return any(path.name != LOCK_FILE for path in run_dir.iterdir())
+
+
 def _clear_run(run_dir: Path) -> None:
-    """Remove the files a run writes (and nothing else)."""
-    for name in (CONFIG_FILE, METRICS_FILE, RESUME_FILE):
+    """Remove the files a run writes and what analysis derived from it (and nothing else)."""
+    for name in (CONFIG_FILE, METRICS_FILE, RESUME_FILE, *DERIVED_FILES):
         (run_dir / name).unlink(missing_ok=True)
+    _remove_leftovers(run_dir)
     ckpt_dir = run_dir / CHECKPOINT_DIR
     if ckpt_dir.is_dir():
         for _, path in list_checkpoints(run_dir):
             path.unlink()
-        for leftover in ckpt_dir.glob(".*.tmp"):
-            leftover.unlink()
         if not any(ckpt_dir.iterdir()):
             shutil.rmtree(ckpt_dir)
+
+
+def _remove_leftovers(run_dir: Path) -> None:
+    """Delete the temporary files of writes a crash cut short (the caller holds the lock)."""
+    for folder in (run_dir, run_dir / CHECKPOINT_DIR):
+        if folder.is_dir():
+            for leftover in folder.glob(".*.tmp"):
+                leftover.unlink(missing_ok=True)
 
 
 def _prepare_run_dir(config: TrainConfig, run_dir: Path, *, resume: bool, overwrite: bool) -> bool:
@@ -152,16 +171,9 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, *, resume: bool, overwr
     Errors name their remedies as the API's arguments (``resume=True``), and as flags in their
     ``cli_message`` (:func:`tl_grokking._validation.worded`).
     """
-    existing = next((d for d in (run_dir, *run_dir.parents) if d.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise worded(
-            NotADirectoryError,
-            "{out} {run_dir}: {existing} is a file, not a directory; choose a directory path",
-            run_dir=run_dir,
-            existing=existing,
-        )
+    _check_out_path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
-        if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+        if run_dir.is_dir() and _holds_files(run_dir) and not overwrite:
             raise worded(
                 FileExistsError,
                 "{run_dir} exists, is not empty and holds no run ({config} missing); choose "
@@ -244,9 +256,13 @@ def _load_resume(
     optimizer: torch.optim.Optimizer,
     names: Sequence[str],
     device: torch.device,
+    epochs: int,
 ) -> tuple[int, float]:
-    """Restore ``weights`` (in place) and AdamW from ``resume.safetensors``.
+    """Restore ``weights`` (in place) and AdamW from ``resume.safetensors``, validated.
 
+    The file must name an epoch whose checkpoint is on disk and at most ``epochs``, and hold
+    every weight and (after epoch 0) every AdamW tensor of the trained weights, with their
+    shapes; otherwise :class:`ResumeStateError` says what is wrong and nothing is changed.
     Files of earlier releases also carry HookedTransformer's attention-mask buffers
     (``model.blocks.0.attn.mask``/``IGNORE``); they are not weights and are skipped.
     """
@@ -256,23 +272,71 @@ def _load_resume(
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata() or {}
     tensors = load_safetensors(path)
+    epoch = _resume_epoch_of(meta, path, run_dir, epochs)
     stored = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    missing = sorted(set(weights) - set(stored))
-    if missing:
-        raise ValueError(f"{path}: the stored weights lack {missing}")
-    with torch.no_grad():
-        for name, value in weights.items():
-            value.copy_(stored[name])
-    opt_state = optimizer.state_dict()
+    problems = [f"weight {k} missing" for k in weights if k not in stored]
+    problems += [
+        f"weight {k} has shape {tuple(stored[k].shape)}, expected {tuple(v.shape)}"
+        for k, v in weights.items()
+        if k in stored and stored[k].shape != v.shape
+    ]
     state: dict[int, dict[str, Tensor]] = {}
     for idx, name in enumerate(names):
         prefix = f"optim.{name}."
         entry = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        if entry:
-            state[idx] = {k: (v if k == "step" else v.to(device)) for k, v in entry.items()}
+        if epoch == 0 and not entry:
+            continue  # no AdamW step taken yet: no state
+        for key, shape in (("exp_avg", weights[name].shape), ("exp_avg_sq", weights[name].shape)):
+            if key not in entry:
+                problems.append(f"AdamW {key} of {name} missing")
+            elif entry[key].shape != shape:
+                problems.append(f"AdamW {key} of {name} has shape {tuple(entry[key].shape)}")
+        if "step" not in entry or entry["step"].numel() != 1:
+            problems.append(f"AdamW step of {name} missing")
+        state[idx] = {k: (v if k == "step" else v.to(device)) for k, v in entry.items()}
+    if problems:
+        raise ResumeStateError(
+            f"cannot resume from {path}: "
+            + "; ".join(problems[:6])
+            + (f" (and {len(problems) - 6} more)" if len(problems) > 6 else "")
+            + ". It was not written by this trainer for this configuration; start again with "
+            "--overwrite"
+        )
+    with torch.no_grad():
+        for name, value in weights.items():
+            value.copy_(stored[name])
+    opt_state = optimizer.state_dict()
     opt_state["state"] = state
     optimizer.load_state_dict(opt_state)
-    return int(meta["epoch"]), float(meta.get("elapsed", "0"))
+    return epoch, float(meta.get("elapsed", "0"))
+
+
+class ResumeStateError(ValueError):
+    """``resume.safetensors`` does not describe a state this run can continue from."""
+
+
+def _resume_epoch_of(meta: Mapping[str, str], path: Path, run_dir: Path, epochs: int) -> int:
+    raw = meta.get("epoch")
+    try:
+        epoch = int(raw) if raw is not None else -1
+    except ValueError:
+        epoch = -1
+    if epoch < 0:
+        raise ResumeStateError(
+            f"cannot resume from {path}: its metadata gives epoch {raw!r}, not a nonnegative "
+            "integer; start again with --overwrite"
+        )
+    if not checkpoint_path(run_dir, epoch).is_file():
+        raise ResumeStateError(
+            f"cannot resume from {path}: it is the state of epoch {epoch}, but "
+            f"{checkpoint_path(run_dir, epoch)} (written before it) is missing"
+        )
+    if epoch > epochs:
+        raise ResumeStateError(
+            f"cannot resume: the run is already at epoch {epoch}, past the {epochs} epochs "
+            f"asked for; ask for at least {epoch} epochs"
+        )
+    return epoch
 
 
 def _save_checkpoint(run_dir: Path, weights: Weights, epoch: int) -> None:
@@ -385,8 +449,14 @@ class _Run:
     def restore(self) -> None:
         """Continue from ``resume.safetensors``; drop the metrics and checkpoints after it."""
         self.epoch, self.elapsed_before = _load_resume(
-            self.run_dir, self.weights, self.optimizer, self.param_names, self.device
+            self.run_dir,
+            self.weights,
+            self.optimizer,
+            self.param_names,
+            self.device,
+            self.config.epochs,
         )
+        _remove_leftovers(self.run_dir)
         kept = read_metrics(self.run_dir, keep=lambda r: r.get("epoch", 0) <= self.epoch)
         rewrite_metrics(self.run_dir, kept)
         for epoch, path in list_checkpoints(self.run_dir):
@@ -468,9 +538,76 @@ def train_model(
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     device = validate_device(config.device)
+    if device.type == "cpu":
+        check_memory(config)  # before anything is allocated or written
+    run_dir = Path(run_dir)
+    _check_out_path(run_dir)
     threads = config.threads or auto_threads(step_work(config))
-    with using_threads(threads if device.type == "cpu" else None):
-        return _train(config, Path(run_dir), device, resume, overwrite, progress, list(callbacks))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir), using_threads(threads if device.type == "cpu" else None):
+        return _train(config, run_dir, device, resume, overwrite, progress, list(callbacks))
+
+
+class TooLargeError(ValueError):
+    """The run would need more memory than this machine has available."""
+
+
+def memory_estimate(config: TrainConfig) -> dict[str, float]:
+    """Bytes a run of ``config`` allocates at its peak, by part (an estimate, within ~2×):
+    the p² input grid and its layouts, the logits of every pair at each evaluation, one
+    training step's activations and gradients, the per-step tables, and the weights with
+    their gradients and AdamW state."""
+    model = config.model_config()
+    assert model.d_vocab_out is not None and model.d_head is not None
+    grid = config.p**2
+    n_train = math.floor(config.frac_train * grid)
+    c, m, h, d = model.d_vocab_out, model.d_mlp, model.n_heads, model.d_model
+    width = m + c
+    n_weights = sum(math.prod(shape) for shape in weight_shapes(model).values())
+    return {
+        "input grid": grid * 4 * 8 + (grid + n_train) * 3 * h * 44,
+        "logits of all p² pairs": grid * c * 4 + min(grid, EVAL_BATCH) * (width + m + c) * 4,
+        "training step": n_train * ((2 * width + 2 * m + 3 * c) * 4 + c * 16),
+        "tables": 3 * h * (2 * model.d_vocab + 1) * width * 4 + 3 * d * width * 4,
+        "weights, gradients, AdamW": 5 * n_weights * 4,
+    }
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (``MemAvailable``; None where unknown)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None  # pragma: no cover - not Linux
+
+
+def check_memory(config: TrainConfig, available: int | None = None) -> None:
+    """Raise :class:`TooLargeError` (with the estimate) if the run cannot fit in memory."""
+    parts = memory_estimate(config)
+    need = sum(parts.values())
+    available = available_memory() if available is None else available
+    if available is not None and need > available:
+        detail = ", ".join(f"{name} {value / 1e9:.3g} GB" for name, value in parts.items())
+        raise TooLargeError(
+            f"training p = {config.p} (d_model {config.d_model}, d_mlp {config.d_mlp}) needs about "
+            f"{need / 1e9:.3g} GB of memory ({detail}), but {available / 1e9:.3g} GB are "
+            "available; use a smaller p or model, or a machine with more memory"
+        )
+
+
+def _check_out_path(run_dir: Path) -> None:
+    existing = next((d for d in (run_dir, *run_dir.parents) if d.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise worded(
+            NotADirectoryError,
+            "{out} {run_dir}: {existing} is a file, not a directory; choose a directory path",
+            run_dir=run_dir,
+            existing=existing,
+        )
 
 
 def step_work(config: TrainConfig) -> float:

@@ -1,0 +1,280 @@
+"""Run directories against concurrency, overwrite, tampering and size (docs/bad_input.md):
+one writer at a time, derived files removed with the run, a resume state validated before use,
+leftovers of a crash removed, one file mode, a memory estimate before allocation."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tl_grokking.analysis.progress import MEASURES_FILE, PHASES_FILE
+from tl_grokking.cli import main
+from tl_grokking.figures.report import REPORT_FILE
+from tl_grokking.runs.rundir import (
+    DERIVED_FILES,
+    LOCK_FILE,
+    RESUME_FILE,
+    RunDirLockedError,
+    checkpoint_path,
+    list_checkpoints,
+    load_safetensors,
+    read_metrics,
+    run_lock,
+    save_safetensors,
+)
+from tl_grokking.training.config import TrainConfig
+from tl_grokking.training.trainer import (
+    ResumeStateError,
+    TooLargeError,
+    check_memory,
+    memory_estimate,
+    train_model,
+)
+
+TINY = dict(p=13, frac_train=0.5, d_model=16, n_heads=2, d_mlp=32, lr=3e-3, epochs=20,
+            log_every=5, checkpoint_every=10, threads=1)  # fmt: skip
+
+
+def _train(run_dir, **changes):
+    return train_model(TrainConfig(**{**TINY, **changes}), run_dir, progress=False)
+
+
+# ---- one writer ---------------------------------------------------------------------------------
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    with run_lock(run):
+        with pytest.raises(
+            RunDirLockedError, match=f"being written by another process \\(pid {os.getpid()}\\)"
+        ):
+            _train(run)
+        assert (
+            main(["train", "--out", str(run), "--p", "13", "--epochs", "2", "--no-progress"]) == 2
+        )
+        assert "being written by another process" in capsys.readouterr().err
+    assert not (run / "config.json").exists()  # the refused writer wrote nothing
+    _train(run)  # the lock is free again
+    assert (run / LOCK_FILE).is_file()
+
+
+def test_the_lock_is_held_across_processes_and_freed_by_kill(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    code = (
+        "import sys, time; from tl_grokking.runs.rundir import run_lock\n"
+        "with run_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirLockedError, match=f"pid {holder.pid}"):
+            _train(run)
+    finally:
+        holder.kill()  # kill -9: the OS releases the lock
+        holder.wait()
+    _train(run)
+    assert len(read_metrics(run)) == 5  # one writer's lines, once each
+
+
+# ---- overwrite ----------------------------------------------------------------------------------
+
+
+def test_overwrite_removes_what_was_derived_from_the_old_run(tmp_path):
+    assert DERIVED_FILES == (MEASURES_FILE, PHASES_FILE, REPORT_FILE)
+    run = tmp_path / "run"
+    _train(run)
+    for name in DERIVED_FILES:
+        (run / name).write_text("old run's numbers")
+    (run / "notes.txt").write_text("mine")
+    train_model(TrainConfig(**{**TINY, "seed": 1}), run, overwrite=True, progress=False)
+    assert not any((run / name).exists() for name in DERIVED_FILES)
+    assert (run / "notes.txt").read_text() == "mine"  # only what a run writes is removed
+
+
+# ---- a resume state is validated before it is used --------------------------------------------
+
+
+def _tamper(run, *, metadata=None, drop=(), reshape=()):
+    path = run / RESUME_FILE
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = dict(fh.metadata() or {})
+    tensors = {k: v for k, v in load_safetensors(path).items() if k not in drop}
+    for key in reshape:
+        tensors[key] = torch.zeros(3)
+    save_safetensors(tensors, path, metadata={**meta, **(metadata or {})})
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (dict(metadata={"epoch": "-10"}), r"epoch '-10', not a nonnegative integer"),
+        (dict(metadata={"epoch": "ten"}), r"epoch 'ten'"),
+        (dict(metadata={"epoch": "15"}), r"epoch 15, but .*epoch_15\.safetensors .* is missing"),
+        (dict(drop=("optim.embed.W_E.exp_avg",)), r"AdamW exp_avg of embed\.W_E missing"),
+        (dict(drop=("model.unembed.W_U",)), r"weight unembed\.W_U missing"),
+        (dict(reshape=("model.embed.W_E",)), r"weight embed\.W_E has shape \(3,\)"),
+        (
+            dict(reshape=("optim.blocks.0.mlp.W_in.exp_avg_sq",)),
+            r"exp_avg_sq of blocks\.0\.mlp\.W_in has shape",
+        ),
+    ],
+)
+def test_a_tampered_resume_state_is_refused_and_nothing_is_changed(tmp_path, tamper, message):
+    run = tmp_path / "run"
+    _train(run)
+    _tamper(run, **tamper)
+    before = {p.name: p.read_bytes() for _, p in list_checkpoints(run)}
+    metrics = (run / "metrics.jsonl").read_text()
+    with pytest.raises(ResumeStateError, match=message):
+        train_model(TrainConfig(**{**TINY, "epochs": 30}), run, resume=True, progress=False)
+    assert {p.name: p.read_bytes() for _, p in list_checkpoints(run)} == before
+    assert (run / "metrics.jsonl").read_text() == metrics
+
+
+def test_resuming_past_the_asked_epochs_is_refused(tmp_path):
+    run = tmp_path / "run"
+    _train(run)
+    with pytest.raises(ResumeStateError, match="already at epoch 20, past the 10 epochs"):
+        train_model(TrainConfig(**{**TINY, "epochs": 10}), run, resume=True, progress=False)
+    # the same number of epochs is a finished run, reused as it is (reproduce relies on that)
+    assert train_model(TrainConfig(**TINY), run, resume=True, progress=False).epoch == 20
+
+
+def test_resume_removes_the_temporary_files_of_a_killed_write(tmp_path):
+    run = tmp_path / "run"
+    _train(run)
+    for leftover in (
+        run / ".metrics.jsonl.abc.tmp",
+        run / "checkpoints" / ".epoch_30.safetensors.x.tmp",
+    ):
+        leftover.write_bytes(b"half")
+    train_model(TrainConfig(**{**TINY, "epochs": 30}), run, resume=True, progress=False)
+    assert not list(run.glob(".*.tmp")) and not list((run / "checkpoints").glob(".*.tmp"))
+
+
+# ---- one file mode ------------------------------------------------------------------------------
+
+
+def test_every_file_of_a_run_has_the_same_mode(tmp_path):
+    run = tmp_path / "run"
+    _train(run)
+    files = [
+        run / "config.json",
+        run / "metrics.jsonl",
+        run / RESUME_FILE,
+        checkpoint_path(run, 10),
+    ]
+    modes = {stat.S_IMODE(path.stat().st_mode) for path in files}
+    assert len(modes) == 1, modes
+
+
+# ---- memory before allocation -------------------------------------------------------------------
+
+
+def test_the_memory_estimate_refuses_a_run_that_cannot_fit():
+    config = TrainConfig(p=2003)
+    parts = memory_estimate(config)
+    assert parts["logits of all p² pairs"] >= 2003**2 * 2003 * 4  # the p² × p logits at least
+    with pytest.raises(
+        TooLargeError, match=r"needs about .* GB of memory .* but 1 GB are available"
+    ):
+        check_memory(config, available=10**9)
+    check_memory(TrainConfig(**TINY), available=10**9)  # tiny runs fit
+
+
+def test_a_huge_p_is_refused_before_anything_is_allocated(tmp_path, capsys):
+    start = time.perf_counter()
+    code = main(["train", "--out", str(tmp_path / "run"), "--p", "100003", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "GB of memory" in err, err
+    assert time.perf_counter() - start < 30
+    assert not (tmp_path / "run").exists()
+
+
+# ---- formats by their bytes ---------------------------------------------------------------------
+
+
+def test_a_file_is_read_by_its_bytes_not_its_name(tmp_path):
+    """torch.load picks a format by the suffix; the loader decides by the first bytes."""
+    from tl_grokking.model.config import ModelConfig
+    from tl_grokking.model.transformer import make_model, tl3_state_dict
+    from tl_grokking.runs.checkpoints import CheckpointFormatError, detect_format, load_checkpoint
+
+    state = tl3_state_dict(make_model(ModelConfig(p=13, d_model=16, n_heads=2, d_mlp=32)))
+    torch.save(state, tmp_path / "named.safetensors")  # a torch zip with a safetensors name
+    assert detect_format(tmp_path / "named.safetensors") == "state_dict"
+    model = load_checkpoint(tmp_path / "named.safetensors")
+    assert all(torch.equal(v, state[k]) for k, v in tl3_state_dict(model).items())
+    save_safetensors(state, tmp_path / "named.pt")  # and the other way round
+    assert detect_format(tmp_path / "named.pt") == "safetensors"
+    (tmp_path / "zip.safetensors").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(CheckpointFormatError, match="corrupt or truncated torch file"):
+        load_checkpoint(tmp_path / "zip.safetensors")
+
+
+# ---- run files are validated on read ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"p": 23.5}, r"config\.json: p must be an integer >= 3, got 23\.5"),
+        ({"p": "23"}, r"config\.json: p must be an integer >= 3, got '23'"),
+        ({"seed": None}, r"config\.json: seed must be an integer >= 0, got None"),
+        ({"frac_train": 2}, r"config\.json: frac_train must be in the open interval"),
+        ({"task": "nope"}, r"config\.json: task must be one of"),
+        ({"d_mlp": "many"}, r"config\.json: d_mlp must be a positive integer"),
+    ],
+)
+def test_a_malformed_config_json_is_refused_naming_file_and_field(
+    shipped_run, tmp_path, change, message, capsys
+):
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(shipped_run, run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, **change}))
+    from tl_grokking.runs.checkpoints import load_run
+    from tl_grokking.runs.rundir import RunDirError
+
+    with pytest.raises(RunDirError, match=message):
+        load_run(run)
+    for command in (["analyze", str(run)], ["train", "--out", str(run), "--resume"]):
+        assert main([*command, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "config.json" in err, err
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"epoch": 5, "test_acc": "high"}', r"line 2: test_acc must be a number, got 'high'"),
+        ('{"epoch": -5}', r"line 2: epoch must be a nonnegative integer, got -5"),
+        ('{"epoch": "5"}', r"line 2: epoch must be a nonnegative integer, got '5'"),
+        ('{"epoch": 5, "train_loss": true}', r"line 2: train_loss must be a number, got True"),
+        ("[1, 2]", r"line 2 must be a JSON object, got list"),
+    ],
+)
+def test_a_malformed_metrics_line_is_refused_naming_the_line(tmp_path, line, message):
+    from tl_grokking.runs.rundir import RunDirError
+
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 0, "test_acc": 0.1}\n' + line + "\n")
+    with pytest.raises(RunDirError, match=message):
+        read_metrics(tmp_path)
+    (tmp_path / "metrics.jsonl").write_bytes(b'{"epoch": 0}\n\xff\xfe\n')
+    with pytest.raises(RunDirError, match=r"metrics\.jsonl is not UTF-8 text"):
+        read_metrics(tmp_path)
