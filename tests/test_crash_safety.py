@@ -169,3 +169,75 @@ def test_unwritable_output_directory_is_refused(tmp_path):
     finally:
         if parent.is_relative_to(tmp_path):
             parent.chmod(0o700)
+
+
+# ---- the kill -9 harness ------------------------------------------------------------------------
+
+#: SIGKILLs of the harness below (TL_GROKKING_KILL_TRIALS=100 for a longer run).
+KILL_TRIALS = int(os.environ.get("TL_GROKKING_KILL_TRIALS", "20"))
+HARNESS = dict(CONFIG, epochs=2000, log_every=5, checkpoint_every=5, threads=1)
+HARNESS_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in HARNESS.items()] + ["--no-progress"]
+
+
+def _progress(run_dir: Path) -> int:
+    """Bytes of the metrics log: grows with every logged epoch (and shrinks on a resume)."""
+    path = run_dir / "metrics.jsonl"
+    return path.stat().st_size if path.is_file() else 0
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
+    """KILL_TRIALS kill -9s of `tl-grokking train` / `train --resume` at random moments — most
+    while it trains (so during checkpoint, resume-state and metrics writes), every fourth
+    while a resume is still starting up — then one last resume; the checkpoints and the
+    metrics equal an uninterrupted run's, and no temporary file is left."""
+    import random
+
+    killed, reference, log = tmp_path / "killed", tmp_path / "reference", tmp_path / "log"
+    rng = random.Random(1234)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    kills = during_training = 0
+    for trial in range(10 * KILL_TRIALS):
+        if kills == KILL_TRIALS:
+            break
+        resume = ["--resume"] if (killed / "config.json").is_file() else []
+        before = _progress(killed)
+        with open(log, "wb") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, *CLI, "train", f"--out={killed}", *HARNESS_FLAGS, *resume],
+                env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+            )  # fmt: skip
+        early = bool(resume) and trial % 4 == 3
+        deadline = time.monotonic() + 120
+        if early:  # kill during start-up or the resume's own reads and rewrites
+            time.sleep(rng.uniform(0.2, 3.0))
+        else:  # wait until it trains, then kill at a random moment of the next ~0.1 s
+            while proc.poll() is None and _progress(killed) <= before + 200:
+                assert time.monotonic() < deadline, "training did not progress"
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0.0, 0.1))
+        if proc.poll() is not None:  # it finished (or failed) before the kill
+            assert proc.returncode == 0, log.read_text()[-2000:]
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        kills += 1
+        during_training += not early
+    assert kills == KILL_TRIALS, f"the run finished after {kills} kills"
+    assert during_training >= KILL_TRIALS // 2
+
+    args = ["train", f"--out={killed}", "--resume", "--no-progress"]
+    assert subprocess.run([sys.executable, *CLI, *args], env=env).returncode == 0
+    ref = ["train", f"--out={reference}", *HARNESS_FLAGS]
+    assert subprocess.run([sys.executable, *CLI, *ref], env=env).returncode == 0
+    got, want = list_checkpoints(killed), list_checkpoints(reference)
+    assert [e for e, _ in got] == [e for e, _ in want] and got[-1][0] == HARNESS["epochs"]
+    for (epoch, a), (_, b) in zip(got, want, strict=True):
+        ta, tb = load_safetensors(a), load_safetensors(b)
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), epoch
+    strip = ("elapsed",)
+    got_m = [{k: v for k, v in m.items() if k not in strip} for m in read_metrics(killed)]
+    want_m = [{k: v for k, v in m.items() if k not in strip} for m in read_metrics(reference)]
+    assert got_m == want_m
+    leftovers = [*killed.glob(".*.tmp"), *(killed / "checkpoints").glob(".*.tmp")]
+    assert not leftovers
