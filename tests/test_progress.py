@@ -429,7 +429,7 @@ def test_tasks_without_sum_directions_keep_the_other_measures(task_runs, name):
 
 def test_analyze_run_writes_measures_and_phases(task_runs, tmp_path):
     from tl_grokking.analysis.progress import MEASURES_FILE, PHASES_FILE, analyze_run
-    from tl_grokking.runs.rundir import read_json
+    from tl_grokking.runs.rundir import read_json, run_fingerprint
 
     run_dir = tmp_path / "run"
     shutil.copytree(task_runs["mul"], run_dir)
@@ -439,7 +439,9 @@ def test_analyze_run_writes_measures_and_phases(task_runs, tmp_path):
     assert stored.columns == measures.columns
     record = read_json(run_dir / PHASES_FILE)
     assert record["key_freqs"] == [] and record["key_freq_rule"] == measures.key_freq_rule
-    assert record["n_checkpoints"] == 4 and record == {**phases.to_dict(), **{
-        k: record[k] for k in ("key_freqs", "key_freq_rule", "n_checkpoints")}}  # fmt: skip
+    assert record["fingerprint"] == run_fingerprint(run_dir)
+    added = ("key_freqs", "key_freq_rule", "n_checkpoints", "fingerprint")
+    assert record["n_checkpoints"] == 4
+    assert record == {**phases.to_dict(), **{k: record[k] for k in added}}
     with pytest.raises(FileNotFoundError):
         analyze_run(tmp_path / "missing")

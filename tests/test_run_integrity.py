@@ -278,3 +278,29 @@ def test_a_malformed_metrics_line_is_refused_naming_the_line(tmp_path, line, mes
     (tmp_path / "metrics.jsonl").write_bytes(b'{"epoch": 0}\n\xff\xfe\n')
     with pytest.raises(RunDirError, match=r"metrics\.jsonl is not UTF-8 text"):
         read_metrics(tmp_path)
+
+
+# ---- derived files know what they were computed from --------------------------------------------
+
+
+def test_measures_of_another_run_with_the_same_epochs_are_not_shown_as_this_runs(tmp_path):
+    """measures.csv / phases.json carry the run's fingerprint: copied next to another run with
+    the same checkpoint epochs (or left after the run changed), the report recomputes them."""
+    import html
+    import shutil
+
+    from tl_grokking.analysis.progress import analyze_run
+    from tl_grokking.figures.report import build_report
+    from tl_grokking.runs.rundir import read_json, run_fingerprint
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    _train(a)
+    _train(b, seed=1)
+    analyze_run(a, progress=False)
+    assert read_json(a / PHASES_FILE)["fingerprint"] == run_fingerprint(a) != run_fingerprint(b)
+    page = build_report(a)
+    assert "out of date" not in page
+    for name in (MEASURES_FILE, PHASES_FILE):
+        shutil.copy(a / name, b / name)
+    page = html.unescape(build_report(b))
+    assert f"{MEASURES_FILE} is out of date: it was not computed from the run's checkpoints" in page

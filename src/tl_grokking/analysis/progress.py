@@ -63,7 +63,7 @@ from tl_grokking.model.transformer import (
     move_model,
     validate_device,
 )
-from tl_grokking.runs.rundir import atomic_write_text, write_json
+from tl_grokking.runs.rundir import atomic_write_text, run_fingerprint, write_json
 
 if TYPE_CHECKING:
     from tl_grokking.analysis.phases import Phases
@@ -700,7 +700,9 @@ def analyze_run(
     ``run_dir/measures.csv`` (:meth:`ProgressMeasures.to_csv`) and ``run_dir/phases.json`` (the
     phase boundaries plus ``key_freqs``, ``key_freq_rule`` and ``n_checkpoints``; with
     ``"phases": null`` and the ``"reason"`` when no phases can be detected, e.g. fewer than 3
-    checkpoints). Returns ``(measures, phases)``, ``phases`` being ``None`` in that case.
+    checkpoints; and the run's ``fingerprint``,
+    :func:`tl_grokking.runs.rundir.run_fingerprint`, by which readers tell stale files).
+    Returns ``(measures, phases)``, ``phases`` being ``None`` in that case.
 
     Raises what :func:`tl_grokking.runs.rundir.require_run_dir` raises: a ``RunDirError`` that is
     also a ``FileNotFoundError`` if ``run_dir`` does not exist, a ``RunDirError`` if it is not a
@@ -716,6 +718,7 @@ def analyze_run(
         load_run(run_dir), key_freqs=key_freqs, device=device, progress=progress
     )
     phases, record = phases_record(measures)  # no phases (e.g. < 3 checkpoints): the reason
+    record["fingerprint"] = run_fingerprint(run_dir)  # what both files were computed from
     measures.to_csv(run_dir / MEASURES_FILE)
     write_json(run_dir / PHASES_FILE, record)
     return measures, phases

@@ -58,6 +58,7 @@ from tl_grokking.runs.rundir import (
     read_metrics,
     require_run_dir,
     resume_epoch,
+    run_fingerprint,
 )
 
 __all__ = [
@@ -397,20 +398,23 @@ def _load_or_compute_measures(run_dir: Path, run: Any, *, device: str, progress:
 
     csv_path, phases_path = run_dir / MEASURES_FILE, run_dir / PHASES_FILE
     table, stale = None, False
+    stored = read_json(phases_path) if phases_path.is_file() else None
+    recorded = stored.get("fingerprint") if isinstance(stored, dict) else None
     if csv_path.is_file():
         table = read_measures_csv(csv_path)
         source = f"{MEASURES_FILE} (from tl-grokking analyze)"
-        if table.epochs != list(run.epochs):  # analysed before the run went on: recompute
+        if table.epochs != list(run.epochs) or (
+            recorded is not None and recorded != run_fingerprint(run_dir)
+        ):  # analysed before the run went on, or another run's: recompute
             table, stale = None, True
     if table is None:
         table = progress_measures(run, device=device, progress=progress)
         source = "computed for this report" + (
-            f" ({MEASURES_FILE} is out of date: it does not cover the run's checkpoints)"
+            f" ({MEASURES_FILE} is out of date: it was not computed from the run's checkpoints)"
             if stale
             else " (tl-grokking analyze stores them)"
         )
-    if phases_path.is_file() and not stale:
-        stored = read_json(phases_path)
+    if stored is not None and not stale:
         record = stored if isinstance(stored, dict) else {"phases": stored}
         return _Measures(table, record, source)
     return _Measures(table, phases_record(table)[1], source)

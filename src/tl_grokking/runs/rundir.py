@@ -55,6 +55,7 @@ __all__ = [
     "DERIVED_FILES",
     "run_lock",
     "RunDirLockedError",
+    "run_fingerprint",
 ]
 
 CONFIG_FILE = "config.json"
@@ -323,6 +324,24 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise RunDirError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def run_fingerprint(run_dir: str | os.PathLike) -> str:
+    """What a derived file (``measures.csv``, ``phases.json``) was computed from, in 16 hex
+    digits: ``config.json``, every checkpoint's epoch and size, and the last checkpoint's bytes.
+    A run that goes on, is overwritten or is replaced gets another fingerprint."""
+    import hashlib
+
+    run_dir = Path(run_dir)
+    digest = hashlib.sha256()
+    config = run_dir / CONFIG_FILE
+    digest.update(config.read_bytes() if config.is_file() else b"")
+    found = list_checkpoints(run_dir)
+    for epoch, path in found:
+        digest.update(f"{epoch}:{path.stat().st_size};".encode())
+    if found:
+        digest.update(found[-1][1].read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def rewrite_metrics(run_dir: str | os.PathLike, records: list[dict[str, Any]]) -> None:
