@@ -304,3 +304,21 @@ def test_measures_of_another_run_with_the_same_epochs_are_not_shown_as_this_runs
         shutil.copy(a / name, b / name)
     page = html.unescape(build_report(b))
     assert f"{MEASURES_FILE} is out of date: it was not computed from the run's checkpoints" in page
+
+
+# ---- arguments ----------------------------------------------------------------------------------
+
+
+def test_a_negative_number_in_exponent_form_reaches_the_validator(tmp_path, capsys):
+    """argparse took '-1e-3' for a flag ('expected one argument'); it is a value."""
+    assert main(["train", "--out", str(tmp_path / "r"), "--lr", "-1e-3"]) == 2
+    assert "lr must be in (0, inf), got -0.001" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command", [["train", "--out"], ["reproduce", "--quick", "--out"]])
+def test_an_empty_out_is_refused_not_taken_for_the_current_directory(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([*command, ""])
+    assert info.value.code == 2
+    assert "argument --out: must be a path, got an empty string" in capsys.readouterr().err

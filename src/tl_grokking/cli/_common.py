@@ -110,6 +110,16 @@ def _join_int_lists(args: list[str], flags: Iterable[str]) -> list[str]:
     return out
 
 
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def path_arg(text: str) -> str:
+    """A path flag's value: anything but the empty string (which would mean '.')."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be a path, got an empty string")
+    return text
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose integer-list flags (:func:`add_key_freqs_flag`) take
     ``14 19``, ``14,19`` or ``14, 19`` in any position; the help uses :class:`HelpFormatter`."""
@@ -118,6 +128,9 @@ class ArgumentParser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
         self.int_list_flags: set[str] = set()
+        # argparse takes '-1e-3' for a flag (its negative-number pattern has no exponent), so
+        # `--lr -1e-3` said "expected one argument"; the value now reaches the validators.
+        self._negative_number_matcher = _NEGATIVE_NUMBER
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None

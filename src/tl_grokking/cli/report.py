@@ -11,7 +11,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tl_grokking.cli._common import add_device_flag, add_threads_flag, set_analysis_threads
+from tl_grokking.cli._common import (
+    add_device_flag,
+    add_threads_flag,
+    path_arg,
+    set_analysis_threads,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,7 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by train")
     parser.add_argument(
-        "--out", default=None, metavar="FILE", help="where to write [RUN_DIR/report.html]"
+        "--out",
+        default=None,
+        type=path_arg,
+        metavar="FILE",
+        help="where to write [RUN_DIR/report.html]",
     )
     add_device_flag(parser, "device for the analysis forward passes")
     add_threads_flag(parser)

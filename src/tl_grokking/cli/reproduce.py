@@ -30,6 +30,7 @@ from tl_grokking.cli._common import (
     add_config_flags,
     add_threads_flag,
     config_values,
+    path_arg,
     set_analysis_threads,
     show_default,
 )
@@ -166,6 +167,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out",
         default=None,
+        type=path_arg,
         metavar="DIR",
         help="run directory [runs/reproduce-paper-seed<N>, or runs/reproduce-quick-seed<N> "
         "with --quick]",

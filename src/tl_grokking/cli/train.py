@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tl_grokking.cli._common import add_config_flags, config_values, flag_name
+from tl_grokking.cli._common import add_config_flags, config_values, flag_name, path_arg
 from tl_grokking.runs.rundir import CONFIG_FILE, GROK_ACC, is_run_dir
 from tl_grokking.training.config import (
     RESUMABLE_FIELDS,
@@ -53,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
     )
     out = parser.add_argument_group("output")
-    out.add_argument("--out", required=True, metavar="DIR", help="run directory to write")
+    out.add_argument(
+        "--out", required=True, type=path_arg, metavar="DIR", help="run directory to write"
+    )
     out.add_argument(
         "--resume",
         action="store_true",
