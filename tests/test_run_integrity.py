@@ -322,3 +322,49 @@ def test_an_empty_out_is_refused_not_taken_for_the_current_directory(command, ca
         main([*command, ""])
     assert info.value.code == 2
     assert "argument --out: must be a path, got an empty string" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"phases": "x"}, r"phases\.json: phases must be a list of \{name, start, end\} or null"),
+        ({"key_freqs": "abc"}, r"phases\.json: key_freqs must be a list of integers, got 'abc'"),
+        ({"cleanup_end": "late"}, r"phases\.json: cleanup_end must be a number or null"),
+        ({"notes": [1]}, r"phases\.json: notes must be a list of strings"),
+        ({"phases": [{"name": "cleanup", "start": 0, "end": "late"}]}, r"phases\[0\] must be"),
+    ],
+)
+def test_a_malformed_phases_json_is_refused_naming_the_field(tmp_path, change, message):
+    import json
+
+    from tl_grokking.analysis.progress import analyze_run
+    from tl_grokking.figures.report import build_report
+    from tl_grokking.runs.rundir import RunDirError
+
+    run = tmp_path / "run"
+    _train(run)
+    analyze_run(run, progress=False)
+    record = json.loads((run / PHASES_FILE).read_text())
+    (run / PHASES_FILE).write_text(json.dumps({**record, **change}))
+    with pytest.raises(RunDirError, match=message):
+        build_report(run)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("epoch,train_loss\n0,abc\n", r"line 2: train_loss must be a number, got 'abc'"),
+        ("epoch,train_loss\nx,1\n", r"line 2: epoch must be an integer, got 'x'"),
+        ("train_loss,epoch\n1,0\n", r"line 1 must name distinct columns, 'epoch' first"),
+        ("epoch,a,a\n0,1,2\n", r"line 1 must name distinct columns"),
+    ],
+)
+def test_a_malformed_measures_csv_is_refused_naming_line_and_column(tmp_path, text, message):
+    from tl_grokking.analysis.progress import read_measures_csv
+
+    (tmp_path / MEASURES_FILE).write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_measures_csv(tmp_path / MEASURES_FILE)
+    (tmp_path / MEASURES_FILE).write_bytes(b"\xff\xfe")
+    with pytest.raises(ValueError, match="is not UTF-8 text"):
+        read_measures_csv(tmp_path / MEASURES_FILE)

@@ -55,6 +55,7 @@ from tl_grokking.runs.rundir import (
     CONFIG_FILE,
     GROK_ACC,
     METRICS_FILE,
+    RunDirError,
     grok_epoch,
     read_json,
     read_metrics,
@@ -71,6 +72,7 @@ __all__ = [
     "GROK_LABEL",
     "grok_summary",
     "summary_lines",
+    "check_phases_record",
 ]
 
 #: How the summaries name the epoch at :data:`~tl_grokking.runs.rundir.GROK_ACC` ("test
@@ -395,6 +397,52 @@ def phases_record(
         n_checkpoints=len(_columns(measures)["epoch"]),
     )
     return phases, record
+
+
+_EPOCH_FIELDS = (
+    "first_epoch", "last_epoch", "memorization_end", "circuit_formation_end", "cleanup_start",
+    "cleanup_end", "test_acc_99_epoch",
+)  # fmt: skip
+
+
+def check_phases_record(record: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """Validate a stored ``phases.json`` (what :func:`phases_record` writes) field by field;
+    :class:`~tl_grokking.runs.rundir.RunDirError` names the file and the field."""
+
+    def bad(field: str, expected: str, value: Any) -> RunDirError:
+        return RunDirError(f"{path}: {field} must be {expected}, got {value!r}")
+
+    def is_number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    if not isinstance(record, dict):
+        raise RunDirError(f"{path} must hold a JSON object, got {type(record).__name__}")
+    for name in _EPOCH_FIELDS:
+        if record.get(name) is not None and not is_number(record[name]):
+            raise bad(name, "a number or null", record[name])
+    phases = record.get("phases")
+    if phases is not None:
+        if not isinstance(phases, list):
+            raise bad("phases", "a list of {name, start, end} or null", phases)
+        for i, phase in enumerate(phases):
+            ok = isinstance(phase, dict) and isinstance(phase.get("name"), str)
+            if not (ok and is_number(phase.get("start")) and is_number(phase.get("end"))):
+                raise bad(f"phases[{i}]", "an object with a name, a start and an end", phase)
+    freqs = record.get("key_freqs")
+    if freqs is not None and not (
+        isinstance(freqs, list)
+        and all(isinstance(k, int) and not isinstance(k, bool) for k in freqs)
+    ):
+        raise bad("key_freqs", "a list of integers", freqs)
+    for name in ("key_freq_rule", "reason", "fingerprint"):
+        if record.get(name) is not None and not isinstance(record[name], str):
+            raise bad(name, "a string", record[name])
+    notes = record.get("notes")
+    if notes is not None and not (
+        isinstance(notes, list) and all(isinstance(n, str) for n in notes)
+    ):
+        raise bad("notes", "a list of strings", notes)
+    return record
 
 
 #: Key-frequency rules whose answer needs no caveat: the default circuit rule, the paper's

@@ -360,10 +360,17 @@ def _fmt(value: float) -> str:
 def read_measures_csv(path: str | os.PathLike) -> ProgressMeasures:
     """Read a table written by :meth:`ProgressMeasures.to_csv` (key frequencies are inferred
     from the ``excluded_loss_k<k>`` column names; the rule is recorded as ``"from csv"``)."""
-    text = Path(path).read_text(encoding="utf-8").strip().splitlines()
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip().splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     if not text:
         raise ValueError(f"{path} is empty; expected a header row of measure names")
     names = text[0].split(",")
+    if names[0] != "epoch" or len(set(names)) != len(names) or not all(names):
+        raise ValueError(
+            f"{path}: line 1 must name distinct columns, 'epoch' first; got {text[0][:80]!r}"
+        )
     columns: dict[str, list[float]] = {name: [] for name in names}
     for line_no, line in enumerate(text[1:], start=2):
         values = line.split(",")
@@ -372,7 +379,14 @@ def read_measures_csv(path: str | os.PathLike) -> ProgressMeasures:
                 f"{path}: line {line_no} has {len(values)} fields, expected {len(names)}"
             )
         for name, value in zip(names, values, strict=True):
-            columns[name].append(int(value) if name == "epoch" else float(value))
+            try:
+                number = int(value) if name == "epoch" else float(value)
+            except ValueError:
+                kind = "an integer" if name == "epoch" else "a number"
+                raise ValueError(
+                    f"{path}: line {line_no}: {name} must be {kind}, got {value!r}"
+                ) from None
+            columns[name].append(number)
     freqs = sorted(
         int(n[len("excluded_loss_k") :]) for n in names if n.startswith("excluded_loss_k")
     )

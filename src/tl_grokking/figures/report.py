@@ -46,6 +46,7 @@ from tl_grokking._version import __version__
 from tl_grokking.analysis.phases import (
     GROK_LABEL,
     analysis_notes,
+    check_phases_record,
     grok_summary,
     phases_record,
 )
@@ -399,7 +400,9 @@ def _load_or_compute_measures(run_dir: Path, run: Any, *, device: str, progress:
     csv_path, phases_path = run_dir / MEASURES_FILE, run_dir / PHASES_FILE
     table, stale = None, False
     stored = read_json(phases_path) if phases_path.is_file() else None
-    recorded = stored.get("fingerprint") if isinstance(stored, dict) else None
+    if stored is not None:
+        stored = check_phases_record(stored, phases_path)
+    recorded = stored.get("fingerprint") if stored is not None else None
     if csv_path.is_file():
         table = read_measures_csv(csv_path)
         source = f"{MEASURES_FILE} (from tl-grokking analyze)"
@@ -415,8 +418,7 @@ def _load_or_compute_measures(run_dir: Path, run: Any, *, device: str, progress:
             else " (tl-grokking analyze stores them)"
         )
     if stored is not None and not stale:
-        record = stored if isinstance(stored, dict) else {"phases": stored}
-        return _Measures(table, record, source)
+        return _Measures(table, stored, source)
     return _Measures(table, phases_record(table)[1], source)
 
 
