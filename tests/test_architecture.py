@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -496,3 +497,17 @@ def test_only_the_seam_imports_transformer_lens():
     names = {name for _, _, name in found}
     assert "transformer_lens.HookedTransformer" in names
     assert "transformer_lens.model_bridge.TransformerBridge" in names
+
+
+def test_every_subpackage_is_a_regular_package():
+    """An ``__init__.py`` in each: a namespace package works in a checkout but is left out of
+    a wheel (setuptools' ``find_packages``). One went missing once behind a .gitignore rule."""
+    src = REPO / "src" / "tl_grokking"
+    for folder in [src, *(p for p in src.rglob("*") if p.is_dir() and p.name != "__pycache__")]:
+        if any(folder.glob("*.py")):
+            assert (folder / "__init__.py").is_file(), folder
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *map(str, src.rglob("*.py"))],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert ignored.stdout == "", f"git ignores source files:\n{ignored.stdout}"
