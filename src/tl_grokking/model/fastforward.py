@@ -374,11 +374,15 @@ def groups_for(
     tokens: Int[Tensor, "batch 3"], n_vocab: int, n_heads: int, act_fn: str
 ) -> TokenGroups | None:
     """:class:`TokenGroups` of ``tokens`` when :func:`weights_final_logits` would use them."""
-    if act_fn != "relu" or tokens.ndim != 2 or tokens.shape[0] < ALGEBRAIC_MIN_BATCH:
-        return None
-    if tokens.shape[1] != 3 or not bool((tokens[:, 2] == tokens[0, 2]).all()):
-        return None
-    return TokenGroups(tokens, n_vocab, n_heads)
+    ok = tokens.ndim == 2 and tokens.shape[1] == 3 and _algebraic_applies(tokens, act_fn)
+    return TokenGroups(tokens, n_vocab, n_heads) if ok else None
+
+
+def _algebraic_applies(tokens: Int[Tensor, "batch 3"], act_fn: str) -> bool:
+    """The algebraic path's family: ReLU, enough rows, one final token (the constant query)."""
+    if act_fn != "relu" or tokens.shape[0] < ALGEBRAIC_MIN_BATCH:
+        return False
+    return bool((tokens[:, 2] == tokens[0, 2]).all())
 
 
 def _final_logits_algebraic(
@@ -453,16 +457,16 @@ def weights_final_logits(
         raise ValueError(f"tokens must be a [batch, 3] tensor, got shape {tuple(tokens.shape)}")
     if act_fn not in SUPPORTED_ACT_FNS:
         raise ValueError(f"act_fn must be one of {SUPPORTED_ACT_FNS}, got {act_fn!r}")
+    if _algebraic_applies(tokens, act_fn):
+        n_vocab, n_heads = weights["embed.W_E"].shape[0], weights["blocks.0.attn.W_Q"].shape[0]
+        if groups is None:
+            groups = TokenGroups(tokens, n_vocab, n_heads)
+        elif not groups.matches(tokens, n_heads):
+            raise ValueError("groups were built for other tokens than the ones given")
+        return _final_logits_algebraic(weights, attn_rate, tokens, groups)
     last = tokens[:, 2]
     first = int(last[0]) if tokens.shape[0] else 0
     if tokens.shape[0] and bool((last == first).all()):
-        n_vocab, n_heads = weights["embed.W_E"].shape[0], weights["blocks.0.attn.W_Q"].shape[0]
-        if act_fn == "relu" and tokens.shape[0] >= ALGEBRAIC_MIN_BATCH:
-            if groups is None:
-                groups = TokenGroups(tokens, n_vocab, n_heads)
-            elif not groups.matches(tokens, n_heads):
-                raise ValueError("groups were built for other tokens than the ones given")
-            return _final_logits_algebraic(weights, attn_rate, tokens, groups)
         return _final_logits_constant_query(weights, act_fn, attn_rate, tokens, first)
     return _final_logits_general(weights, act_fn, attn_rate, tokens)
 

@@ -51,6 +51,7 @@ from torch import Tensor
 from tl_grokking._format import fmt_num
 from tl_grokking._validation import check_int
 from tl_grokking.data.tasks import SPLIT_METHODS, Task, make_task, validate_frac_train
+from tl_grokking.model.config import ModelConfig
 from tl_grokking.model.fastforward import final_logits_batched
 from tl_grokking.model.transformer import (
     GrokModel,
@@ -58,7 +59,6 @@ from tl_grokking.model.transformer import (
     check_compatible,
     make_model,
 )
-from tl_grokking.model.config import ModelConfig
 from tl_grokking.runs.rundir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -298,7 +298,9 @@ def state_dict_layout(state: Mapping[str, Tensor]) -> str:
         raise CheckpointFormatError(
             "expected a state dict (a non-empty dict of str -> tensor); " + _formats_help()
         )
-    if "embed.weight" in state and any(re.fullmatch(r"blocks\.\d+\.attn\.o\.weight", k) for k in state):
+    if "embed.weight" in state and any(
+        re.fullmatch(r"blocks\.\d+\.attn\.o\.weight", k) for k in state
+    ):
         raise CheckpointFormatError(
             "this is a TransformerLens 4 TransformerBridge state dict (keys 'embed.weight', "
             "'blocks.0.attn.o.weight', ...), which does not record the number of heads; save "
@@ -954,8 +956,7 @@ class SplitCheck:
         )
         if not self.conclusive:
             text += (
-                f"; inconclusive: the test pairs' loss {fmt_num(self.test_recomputed)} is as "
-                "close"
+                f"; inconclusive: the test pairs' loss {fmt_num(self.test_recomputed)} is as close"
             )
         return text
 
@@ -1031,9 +1032,7 @@ class LoadedRun:
             where=where,
         )
 
-    def model(
-        self, epoch: int | None = None, *, device: str | torch.device = "cpu"
-    ) -> GrokModel:
+    def model(self, epoch: int | None = None, *, device: str | torch.device = "cpu") -> GrokModel:
         """A :class:`HookedTransformer` with the weights of ``epoch`` (default: final)."""
         return _build_model(self.state_dict(epoch), self.model_config, device, self.task)
 

@@ -313,7 +313,9 @@ def _check_metrics_record(record: Any, path: Path, line: int) -> None:
         raise RunDirError(f"{path}: line {line} must be a JSON object, got {type(record).__name__}")
     epoch = record.get("epoch")
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise RunDirError(f"{path}: line {line}: epoch must be a nonnegative integer, got {epoch!r}")
+        raise RunDirError(
+            f"{path}: line {line}: epoch must be a nonnegative integer, got {epoch!r}"
+        )
     for key, value in record.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise RunDirError(f"{path}: line {line}: {key} must be a number, got {value!r}")
