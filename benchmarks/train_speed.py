@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tl_grokking._threads import auto_threads, available_cores, using_threads
+from tl_grokking._resources import auto_threads, available_cores, using_threads
 from tl_grokking.model.fastforward import groups_for, weights_final_logits
 from tl_grokking.model.transformer import (
     BACKEND,

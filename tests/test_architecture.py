@@ -30,7 +30,7 @@ PACKAGE = "tl_grokking"
 DOC = REPO / "docs" / "architecture.md"
 
 #: The layering, left to right: a subpackage may import only those to its left ...
-LAYERS = ("data", "model", "runs", "training", "analysis", "figures", "cli")
+LAYERS = ("data", "model", "runs", "training", "analysis", "sweeps", "figures", "cli")
 #: ... except these (the analysis reads runs and checkpoints, never the trainer).
 FORBIDDEN = {"analysis": {"training"}}
 #: Top-level modules that may import anything (the lazy API and ``python -m tl_grokking``).

@@ -4,10 +4,16 @@ leftovers of a crash removed, one file mode, a memory estimate before allocation
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
+import math
 import os
+import re
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -368,3 +374,235 @@ def test_a_malformed_measures_csv_is_refused_naming_line_and_column(tmp_path, te
     (tmp_path / MEASURES_FILE).write_bytes(b"\xff\xfe")
     with pytest.raises(ValueError, match="is not UTF-8 text"):
         read_measures_csv(tmp_path / MEASURES_FILE)
+
+
+# ---- a compressed archive is sized before it is inflated ---------------------------------------
+
+
+def _deflated_archive(path, pad: int) -> None:
+    """A torch.save zip of a small state dict and ``pad`` zero floats, every entry re-packed
+    deflated (torch.save stores them): ``pad`` floats of declared size in a few KB."""
+    import io
+    import zipfile
+
+    plain = io.BytesIO()
+    torch.save({"embed.W_E": torch.randn(18, 16), "pad": torch.zeros(pad)}, plain)
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename), zipfile.ZIP_DEFLATED)
+
+
+def test_a_compressed_archive_is_refused_from_its_declared_sizes(tmp_path, monkeypatch):
+    """A zip bomb is refused from the zip directory's declared sizes, before torch.load
+    inflates anything; the message names the file, the sizes and the bound."""
+    from tl_grokking.runs import checkpoints
+    from tl_grokking.runs.checkpoints import CheckpointSizeError, read_checkpoint_file
+
+    bomb = tmp_path / "bomb.pt"
+    _deflated_archive(bomb, pad=1_000_000)  # 4 MB of zeros
+    assert bomb.stat().st_size < 50_000
+    assert set(read_checkpoint_file(bomb)[0]) == {"embed.W_E", "pad"}  # within the bound
+
+    monkeypatch.setattr(checkpoints, "INFLATE_FLOOR", 2**20)  # a bound the test can cross
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
+    with pytest.raises(CheckpointSizeError) as info:
+        read_checkpoint_file(bomb)
+    message = str(info.value)
+    assert str(bomb) in message and "refusing to load" in message
+    assert "declare 40" in message and "more than the 1048576 bytes" in message
+    assert "/data/" in message and "compressed" in message  # the largest entry, named
+
+
+def test_a_forged_declared_size_is_refused_or_fails_as_corrupt(tmp_path):
+    import struct
+
+    from tl_grokking.runs.checkpoints import (
+        CheckpointFormatError,
+        CheckpointSizeError,
+        read_checkpoint_file,
+    )
+
+    def forge(size):
+        data = bytearray((tmp_path / "bomb.pt").read_bytes())
+        pos = data.find(b"PK\x01\x02")
+        while pos != -1:  # central directory entries: the uncompressed size at +24
+            name = bytes(data[pos + 46 : pos + 46 + struct.unpack_from("<H", data, pos + 28)[0]])
+            if name.endswith(b"/data/1"):
+                struct.pack_into("<I", data, pos + 24, size)
+            pos = data.find(b"PK\x01\x02", pos + 46)
+        (tmp_path / "forged.pt").write_bytes(bytes(data))
+        return tmp_path / "forged.pt"
+
+    _deflated_archive(tmp_path / "bomb.pt", pad=1000)
+    with pytest.raises(CheckpointSizeError, match=r"forged\.pt: refusing to load.*4294967294"):
+        read_checkpoint_file(forge(2**32 - 2))  # declares 4 GB: beyond the 256 MiB floor
+    with pytest.raises(CheckpointFormatError, match=r"forged\.pt: corrupt or truncated torch"):
+        read_checkpoint_file(forge(8))  # declares less than it holds: torch stops there
+
+
+def test_a_stored_archive_larger_than_memory_allows_is_refused(tmp_path, monkeypatch):
+    from tl_grokking.runs import checkpoints
+    from tl_grokking.runs.checkpoints import CheckpointSizeError, read_checkpoint_file
+
+    torch.save({"w": torch.zeros(1_000_000)}, tmp_path / "big.pt")  # stored, as torch writes
+    monkeypatch.setattr(checkpoints, "available_memory", lambda: 2_000_000)
+    with pytest.raises(CheckpointSizeError, match=r"half of the 2 MB of memory available"):
+        read_checkpoint_file(tmp_path / "big.pt")
+
+
+def test_a_legacy_pickle_declaring_huge_storages_fails_as_corrupt(tmp_path):
+    """A legacy (non-zip) file cannot be sized before loading, and cannot expand either: torch
+    fills each storage from the file, so a storage larger than the file is a truncated file."""
+    import io
+    import struct
+
+    from tl_grokking.runs.checkpoints import CheckpointFormatError, read_checkpoint_file
+
+    out = io.BytesIO()
+    torch.save({"w": torch.zeros(10)}, out, _use_new_zipfile_serialization=False)
+    blob = out.getvalue()
+    for numel in (2_000_000_000, 200_000_000_000):  # 8 GB (allocated lazily), 800 GB (refused)
+        code = b"\x8a\x05" + numel.to_bytes(5, "little")  # LONG1: the storage's size and shape
+        head = blob[:-48].replace(b"K\nN)", code + b"N)", 1)
+        head = head.replace(b"K\x00K\n\x85", b"K\x00" + code + b"\x85", 1)
+        (tmp_path / "huge.pt").write_bytes(head + struct.pack("<q", numel) + blob[-40:])
+        with pytest.raises(CheckpointFormatError, match=r"huge\.pt: corrupt or truncated torch"):
+            read_checkpoint_file(tmp_path / "huge.pt")
+
+
+# ---- special files are named for what they are, never opened -----------------------------------
+
+
+@contextlib.contextmanager
+def _unblocking(fifo):
+    """If a reader blocks on ``fifo`` for long, open it for writing (the reader then reads an
+    empty file) and say so: the test fails instead of hanging."""
+    done, blocked = threading.Event(), []
+
+    def writer():
+        if not done.wait(20):  # a hang guard, not a measurement
+            blocked.append(True)
+            with open(fifo, "wb"):
+                pass
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        assert not blocked, f"{fifo} was opened for reading: the reader blocked"
+
+
+SPECIAL_KINDS = {
+    "fifo": (lambda path: os.mkfifo(path), r"is a FIFO \(named pipe\)"),
+    "loop": (lambda path: os.symlink(path.name, path), r"is a symbolic link loop"),
+    "dir": (lambda path: path.mkdir(), r"is a directory, not a"),
+    "device": (lambda path: os.symlink("/dev/zero", path), r"is a character device"),
+}
+
+
+@pytest.mark.parametrize("kind", SPECIAL_KINDS)
+@pytest.mark.parametrize("where", ["checkpoint", "config.json", "metrics.jsonl", "file"])
+def test_special_files_are_named_for_what_they_are(tmp_path, kind, where):
+    from tl_grokking.runs.checkpoints import load_checkpoint, load_run
+    from tl_grokking.runs.rundir import read_json, read_metrics
+
+    run = tmp_path / "run"
+    _train(run)
+    make, said = SPECIAL_KINDS[kind]
+    target = {
+        "checkpoint": checkpoint_path(run, 20),
+        "config.json": run / "config.json",
+        "metrics.jsonl": run / "metrics.jsonl",
+        "file": tmp_path / "model.pt",
+    }[where]
+    if target.exists():
+        target.unlink()
+    make(target)
+    calls = {
+        "checkpoint": [lambda: load_run(run).model(20), lambda: load_checkpoint(target)],
+        "config.json": [lambda: load_run(run), lambda: read_json(target)],
+        "metrics.jsonl": [lambda: load_run(run), lambda: read_metrics(run)],
+        "file": [lambda: load_checkpoint(target), lambda: load_run(target)],
+    }[where]
+    for call in calls:
+        with _unblocking(target if kind == "fifo" else tmp_path / "none"):
+            with pytest.raises((OSError, ValueError), match=said) as info:
+                call()
+        assert target.name in str(info.value) and "does not exist" not in str(info.value)
+
+
+@pytest.mark.parametrize("kind", SPECIAL_KINDS)
+def test_a_special_run_directory_or_output_is_named_by_the_command(tmp_path, kind, capsys):
+    """The CLI side (the hostile harness covers every command and file): one line, exit 2."""
+    make, said = SPECIAL_KINDS[kind]
+    make(tmp_path / "run")
+    flags = ["--p", "13", "--epochs", "2", "--no-progress"]
+    for argv in (
+        ["report", str(tmp_path / "run")],
+        ["train", "--out", str(tmp_path / "run"), *flags],
+    ):
+        if kind == "dir":  # an empty directory: no run there
+            continue
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and re.search(said, err), err
+
+
+# ---- a failing write names its file and leaves the old one --------------------------------------
+
+
+def test_a_full_disk_names_the_file_and_leaves_the_old_one(tmp_path, monkeypatch):
+    from tl_grokking.runs.rundir import append_metrics, write_json
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    write_json(tmp_path / "config.json", {"p": 13})
+    append_metrics(tmp_path, {"epoch": 0, "train_loss": 1.0})
+    before = (tmp_path / "metrics.jsonl").read_bytes()
+
+    def fail(*args):
+        raise full
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(OSError, match=r"\[Errno 28\] cannot write .*config\.json: No space left"):
+        write_json(tmp_path / "config.json", {"p": 17})
+    with pytest.raises(OSError, match=r"cannot write .*metrics\.jsonl: No space left"):
+        append_metrics(tmp_path, {"epoch": 5, "train_loss": 0.5})
+    assert json.loads((tmp_path / "config.json").read_text()) == {"p": 13}
+    assert (tmp_path / "metrics.jsonl").read_bytes() == before  # no partial line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "metrics.jsonl"]
+
+
+def test_a_checkpoint_is_read_not_mapped(tmp_path):
+    """safetensors' load_file maps the file: truncating it in place then kills the reader with
+    SIGBUS. The loader reads it (a separate process, so that a regression is a failure, not the
+    end of the test run)."""
+    code = (
+        "import sys, torch\n"
+        "from tl_grokking.runs.rundir import load_safetensors, save_safetensors\n"
+        "save_safetensors({'w': torch.ones(100_000)}, sys.argv[1])\n"
+        "state = load_safetensors(sys.argv[1])\n"
+        "open(sys.argv[1], 'wb').close()  # truncated in place by someone else\n"
+        "print(float(state['w'].sum()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "w.safetensors")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "100000.0", done.stderr
+
+
+def test_an_all_zero_checkpoint_has_nan_gini_and_the_rest_is_measured(tmp_path):
+    from tl_grokking.analysis.progress import analyze_run
+
+    run = tmp_path / "run"
+    _train(run)
+    path = checkpoint_path(run, 20)
+    save_safetensors({k: v * 0 for k, v in load_safetensors(path).items()}, path)
+    measures, _ = analyze_run(run, progress=False)
+    gini_e = measures["gini_W_E"]
+    assert math.isnan(gini_e[-1]) and all(math.isfinite(g) for g in gini_e[:-1])
+    assert all(math.isfinite(x) for x in measures["test_loss"])

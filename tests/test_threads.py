@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tl_grokking._threads import MIN_WORK_PER_THREAD, auto_threads, available_cores, using_threads
+from tl_grokking._resources import MIN_WORK_PER_THREAD, auto_threads, available_cores, using_threads
 from tl_grokking.cli.reproduce import quick_config
 from tl_grokking.training.config import TrainConfig
 from tl_grokking.training.trainer import step_work, train_model

@@ -196,6 +196,18 @@ def test_early_stop_matches_the_full_run(small_run, tmp_path):
     mine, reference = _state(tmp_path, expected), _state(small_run, expected)
     assert all(torch.equal(mine[k], reference[k]) for k in mine)
 
+    # resuming the early-stopped run with the same settings trains nothing more (a sweep
+    # resumes every run it finds unfinished); without the early stop it continues
+    before = read_metrics(tmp_path)
+    again = train_model(config, tmp_path, resume=True, progress=False)
+    assert again.stopped_early and again.epoch == expected
+    assert read_metrics(tmp_path) == before
+    onward = train_model(
+        config.replace(early_stop_acc=None, epochs=expected + 10), tmp_path, resume=True,
+        progress=False,
+    )  # fmt: skip
+    assert onward.epoch == expected + 10 and not onward.stopped_early
+
 
 def test_divergence_raises_and_keeps_checkpoints(tmp_path, monkeypatch):
     config = TrainConfig(**TINY)

@@ -51,8 +51,13 @@ _EXPORTS: dict[str, str] = {
     "analyze_run": "tl_grokking.analysis.progress",
     "detect_phases": "tl_grokking.analysis.phases",
     "classify_clock_pizza": "tl_grokking.analysis.clock_pizza",
+    # sweeps: many runs, and the analysis across them
+    "SweepSpec": "tl_grokking.sweeps.spec",
+    "run_sweep": "tl_grokking.sweeps.runner",
+    "analyze_sweep": "tl_grokking.analysis.sweep",
     # figures
     "write_report": "tl_grokking.figures.report",
+    "write_sweep_report": "tl_grokking.figures.sweep_report",
 }
 
 __all__ = [
@@ -86,7 +91,11 @@ __all__ = [
     "analyze_run",
     "detect_phases",
     "classify_clock_pizza",
+    "SweepSpec",
+    "run_sweep",
+    "analyze_sweep",
     "write_report",
+    "write_sweep_report",
 ]
 
 if TYPE_CHECKING:  # what a type checker and an IDE see; at run time __getattr__ loads these
@@ -103,12 +112,16 @@ if TYPE_CHECKING:  # what a type checker and an IDE see; at run time __getattr__
     )
     from tl_grokking.analysis.phases import detect_phases
     from tl_grokking.analysis.progress import analyze_run, progress_measures
+    from tl_grokking.analysis.sweep import analyze_sweep
     from tl_grokking.analysis.weights import embed_fourier_norms, unembed_fourier_norms
     from tl_grokking.data.tasks import ModularAddition, Task, make_custom_task, make_task
     from tl_grokking.figures.report import write_report
+    from tl_grokking.figures.sweep_report import write_sweep_report
     from tl_grokking.model.config import ModelConfig
     from tl_grokking.model.transformer import make_model
     from tl_grokking.runs.checkpoints import load_checkpoint, load_run
+    from tl_grokking.sweeps.runner import run_sweep
+    from tl_grokking.sweeps.spec import SweepSpec
     from tl_grokking.training.config import TrainConfig
     from tl_grokking.training.trainer import train_model
 

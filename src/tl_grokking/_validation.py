@@ -29,6 +29,8 @@ __all__ = [
     "option",
     "config_from_dict",
     "worded",
+    "expected_errors",
+    "one_line",
     "API_WORDS",
     "CLI_WORDS",
 ]
@@ -141,3 +143,26 @@ def worded(cls: type[_E], template: str, **values: Any) -> _E:
     err = cls(template.format(**API_WORDS, **values))
     err.cli_message = template.format(**CLI_WORDS, **values)  # type: ignore[attr-defined]
     return err
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The failures bad input explains (the CLI prints them as one line, a sweep records them
+    as a run's error): ``ValueError``, ``OSError``, a diverged run, a corrupt safetensors file.
+    The classes of modules not loaded cannot have been raised, so they are not imported."""
+    import sys
+
+    kinds: list[type[BaseException]] = [ValueError, OSError]
+    trainer = sys.modules.get("tl_grokking.training.trainer")
+    if trainer is not None:
+        kinds.append(trainer.TrainingDivergedError)
+    safetensors = sys.modules.get("safetensors")
+    if safetensors is not None:
+        kinds.append(safetensors.SafetensorError)
+    return tuple(kinds)
+
+
+def one_line(err: BaseException, *, cli: bool = True) -> str:
+    """An error's message on one line (its ``cli_message`` when ``cli``, see :func:`worded`)."""
+    message = (getattr(err, "cli_message", None) if cli else None) or str(err)
+    message = message or type(err).__name__
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())

@@ -51,6 +51,7 @@ from torch import Tensor
 from tl_grokking.analysis.grid import resolve_task
 from tl_grokking.data.discrete_log import reindexed_tokens
 from tl_grokking.data.tasks import Task
+from tl_grokking.model.fastforward import final_logits_batched
 from tl_grokking.model.transformer import GrokModel, model_attn_rate
 
 __all__ = [
@@ -127,25 +128,38 @@ def gradient_symmetricity(
     return float(cos.mean())
 
 
-def correct_logit_grid(model: GrokModel, task: Task | None = None) -> Float[Tensor, "n n"]:
+def correct_logit_grid(
+    model: GrokModel, task: Task | None = None, *, fast: bool = False
+) -> Float[Tensor, "n n"]:
     """``L[i, j]``: the final-position logit of the correct answer for operands
-    ``(order[i], order[j])``, ``order = task.fourier_tokens()`` (the p×p grid (a, b) for add)."""
+    ``(order[i], order[j])``, ``order = task.fourier_tokens()`` (the p×p grid (a, b) for add).
+
+    ``fast``: from :func:`tl_grokking.model.fastforward.final_logits_batched` (equal to the
+    model's own forward up to float32 rounding, several times faster) instead of the model's
+    forward."""
     task = resolve_task(model, task, needs="clock_pizza", analysis="the correct-logit grid")
     tokens = reindexed_tokens(task).to(model.W_E.device)
     labels = task.label(tokens[:, 0], tokens[:, 1])
     with torch.no_grad():
-        logits = model(tokens)[:, -1, :].double()
+        if fast:
+            logits = final_logits_batched(model, tokens).double()
+        else:
+            logits = model(tokens)[:, -1, :].double()
     n = task.fourier_size
+    assert n is not None  # resolve_task required "clock_pizza": a group task
     return logits.gather(1, labels[:, None]).reshape(n, n)
 
 
-def distance_irrelevance(model: GrokModel, task: Task | None = None) -> float:
+def distance_irrelevance(
+    model: GrokModel, task: Task | None = None, *, fast: bool = False
+) -> float:
     """Distance irrelevance ``q`` (Zhong et al. 2023, Def. 4.2).
 
     ``q = mean_d std_i L[i, i + d] / std L`` over the correct-logit grid of
-    :func:`correct_logit_grid`, population standard deviations, d over all n distances.
+    :func:`correct_logit_grid` (``fast``: its fast forward), population standard deviations, d
+    over all n distances.
     """
-    return distance_irrelevance_of_grid(correct_logit_grid(model, task))
+    return distance_irrelevance_of_grid(correct_logit_grid(model, task, fast=fast))
 
 
 def distance_irrelevance_of_grid(grid: Float[Tensor, "n n"]) -> float:
@@ -202,9 +216,13 @@ def classify_clock_pizza(
     di_threshold: float = DISTANCE_IRRELEVANCE_THRESHOLD,
     n_samples: int = 100,
     seed: int = 0,
+    fast: bool = False,
 ) -> ClockPizzaVerdict:
     """Tell a clock from a pizza: "pizza" if ``s_g ≥ gs_threshold`` and ``q < di_threshold``,
     "clock" if ``s_g < gs_threshold`` and ``q ≥ di_threshold``, else "ambiguous".
+
+    ``fast``: ``q`` from the fast forward (:func:`correct_logit_grid`), equal to float32
+    rounding; what ``tl-grokking analyze SWEEP_DIR`` uses for every run.
 
     Classify only a model that solves the task (the metrics describe the learned algorithm;
     on an untrained model ``s_g ≈ 1`` and ``q ≈ 1`` whatever the attention rate).
@@ -213,7 +231,7 @@ def classify_clock_pizza(
         if not isinstance(value, int | float) or not (0.0 <= float(value) <= 1.0):
             raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
     gs = gradient_symmetricity(model, task, n_samples=n_samples, seed=seed)
-    di = distance_irrelevance(model, task)
+    di = distance_irrelevance(model, task, fast=fast)
     pizza_gs, pizza_di = gs >= gs_threshold, di < di_threshold
     label = "ambiguous" if pizza_gs != pizza_di else ("pizza" if pizza_gs else "clock")
     return ClockPizzaVerdict(

@@ -41,29 +41,37 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tl_grokking.analysis.circuits import key_frequencies
+from tl_grokking.analysis.circuits import MLP_POST, key_frequencies, neuron_clusters
 from tl_grokking.analysis.fourier import SumProjection, validate_freqs
+from tl_grokking.analysis.grid import grid_tokens
 from tl_grokking.analysis.weights import embed_fourier_norms, unembed_fourier_norms
 from tl_grokking.data.tasks import Task, make_task
-from tl_grokking.model.fastforward import final_logits_batched
+from tl_grokking.model.fastforward import (
+    TokenGroups,
+    final_logits_batched,
+    groups_for,
+    supports_fast_path,
+    weights_final_logits,
+)
 from tl_grokking.model.transformer import (
     BACKEND,
     GrokModel,
     check_compatible,
     config_from_model,
     load_weights,
+    model_attn_rate,
     model_weights,
     move_model,
     validate_device,
 )
-from tl_grokking.runs.rundir import atomic_write_text, run_fingerprint, write_json
+from tl_grokking.runs.rundir import atomic_write_text, require_file, run_fingerprint, write_json
 
 if TYPE_CHECKING:
     from tl_grokking.analysis.phases import Phases
@@ -78,6 +86,7 @@ __all__ = [
     "sum_squared_weights",
     "LogitMeasures",
     "cheap_measures_callback",
+    "config_callbacks",
     "read_measures_csv",
     "KEY_FREQ_FALLBACK_RULES",
     "MAX_KEY_FRACTION",
@@ -97,6 +106,10 @@ MAX_KEY_FRACTION = 0.25
 #: Files :func:`analyze_run` writes into the run directory.
 MEASURES_FILE = "measures.csv"
 PHASES_FILE = "phases.json"
+
+#: Rows :func:`~tl_grokking.model.fastforward.final_logits_batched` takes in one call (its
+#: default batch); grids up to this size reuse the fast path's token layout across checkpoints.
+_FAST_BATCH = 16384
 
 #: The analysis name used when the restricted / excluded losses are refused for a task.
 _SUM_ANALYSIS = "the restricted / excluded losses (progress measures)"
@@ -256,9 +269,33 @@ def _ce(logits: Float[Tensor, "n c"], labels: Int[Tensor, " n"]) -> float:
     return float(F.cross_entropy(logits, labels))
 
 
-def _final_logits_p(model: GrokModel, tokens: Int[Tensor, "n 3"], p: int) -> Float[Tensor, "n p"]:
-    """Final-position logits of the p residue classes (an extra ``=`` logit is dropped)."""
-    return final_logits_batched(model, tokens)[:, :p]
+def _final_logits_p(
+    model: GrokModel, tokens: Int[Tensor, "n 3"], p: int, groups: TokenGroups | None = None
+) -> Float[Tensor, "n p"]:
+    """Final-position logits of the p residue classes (an extra ``=`` logit is dropped).
+
+    ``groups`` (:func:`~tl_grokking.model.fastforward.groups_for` of ``tokens``, built once per
+    run) spare the fast path rebuilding its token layout at every checkpoint; the logits are
+    the same either way."""
+    if groups is None or tokens.shape[0] > _FAST_BATCH or not supports_fast_path(model):
+        return final_logits_batched(model, tokens)[:, :p]
+    with torch.no_grad():
+        weights = model_weights(model)
+        logits = weights_final_logits(
+            weights,
+            tokens,
+            act_fn=model.cfg.act_fn,
+            attn_rate=model_attn_rate(model),
+            groups=groups,
+        )
+    return logits[:, :p]
+
+
+def _run_groups(model: GrokModel, tokens: Int[Tensor, "n 3"]) -> TokenGroups | None:
+    """The fast path's token layout of ``tokens`` for the models of a run (same shapes)."""
+    if tokens.shape[0] > _FAST_BATCH or not supports_fast_path(model):
+        return None
+    return groups_for(tokens, model.cfg.d_vocab, model.cfg.n_heads, model.cfg.act_fn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,13 +303,37 @@ def _final_logits_p(model: GrokModel, tokens: Int[Tensor, "n 3"], p: int) -> Flo
 # ---------------------------------------------------------------------------------------------
 
 
+def _final_evidence(model: GrokModel, task: Task) -> dict[str, Any]:
+    """The MLP activations (as :func:`~tl_grokking.analysis.circuits.neuron_clusters`) and the
+    logits (as :func:`~tl_grokking.analysis.grid.all_logits`) the circuit rule of
+    :func:`~tl_grokking.analysis.circuits.key_frequencies` reads, from **one** forward pass when
+    both are over the same grid (addition: the group grid is the canonical one); else nothing
+    (``key_frequencies`` then runs its own forward passes). The same numbers either way."""
+    if "sum_directions" not in task.meaningful_analyses:
+        return {}
+    tokens = grid_tokens(model, task)
+    if not torch.equal(grid_tokens(model, task, reindex=None), tokens):
+        return {}
+    cache: dict[str, Tensor] = {}
+
+    def record(act: Tensor, hook: Any) -> None:
+        cache["post"] = act[:, -1].detach().clone()
+
+    with torch.no_grad():
+        out = model.run_with_hooks(tokens, fwd_hooks=[(MLP_POST, record)])
+    logits = out[:, -1, : model.cfg.d_vocab - 1].to(torch.float64)
+    return {"clusters": neuron_clusters(model, task, activations=cache["post"]), "logits": logits}
+
+
 def _key_freqs_of(model: GrokModel, task: Task) -> tuple[list[int], str]:
     """Key frequencies of ``model`` by the first rule of :data:`KEY_FREQ_FALLBACK_RULES` that
     finds a sparse set (1 to :data:`MAX_KEY_FRACTION` of all frequencies), and its name."""
     limit = max(1, int(MAX_KEY_FRACTION * (task.p // 2)))
     tried = []
+    evidence = _final_evidence(model, task)
     for rule in KEY_FREQ_FALLBACK_RULES:
-        freqs = key_frequencies(model, task, rule=rule).keys
+        given = evidence if rule == "circuit" else {}
+        freqs = key_frequencies(model, task, rule=rule, **given).keys
         if 1 <= len(freqs) <= limit:
             return validate_freqs(freqs, task.p, field="key_freqs"), rule
         tried.append(f"{rule}: {len(freqs)}")
@@ -360,6 +421,7 @@ def _fmt(value: float) -> str:
 def read_measures_csv(path: str | os.PathLike) -> ProgressMeasures:
     """Read a table written by :meth:`ProgressMeasures.to_csv` (key frequencies are inferred
     from the ``excluded_loss_k<k>`` column names; the rule is recorded as ``"from csv"``)."""
+    require_file(path, "measures table (CSV)")  # a directory, a FIFO: say so, never block
     try:
         text = Path(path).read_text(encoding="utf-8").strip().splitlines()
     except UnicodeDecodeError as err:
@@ -612,24 +674,30 @@ def progress_measures(
         freqs, rule = [], f"none: {_refusal(task)}"
     else:
         freqs, rule = _key_freqs_of(final, task)
+    tokens = task.tokens().to(dev)
+    groups = _run_groups(final, tokens)
     del final
 
     # Float64 analysis on the device, except MPS (no float64 there).
     analysis_dev = torch.device("cpu") if dev.type == "mps" else dev
     measure = LogitMeasures(task, freqs, src.train_indices, device=analysis_dev)
-    tokens = task.tokens().to(dev)
 
     rows: list[dict[str, float]] = []
     norms: list[Tensor] = []  # [2, n] per checkpoint: W_E and W_L Fourier-component norms
     bar = tqdm(src.iter_models(), total=len(src.epochs), desc="checkpoints", disable=not progress)
     for epoch, model in bar:
         check_compatible(model, task)
-        logits = _final_logits_p(model, tokens, task.p)
+        logits = _final_logits_p(model, tokens, task.p, groups)
         row: dict[str, float] = {"epoch": epoch, **measure(logits)}
         row["sum_sq_weights"] = sum_squared_weights(model)
         norms.append(_fourier_norms(model, task).to(analysis_dev))
         rows.append(row)
-    ginis = gini(torch.stack(norms)).cpu()  # [n_checkpoints, 2]
+    stacked = torch.stack(norms)  # [n_checkpoints, 2, n]
+    # An all-zero W_E or W_L (a degenerate checkpoint) has no Gini coefficient: NaN there,
+    # and the other checkpoints and measures are still computed.
+    zero = stacked.sum(dim=-1) == 0
+    ginis = gini(torch.where(zero[..., None], torch.ones_like(stacked), stacked))
+    ginis = ginis.masked_fill(zero, float("nan")).cpu()  # [n_checkpoints, 2]
 
     names = ["epoch", *measure.column_names, "gini_W_E", "gini_W_L", "sum_sq_weights"]
     columns: dict[str, list[float]] = {name: [] for name in names}
@@ -736,3 +804,23 @@ def analyze_run(
     measures.to_csv(run_dir / MEASURES_FILE)
     write_json(run_dir / PHASES_FILE, record)
     return measures, phases
+
+
+@runtime_checkable
+class MeasuredRun(Protocol):
+    """What :func:`config_callbacks` reads of a run's configuration (a
+    :class:`~tl_grokking.training.config.TrainConfig`; analysis does not import training)."""
+
+    @property
+    def measure_every(self) -> int | None: ...
+
+    def make_task(self) -> Task: ...
+
+
+def config_callbacks(config: MeasuredRun) -> list[Callable[[int, GrokModel], dict[str, float]]]:
+    """The trainer callbacks a run of ``config`` asks for: the cheap progress measures
+    (:func:`cheap_measures_callback`) when ``config.measure_every`` is set, else none. What
+    ``tl-grokking train`` and every run of a sweep pass to the trainer."""
+    if config.measure_every is None:
+        return []
+    return [cheap_measures_callback(config.make_task())]

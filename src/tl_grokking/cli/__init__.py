@@ -6,8 +6,8 @@ a subcommand imports what it needs when it runs.
 Exit status: 0 on success; 2 for bad input — a bad flag (argparse's message and usage) or an
 expected failure of the work (``ValueError``, ``OSError``, the library's errors such as
 ``RunDirError``, ``CheckpointFormatError``, ``TrainingDivergedError``, a corrupt safetensors
-file), printed as the one line ``tl-grokking COMMAND: error: ...``; 130 after Ctrl-C. Anything
-else is a bug and keeps its traceback.
+file; running out of memory), printed as the one line ``tl-grokking COMMAND: error: ...``;
+130 after Ctrl-C. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import argparse
 import importlib
 import sys
 
+from tl_grokking._validation import expected_errors, one_line
 from tl_grokking._version import __version__
 from tl_grokking.cli._common import ArgumentParser
 
@@ -23,7 +24,7 @@ __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 # Subcommand modules, in the order ``--help`` lists them. Each defines
 # ``register(subparsers)`` which adds a parser and sets ``func(args) -> int``.
-SUBCOMMANDS: list[str] = ["train", "analyze", "ablate", "report", "reproduce"]
+SUBCOMMANDS: list[str] = ["train", "sweep", "analyze", "ablate", "report", "reproduce"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,16 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    """Failures that bad input explains; the classes of modules not loaded cannot occur."""
-    kinds: list[type[BaseException]] = [ValueError, OSError]
-    trainer = sys.modules.get("tl_grokking.training.trainer")
-    if trainer is not None:
-        kinds.append(trainer.TrainingDivergedError)
-    safetensors = sys.modules.get("safetensors")
-    if safetensors is not None:
-        kinds.append(safetensors.SafetensorError)
-    return tuple(kinds)
+def _out_of_memory(err: BaseException) -> bool:
+    """A ``MemoryError``, or torch's ``OutOfMemoryError`` (a device's memory)."""
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    return isinstance(err, MemoryError) or (oom is not None and isinstance(err, oom))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,11 +61,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tl-grokking {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        if not isinstance(err, _expected_errors()):
+        if _out_of_memory(err):  # the machine's limit, not a bug
+            print(
+                f"tl-grokking {args.command}: error: out of memory ({type(err).__name__}"
+                f"{': ' + one_line(err) if str(err) else ''}); this needs more memory than "
+                "the machine has free: use a smaller p or model, or a larger machine",
+                file=sys.stderr,
+            )
+            return 2
+        if not isinstance(err, expected_errors()):
             raise  # a bug: keep the traceback
-        message = getattr(err, "cli_message", None) or str(err) or type(err).__name__
-        message = " ".join(line.strip() for line in message.splitlines() if line.strip())
-        print(f"tl-grokking {args.command}: error: {message}", file=sys.stderr)
+        print(f"tl-grokking {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
 
 

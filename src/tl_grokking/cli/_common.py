@@ -172,7 +172,7 @@ def set_analysis_threads(threads: int | None, model_config: Any) -> int:
     grid forward pass of ``model_config`` (p² inputs, three positions). Returns the count."""
     import torch
 
-    from tl_grokking._threads import auto_threads
+    from tl_grokking._resources import auto_threads
 
     if threads is not None and (isinstance(threads, bool) or threads < 1):
         raise ValueError(f"--threads must be a positive integer, got {threads}")

@@ -34,22 +34,21 @@ from tl_grokking.cli._common import (
     set_analysis_threads,
     show_default,
 )
-from tl_grokking.runs.rundir import CONFIG_FILE, is_run_dir, read_json, resume_epoch
-from tl_grokking.training.config import RESUMABLE_FIELDS, TrainConfig, config_changes
+from tl_grokking.runs.rundir import (
+    CONFIG_FILE,
+    is_run_dir,
+    read_json,
+    require_dir_path,
+    resume_epoch,
+)
+from tl_grokking.training.config import (
+    QUICK_SETTINGS,
+    RESUMABLE_FIELDS,
+    TrainConfig,
+    config_changes,
+)
 
 __all__ = ["paper_config", "quick_config", "reproduce", "Reproduction", "QUICK_SETTINGS"]
-
-#: What ``--quick`` changes from the paper's setting: a run that groks in well under a minute.
-QUICK_SETTINGS: dict[str, Any] = dict(
-    p=53,
-    frac_train=0.5,
-    d_mlp=256,
-    lr=3e-3,
-    weight_decay=1.0,
-    epochs=1500,
-    log_every=25,
-    checkpoint_every=50,
-)
 
 
 def paper_config(*, seed: int = 0, device: str = "cpu", **changes: Any) -> TrainConfig:
@@ -194,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
     config = make(**config_values(args, TrainConfig))
     name = "quick" if args.quick else "paper"
     out = Path(args.out) if args.out else Path("runs") / f"reproduce-{name}-seed{config.seed}"
+    require_dir_path(out, "--out")  # a file, a FIFO or a symbolic link loop there: say so
     saved = torch.get_num_threads()
     set_analysis_threads(args.threads, config.model_config())  # training sets its own
     try:

@@ -12,7 +12,16 @@ import argparse
 from pathlib import Path
 
 from tl_grokking.cli._common import add_config_flags, config_values, flag_name, path_arg
-from tl_grokking.runs.rundir import CONFIG_FILE, GROK_ACC, is_run_dir
+from tl_grokking.runs.rundir import (
+    CONFIG_FILE,
+    GROK_ACC,
+    RESUME_FILE,
+    check_safetensors_file,
+    is_run_dir,
+    path_kind,
+    require_dir_path,
+    require_file,
+)
 from tl_grokking.training.config import (
     RESUMABLE_FIELDS,
     ResumeConfigError,
@@ -74,6 +83,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def resumed_config(out: Path, given: dict) -> TrainConfig:
     """The stored configuration of the run in ``out`` with the flags ``given``; flags that
     would change its trajectory are refused, named as flags."""
+    if path_kind(out / CONFIG_FILE) not in (None, "a regular file"):  # a directory, a FIFO...
+        require_file(out / CONFIG_FILE, "run configuration (JSON)")
+    if path_kind(out / RESUME_FILE) is not None:  # the trainer's error would not name it
+        check_safetensors_file(out / RESUME_FILE, "resume state (safetensors)")
     if not is_run_dir(out):
         # train_model(resume=True) would start a new run; from the shell that is usually a typo
         raise FileNotFoundError(
@@ -95,19 +108,16 @@ def resumed_config(out: Path, given: dict) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    out = require_dir_path(args.out, "--out")  # a FIFO or a symbolic link loop: say so
     given = config_values(args, TrainConfig)
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other; pass one of them")
     config = resumed_config(out, given) if args.resume else TrainConfig(**given)
 
+    from tl_grokking.analysis.progress import config_callbacks
     from tl_grokking.training.trainer import train_model
 
-    callbacks = []
-    if config.measure_every is not None:
-        from tl_grokking.analysis.progress import cheap_measures_callback
-
-        callbacks.append(cheap_measures_callback(config.make_task()))
+    callbacks = config_callbacks(config)
     result = train_model(
         config,
         out,

@@ -50,11 +50,11 @@ from tl_grokking.analysis.phases import (
     grok_summary,
     phases_record,
 )
-from tl_grokking.analysis.progress import MEASURES_FILE, PHASES_FILE
 from tl_grokking.runs.rundir import (
     CONFIG_FILE,
     RESUME_FILE,
     atomic_write_text,
+    path_kind,
     read_json,
     read_metrics,
     require_run_dir,
@@ -395,15 +395,22 @@ def _load_or_compute_measures(run_dir: Path, run: Any, *, device: str, progress:
     """``measures.csv`` + ``phases.json`` written by ``tl-grokking analyze`` when present and
     covering the run's checkpoints, otherwise computed here (in memory: the report writes no
     analysis file)."""
-    from tl_grokking.analysis.progress import progress_measures, read_measures_csv
+    from tl_grokking.analysis.progress import (
+        MEASURES_FILE,
+        PHASES_FILE,
+        progress_measures,
+        read_measures_csv,
+    )
 
     csv_path, phases_path = run_dir / MEASURES_FILE, run_dir / PHASES_FILE
     table, stale = None, False
-    stored = read_json(phases_path) if phases_path.is_file() else None
+    # A directory or a FIFO where a file should be is an error (read_json says what it is),
+    # not a missing file.
+    stored = read_json(phases_path) if path_kind(phases_path) is not None else None
     if stored is not None:
         stored = check_phases_record(stored, phases_path)
     recorded = stored.get("fingerprint") if stored is not None else None
-    if csv_path.is_file():
+    if path_kind(csv_path) is not None:
         table = read_measures_csv(csv_path)
         source = f"{MEASURES_FILE} (from tl-grokking analyze)"
         if table.epochs != list(run.epochs) or (

@@ -45,10 +45,11 @@ import einops
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from torch import Tensor
 
 from tl_grokking._format import fmt_num
+from tl_grokking._resources import available_memory
 from tl_grokking._validation import check_int
 from tl_grokking.data.tasks import SPLIT_METHODS, Task, make_task, validate_frac_train
 from tl_grokking.model.config import ModelConfig
@@ -63,11 +64,14 @@ from tl_grokking.runs.rundir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
     RunDirError,
+    SpecialFileError,
     checkpoint_epoch,
     is_run_dir,
-    load_safetensors,
+    path_kind,
     read_json,
     read_metrics,
+    read_safetensors,
+    require_file,
     require_run_dir,
 )
 
@@ -77,6 +81,10 @@ __all__ = [
     "CheckpointShapeError",
     "NonFiniteWeightsError",
     "UnsafeCheckpointError",
+    "CheckpointSizeError",
+    "MAX_INFLATE_RATIO",
+    "INFLATE_FLOOR",
+    "inflate_limit",
     "LoadedRun",
     "SplitInfo",
     "SplitCheck",
@@ -114,6 +122,11 @@ class CheckpointFormatError(ValueError):
 
 class UnsafeCheckpointError(CheckpointFormatError):
     """The file is a pickle that could only be loaded by running code it names."""
+
+
+class CheckpointSizeError(CheckpointFormatError):
+    """A torch zip file declares more uncompressed bytes than loading it may inflate
+    (:func:`inflate_limit`); refused before anything is inflated."""
 
 
 class CheckpointShapeError(CheckpointFormatError):
@@ -194,32 +207,124 @@ def _file_kind(path: Path) -> str:
     return "unknown"
 
 
+#: A torch zip file whose entries are compressed may declare at most this many times its own
+#: size in uncompressed bytes (beyond :data:`INFLATE_FLOOR`). ``torch.save`` stores every entry
+#: uncompressed (ratio 1), and re-compressed trained weights shrink by ~10 %, so only a file
+#: made to expand (a "zip bomb") comes near it.
+MAX_INFLATE_RATIO = 32
+#: Uncompressed bytes any torch zip file may declare, whatever its size: 256 MiB, far beyond
+#: every model these tools analyse (the paper's p = 113 model is 0.9 MB a checkpoint; the
+#: authors' full run of 500 checkpoints is ~0.5 GB on disk, stored, so not bound by it).
+INFLATE_FLOOR = 256 * 2**20
+
+
+def inflate_limit(file_size: int, compressed: bool) -> tuple[int | None, str]:
+    """The most uncompressed bytes a torch zip file of ``file_size`` bytes may declare, and
+    why: half of the memory available now (``MemAvailable``), and, when any entry is
+    compressed, ``max(MAX_INFLATE_RATIO × file_size, INFLATE_FLOOR)``. ``(None, "")``: no
+    bound known (no memory figure and nothing compressed)."""
+    bounds: list[tuple[int, str]] = []
+    available = available_memory()
+    if available is not None:
+        bounds.append((available // 2, f"half of the {_gb(available)} of memory available"))
+    if compressed:
+        ratio = MAX_INFLATE_RATIO * file_size
+        if ratio >= INFLATE_FLOOR:
+            why = f"{MAX_INFLATE_RATIO} times the file's compressed size of {_gb(file_size)}"
+        else:
+            why = f"the {_gb(INFLATE_FLOOR)} any compressed checkpoint may expand to"
+        bounds.append((max(ratio, INFLATE_FLOOR), why))
+    if not bounds:
+        return None, ""
+    return min(bounds)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.3g} GB" if n >= 10**8 else f"{n / 1e6:.3g} MB" if n >= 10**5 else f"{n} B"
+
+
+def _check_zip_sizes(path: Path) -> None:
+    """Refuse a torch zip file from its central directory, before ``torch.load`` inflates
+    anything: an entry whose stored bytes lie beyond the end of the file (truncated or
+    forged) → :class:`CheckpointFormatError`; declared uncompressed sizes summing to more than
+    :func:`inflate_limit` → :class:`CheckpointSizeError` naming the total, the largest entry
+    and the bound. (torch reads each entry into a buffer of the size the central directory
+    declares, so the declared sizes bound what loading allocates.)"""
+    import zipfile
+
+    file_size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as err:
+        raise CheckpointFormatError(
+            f"{path}: corrupt or truncated torch file (its zip directory cannot be read: {err})"
+        ) from None
+    for entry in entries:
+        if entry.header_offset + entry.compress_size > file_size:
+            raise CheckpointFormatError(
+                f"{path}: corrupt or truncated torch file (zip entry {entry.filename} declares "
+                f"{entry.compress_size} stored bytes at offset {entry.header_offset}, beyond "
+                f"the end of the {file_size}-byte file)"
+            )
+    compressed = any(e.compress_type != zipfile.ZIP_STORED for e in entries)
+    total = sum(e.file_size for e in entries)
+    bound, why = inflate_limit(file_size, compressed)
+    if bound is not None and total > bound:
+        largest = max(entries, key=lambda e: e.file_size)
+        how = "compressed" if largest.compress_type != zipfile.ZIP_STORED else "stored"
+        raise CheckpointSizeError(
+            f"{path}: refusing to load: its zip entries declare {total} bytes ({_gb(total)}) "
+            f"uncompressed, more than the {bound} bytes ({_gb(bound)}) allowed: {why}; the "
+            f"largest entry, {largest.filename}, declares {largest.file_size} bytes "
+            f"({how}, {largest.compress_size} bytes in the file). torch.save stores its "
+            "entries uncompressed: this file was re-packed or made to expand"
+        )
+
+
+def _unpickler_detail(message: str) -> str:
+    """What torch's weights-only unpickler objected to, from its long message (which ends
+    with a pointer to the documentation)."""
+    _, found, rest = message.partition("WeightsUnpickler error:")
+    text = rest.split("Check the documentation")[0] if found else message
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith("Check the documentation")]
+    return " ".join(lines)[:300] or "unreadable pickle"
+
+
 def read_checkpoint_file(path: str | os.PathLike) -> tuple[Any, dict[str, str]]:
     """Read a checkpoint file without executing code; return ``(object, safetensors metadata)``.
 
     The format is decided by the file's first bytes (:func:`_file_kind`), never by its name: a
     torch file called ``*.safetensors`` loads as the torch file it is.
 
-    safetensors files are read with :func:`tl_grokking.runs.rundir.load_safetensors`; torch
+    safetensors files are read with :func:`tl_grokking.runs.rundir.read_safetensors`; torch
     files with ``torch.load(map_location="cpu", weights_only=True)`` (CUDA-saved tensors land
     on the CPU).
     Raises :class:`UnsafeCheckpointError` for a pickle that would need to run code,
-    :class:`CheckpointFormatError` for a corrupt, truncated or unrecognised file.
+    :class:`CheckpointFormatError` for a corrupt, truncated or unrecognised file,
+    :class:`CheckpointSizeError` for a zip file whose entries declare more uncompressed bytes
+    than :func:`inflate_limit` allows (checked from the zip directory before anything is
+    inflated), and what :func:`tl_grokking.runs.rundir.require_file` raises for a path that
+    is not a regular file (a directory, a FIFO, a symbolic link loop; never opened).
+
+    A legacy (non-zip) torch file cannot be checked so: its storage sizes are inside the
+    pickle. It is not compressed either: torch allocates each storage at the size the pickle
+    declares and fills it from the file, so a storage larger than the rest of the file (or
+    than memory) fails as a corrupt or truncated file after reading at most the file's bytes.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file {path} does not exist")
+    path = require_file(path, "checkpoint file")
     kind = _file_kind(path)
     if kind == "safetensors":
         try:
-            with safe_open(str(path), framework="pt") as fh:
-                metadata = dict(fh.metadata() or {})
-            return load_safetensors(path), metadata
+            return read_safetensors(path)  # read, not mapped: validates the file
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
             raise CheckpointFormatError(
                 f"{path}: corrupt or truncated safetensors file ({err})"
             ) from None
     if kind in ("zip", "pickle"):
+        if kind == "zip":
+            _check_zip_sizes(path)
         try:
             # Only what is not allowlisted already: leaving the context removes what it added.
             present = set(torch.serialization.get_safe_globals())
@@ -244,7 +349,8 @@ def read_checkpoint_file(path: str | os.PathLike) -> tuple[Any, dict[str, str]]:
                         "dict) in a trusted session and load that."
                     ) from None
             raise CheckpointFormatError(
-                f"{path}: corrupt or truncated torch file ({message.splitlines()[-1]})"
+                f"{path}: corrupt or truncated torch file, or one torch.load(weights_only=True) "
+                f"cannot read ({_unpickler_detail(message)})"
             ) from None
         except Exception as err:  # noqa: BLE001 - garbage can fail anywhere in the decoder
             # (IndexError, struct.error, ...); weights_only never runs the file's code
@@ -254,8 +360,8 @@ def read_checkpoint_file(path: str | os.PathLike) -> tuple[Any, dict[str, str]]:
         return obj, {}
     if path.suffix == ".safetensors":  # e.g. a run's checkpoint cut off in a copy
         raise CheckpointFormatError(
-            f"{path}: corrupt or truncated safetensors file (its header is missing or "
-            "longer than the file)"
+            f"{path}: corrupt or truncated safetensors file (its first bytes are not a "
+            "safetensors header: an 8-byte length, then a JSON object that fits in the file)"
         )
     raise CheckpointFormatError(
         f"{path}: not a safetensors or torch file (unrecognised first bytes); " + _formats_help()
@@ -323,6 +429,11 @@ def state_dict_layout(state: Mapping[str, Tensor]) -> str:
 
 def _structure(state: Mapping[str, Tensor], layout: str) -> dict[str, int]:
     """Read p, d_model, n_heads, d_head, d_mlp, d_vocab_out, n_ctx, n_layers off the shapes."""
+    for key in _MATRICES:
+        if key in state and state[key].ndim != 2:
+            raise CheckpointShapeError(
+                f"{key} has shape {tuple(state[key].shape)}; expected a matrix (2 dimensions)"
+            )
     w_e = state["embed.W_E"]
     d_vocab, d_model = (w_e.shape[1], w_e.shape[0]) if layout == "authors" else tuple(w_e.shape)
     layers = {int(m.group(1)) for k in state if (m := _BLOCK_RE.match(k))}
@@ -341,6 +452,30 @@ def _structure(state: Mapping[str, Tensor], layout: str) -> dict[str, int]:
     if w_in is not None and w_in.ndim == 2:
         info["d_mlp"] = w_in.shape[0] if layout == "authors" else w_in.shape[1]
     return info
+
+
+#: Weights whose two dimensions the structure is read from.
+_MATRICES = ("embed.W_E", "pos_embed.W_pos", "unembed.W_U", "blocks.0.mlp.W_in")
+#: The tensor each structural field is read from (named when a configuration disagrees).
+_READ_FROM = {
+    "p": "embed.W_E",
+    "d_model": "embed.W_E",
+    "n_heads": "blocks.0.attn.W_Q",
+    "d_head": "blocks.0.attn.W_Q",
+    "d_mlp": "blocks.0.mlp.W_in",
+    "d_vocab_out": "unembed.W_U",
+}
+
+
+def _located(err: Exception, where: str | None) -> Exception:
+    """``err`` again, of its class, its message prefixed with ``where`` (the file and epoch
+    it is about) unless it names it already."""
+    if not where or where in str(err):
+        return err
+    try:
+        return type(err)(f"{where}: {err}")
+    except TypeError:  # pragma: no cover - a class with another constructor
+        return err
 
 
 def _check_structure(
@@ -367,7 +502,10 @@ def _check_structure(
             f"p + 1 ({model_p + 1}) for d_vocab {model_p + 1}"
         )
     if p is not None and p != model_p:
-        problems.append(f"d_vocab is {model_p + 1} (p = {model_p}) but p = {p} was requested")
+        problems.append(
+            f"d_vocab is {model_p + 1} (p = {model_p}) but p = {p} was requested (embed.W_E "
+            f"has shape {tuple(state['embed.W_E'].shape)})"
+        )
     if "d_mlp" not in info:
         problems.append("no MLP weights (blocks.0.mlp.W_in), the model must have an MLP")
     mask = state.get("blocks.0.attn.mask")
@@ -418,13 +556,15 @@ def infer_model_config(
     hints: Mapping[str, Any] | None = None,
     p: int | None = None,
     drop_eq_logit: bool = False,
+    hints_from: str | None = None,
 ) -> ModelConfig:
     """The :class:`ModelConfig` of a state dict (either layout), checked for compatibility.
 
     Structural fields (p, d_model, n_heads, d_head, d_mlp, d_vocab_out) come from the tensor
     shapes; ``hints`` (a run's config.json, a demo config, safetensors metadata) supply
     ``act_fn``, ``attn_rate`` and ``trainable_biases`` and must agree with the shapes on any
-    structural field they give. ``drop_eq_logit`` turns a ``p + 1``-logit unembedding into p.
+    structural field they give (``hints_from``, e.g. the config file, is named when one
+    does not). ``drop_eq_logit`` turns a ``p + 1``-logit unembedding into p.
     """
     layout = state_dict_layout(state)
     info = _structure(state, layout)
@@ -433,9 +573,12 @@ def infer_model_config(
     for name in ("p", "d_model", "n_heads", "d_head", "d_mlp", "n_layers", "d_vocab_out"):
         given = hints.get(name)
         if given is not None and int(given) != info[name]:
+            source = "the run's configuration" + (f" ({hints_from})" if hints_from else "")
+            tensor = _READ_FROM.get(name, "")
+            shown = f" ({tensor} has shape {tuple(state[tensor].shape)})" if tensor in state else ""
             raise CheckpointShapeError(
-                f"the run's configuration says {name}={given} but the checkpoint's tensors "
-                f"have {name}={info[name]}"
+                f"{source} says {name}={given} but the checkpoint's tensors have "
+                f"{name}={info[name]}{shown}"
             )
     d_vocab_out = info["d_vocab_out"]
     if drop_eq_logit and d_vocab_out == info["p"] + 1:
@@ -468,9 +611,12 @@ def convert_state_dict(
     than ``config.d_vocab_out`` (the authors' ``=`` logit) is cut to the first p columns.
     Buffers (``attn.mask``, ``attn.IGNORE``) are dropped: the model builds its own.
     """
-    layout = state_dict_layout(state)
-    info = _structure(state, layout)
-    _check_structure(state, layout, info, config.p)
+    try:
+        layout = state_dict_layout(state)
+        info = _structure(state, layout)
+        _check_structure(state, layout, info, config.p)
+    except (CheckpointFormatError, IncompatibleModelError) as err:
+        raise _located(err, where if where != "state dict" else None) from None
     source_out = info["d_vocab_out"]
     src_config = config
     if source_out != config.d_vocab_out:
@@ -582,6 +728,15 @@ class _Source:
     test_indices: Tensor | None = None
     has_config: bool = False  # the file stores a run configuration (authors' / demo 'config')
     stored_split: dict[str, Any] | None = None  # a safetensors file's "split" metadata
+    files: dict[int, Path] = field(default_factory=dict)  # a run directory's checkpoint files
+    hints_from: str | None = None  # where ``hints`` come from (a run's config.json)
+
+    def where(self, key: int | None) -> str:
+        """What a message about the snapshot ``key`` names: its file and epoch."""
+        if key is None:
+            return str(self.path or self.format)
+        file = self.files.get(key)
+        return f"{file if file is not None else self.path or self.format} (epoch {key})"
 
 
 def _constant(state: Mapping[str, Tensor]) -> Callable[[], Mapping[str, Tensor]]:
@@ -825,20 +980,44 @@ def _run_dir_source(run_dir: Path) -> _Source:
         found[-1][0],
         hints=_config_hints(config),
         metrics=read_metrics(run_dir),
+        files=dict(found),
+        hints_from=str(run_dir / CONFIG_FILE),
     )
+
+
+#: Names of checkpoint files: a directory so named is a mistake, not a run directory.
+_CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
 def _open_source(path_or_state: Any) -> _Source:
     if isinstance(path_or_state, str | os.PathLike):
         path = Path(path_or_state)
-        if path.is_dir():
+        kind = path_kind(path)
+        if kind == "a directory":
+            if path.suffix in _CHECKPOINT_SUFFIXES and not is_run_dir(path):
+                raise IsADirectoryError(
+                    f"{path} is a directory, not a checkpoint file (nor a run directory: no "
+                    f"{CONFIG_FILE})"
+                )
             return _run_dir_source(path)
+        if kind is None or "broken symbolic link" in kind:
+            said = "does not exist" if kind is None else f"is {kind}"
+            raise FileNotFoundError(
+                f"{path} {said} (expected a run directory or a checkpoint file)"
+            )
+        if kind != "a regular file":  # a FIFO (never opened: it would block), a link loop, ...
+            raise SpecialFileError(
+                f"{path} is {kind}; expected a run directory or a checkpoint file"
+            )
         obj, metadata = read_checkpoint_file(path)
         is_st = _file_kind(path) == "safetensors"
         if is_st and obj and all(k.startswith(("model.", "optim.")) for k in obj):
             # our resume.safetensors: the model's state dict under "model.", AdamW under "optim."
             obj = {k[len("model.") :]: v for k, v in obj.items() if k.startswith("model.")}
-        return _source_from_object(obj, path, metadata, safetensors=is_st)
+        try:
+            return _source_from_object(obj, path, metadata, safetensors=is_st)
+        except (CheckpointFormatError, IncompatibleModelError) as err:
+            raise _located(err, str(path)) from None
     if isinstance(path_or_state, Mapping):
         return _source_from_object(path_or_state, None, {})
     raise CheckpointFormatError(
@@ -1024,7 +1203,7 @@ class LoadedRun:
     def state_dict(self, epoch: int | None = None) -> dict[str, Tensor]:
         """HookedTransformer parameters at ``epoch`` (default: the final model), validated."""
         key = self._key(epoch)
-        where = f"{self.path or self.format} (epoch {key})"
+        where = self._source.where(key)
         return convert_state_dict(
             self._source.snapshots[key](),
             self.model_config,
@@ -1216,14 +1395,25 @@ def _make_run(
     check_split: bool = False,
 ) -> LoadedRun:
     final_state = source.snapshots[source.final]()
-    config = infer_model_config(final_state, hints=source.hints, p=p, drop_eq_logit=drop_eq_logit)
+    try:
+        config = infer_model_config(
+            final_state,
+            hints=source.hints,
+            p=p,
+            drop_eq_logit=drop_eq_logit,
+            hints_from=source.hints_from,
+        )
+    except (CheckpointFormatError, IncompatibleModelError) as err:
+        where = source.where(source.final) if source.path is not None else None
+        raise _located(err, where) from None
     task = make_task(source.hints.get("task", "add"), config.p)
     train_idx, test_idx, split = _resolve_split(source, task, seed, frac_train)
     for name, idx in (("train_indices", train_idx), ("test_indices", test_idx)):
         n = task.pairs().shape[0]
         if idx is not None and idx.numel() and (idx.min() < 0 or idx.max() >= n):
             raise CheckpointFormatError(
-                f"{name} must index the {n} pairs of {task.name} p={task.p}"
+                f"{source.path or 'object'}: {name} must index the {n} pairs of "
+                f"{task.name} p={task.p}"
             )
     epochs = sorted(k for k in source.snapshots if k is not None)
     run = LoadedRun(

@@ -16,12 +16,14 @@ cut off by a crash.  Checkpoints are safetensors: loading never executes code.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +41,9 @@ __all__ = [
     "read_json",
     "save_safetensors",
     "load_safetensors",
+    "safetensors_metadata",
+    "read_safetensors",
+    "check_safetensors_file",
     "checkpoint_path",
     "list_checkpoints",
     "is_run_dir",
@@ -56,6 +61,10 @@ __all__ = [
     "run_lock",
     "RunDirLockedError",
     "run_fingerprint",
+    "SpecialFileError",
+    "path_kind",
+    "require_file",
+    "require_dir_path",
 ]
 
 CONFIG_FILE = "config.json"
@@ -85,6 +94,91 @@ class RunDirNotFoundError(RunDirError, FileNotFoundError):
 
 class RunDirLockedError(RunDirError):
     """Another process is writing this run directory (it holds :data:`LOCK_FILE`)."""
+
+
+class SpecialFileError(OSError):
+    """A FIFO, socket, device or symbolic link loop where a regular file or a directory is
+    expected (an ``OSError``: the command prints it as one line)."""
+
+
+def path_kind(path: str | os.PathLike) -> str | None:
+    """What is at ``path``, in words, found with ``stat`` (following symbolic links) and never
+    by opening it (opening a FIFO for reading blocks until a writer comes): ``"a regular
+    file"``, ``"a directory"``, ``"a FIFO (named pipe)"``, ``"a socket"``, ``"a character
+    device"``, ``"a block device"``, ``"a symbolic link loop"``, ``"a broken symbolic link (to
+    TARGET)"``; ``None`` when nothing is there. Other ``stat`` failures (no permission to
+    search a parent) are raised as they are."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        if err.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise
+        try:
+            os.lstat(path)
+        except OSError:
+            return None
+        try:
+            target = os.readlink(path)
+        except OSError:  # a parent is the broken link
+            return "a path through a broken symbolic link"
+        return f"a broken symbolic link (to {target})"
+    for test, kind in (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return "a special file"  # pragma: no cover - no other kinds on POSIX
+
+
+def require_file(path: str | os.PathLike, noun: str = "file") -> Path:
+    """Check, without opening it, that ``path`` is a regular file (or a link to one); return
+    it as a ``Path``. Otherwise raise, naming the path and what it is: ``FileNotFoundError``
+    (``"checkpoint file X does not exist"``, or a broken link), ``IsADirectoryError`` (``"X is
+    a directory, not a checkpoint file"``), :class:`SpecialFileError` (``"X is a FIFO (named
+    pipe), not a regular file; expected a checkpoint file"``, ``"X is a symbolic link loop;
+    expected a checkpoint file"``)."""
+    path = Path(path)
+    kind = path_kind(path)
+    if kind == "a regular file":
+        return path
+    if kind is None:
+        raise FileNotFoundError(f"{noun} {path} does not exist")
+    if kind == "a directory":
+        raise IsADirectoryError(f"{path} is a directory, not a {noun}")
+    if kind.startswith(("a broken", "a path through")):
+        raise FileNotFoundError(f"{path} is {kind}; expected a {noun}")
+    if kind == "a symbolic link loop":
+        raise SpecialFileError(f"{path} is a symbolic link loop; expected a {noun}")
+    raise SpecialFileError(f"{path} is {kind}, not a regular file; expected a {noun}")
+
+
+def require_dir_path(path: str | os.PathLike, what: str) -> Path:
+    """Check that a directory is, or can be created, at ``path``: the nearest of ``path`` and
+    its parents that exists is a directory. Otherwise raise ``NotADirectoryError`` (a regular
+    file: ``"WHAT PATH: FILE is a file, not a directory"``) or :class:`SpecialFileError` (a
+    FIFO, a symbolic link loop, ...) naming ``what`` (e.g. ``"--out"``) and what is there."""
+    path = Path(path)
+    for candidate in (path, *path.parents):
+        kind = path_kind(candidate)
+        if kind is None:
+            continue
+        if kind == "a directory":
+            return path
+        if kind == "a regular file":
+            raise NotADirectoryError(
+                f"{what} {path}: {candidate} is a file, not a directory; choose a directory path"
+            )
+        raise SpecialFileError(
+            f"{what} {path}: {candidate} is {kind}, not a directory; choose a directory path"
+        )
+    return path  # pragma: no cover - the root exists
 
 
 @contextmanager
@@ -137,12 +231,17 @@ def _current_umask() -> int:
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success fsync and rename it onto ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    On any exception the temporary file is removed and ``path`` is left untouched. An
+    ``OSError`` (a full disk, a read-only file system) is raised again, of the same class,
+    naming ``path``: ``[Errno 28] cannot write RUN/config.json: No space left on device``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise _naming(err, path) from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -152,9 +251,26 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
+    except OSError as err:
+        tmp_path.unlink(missing_ok=True)
+        raise _naming(err, path) from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """``err`` as the same class with a message naming ``path``, the file being written (a
+    full disk's ``[Errno 28] No space left on device`` names no file)."""
+    if str(path) in str(err):
+        return err
+    reason = err.strerror or str(err) or type(err).__name__
+    try:
+        if err.errno is None:
+            return type(err)(f"cannot write {path}: {reason}")
+        return type(err)(err.errno, f"cannot write {path}: {reason}")
+    except TypeError:  # pragma: no cover - a subclass with another constructor
+        return err
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -169,10 +285,11 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file; invalid JSON raises :class:`RunDirError` naming the file."""
+    """Read a JSON file; invalid JSON raises :class:`RunDirError` naming the file; a path that
+    is not a regular file raises what :func:`require_file` raises (never blocking on a FIFO)."""
     path = Path(path)
     try:
-        return json.loads(_read_text(path))
+        return json.loads(_read_text(path, "JSON file"))
     except json.JSONDecodeError as err:
         raise RunDirError(f"{path} is not valid JSON: {err}") from None
 
@@ -183,18 +300,75 @@ def save_safetensors(
     metadata: dict[str, str] | None = None,
 ) -> None:
     """Atomically save contiguous CPU copies of ``tensors`` to a safetensors file."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     with atomic_write(path) as tmp:
-        save_file(clean, str(tmp), metadata=metadata)
+        try:
+            save_file(clean, str(tmp), metadata=metadata)
+        except SafetensorError as err:  # its I/O errors (a full disk) are not OSErrors
+            raise OSError(f"cannot write {path}: {err}") from None
 
 
 def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """Load a safetensors file (never executes code)."""
-    from safetensors.torch import load_file
+    """Load a safetensors file (never executes code) into memory of its own.
 
-    return load_file(str(path), device=device)
+    The file is read, not memory-mapped (as ``safetensors.torch.load_file`` does): a mapped
+    file that another program truncates in place kills the reader with SIGBUS, whereas a
+    read sees the bytes as they were. Checkpoints here are a few MB.
+    """
+    return read_safetensors(path, device)[0]
+
+
+def read_safetensors(
+    path: str | os.PathLike, device: str = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and the ``__metadata__`` of a safetensors file, from one read of its bytes
+    (:func:`load_safetensors`). ``SafetensorError`` or ``ValueError`` if it is not one."""
+    from safetensors.torch import load
+
+    data = Path(path).read_bytes()
+    tensors = load(data)  # validates the header and the offsets
+    if str(device) != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+    size = int.from_bytes(data[:8], "little")
+    return tensors, _metadata_of(json.loads(data[8 : 8 + size]))
+
+
+def _metadata_of(header: Any) -> dict[str, str]:
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+
+
+def check_safetensors_file(path: str | os.PathLike, noun: str) -> None:
+    """Check that ``path`` is a regular file (:func:`require_file`) holding a readable
+    safetensors file; otherwise raise naming it (:class:`RunDirError`: ``X is not a readable
+    NOUN: corrupt or truncated safetensors file (...)``)."""
+    from safetensors import SafetensorError
+
+    path = require_file(path, noun)
+    try:
+        read_safetensors(path)
+    except (SafetensorError, ValueError, OSError) as err:
+        raise RunDirError(
+            f"{path} is not a readable {noun}: corrupt or truncated safetensors file ({err})"
+        ) from None
+
+
+def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file, read from its header alone (no mapping).
+    ``ValueError`` if the header is not a safetensors header."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        size = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < size <= 100_000_000:
+            raise ValueError(f"{path}: not a safetensors header")
+        raw = fh.read(size)
+    try:
+        return _metadata_of(json.loads(raw))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{path}: the safetensors header is not JSON") from None
 
 
 def checkpoint_path(run_dir: str | os.PathLike, epoch: int) -> Path:
@@ -236,10 +410,18 @@ def require_run_dir(path: str | os.PathLike) -> list[tuple[int, Path]]:
     """
     run_dir = Path(path)
     layout = f"{CONFIG_FILE}, {METRICS_FILE}, {CHECKPOINT_DIR}/epoch_<N>.safetensors"
-    if not run_dir.exists():
+    kind = path_kind(run_dir)
+    if kind is None:
         raise RunDirNotFoundError(f"run directory {run_dir} does not exist")
-    if not run_dir.is_dir():
+    if kind == "a regular file":
         raise RunDirError(f"{run_dir} is a file, not a directory; expected a run directory")
+    if kind == "a symbolic link loop":
+        raise RunDirError(f"{run_dir} is a symbolic link loop; expected a run directory")
+    if kind != "a directory":
+        raise RunDirError(f"{run_dir} is {kind}, not a directory; expected a run directory")
+    config = run_dir / CONFIG_FILE
+    if path_kind(config) is not None:  # there, but perhaps a directory or a FIFO
+        require_file(config, "run configuration (JSON)")
     if not is_run_dir(run_dir):
         raise RunDirError(
             f"{run_dir} is not a run directory: no {CONFIG_FILE} (a run directory, as "
@@ -247,6 +429,13 @@ def require_run_dir(path: str | os.PathLike) -> list[tuple[int, Path]]:
         )
     if not isinstance(read_json(run_dir / CONFIG_FILE), dict):
         raise RunDirError(f"{run_dir / CONFIG_FILE} must hold a JSON object")
+    ckpt_kind = path_kind(run_dir / CHECKPOINT_DIR)
+    if ckpt_kind not in (None, "a directory"):
+        ckpt_kind = "a file" if ckpt_kind == "a regular file" else ckpt_kind
+        raise RunDirError(
+            f"{run_dir / CHECKPOINT_DIR} is {ckpt_kind}, not a directory; expected the run's "
+            f"checkpoint directory ({CHECKPOINT_DIR}/epoch_<N>.safetensors)"
+        )
     found = list_checkpoints(run_dir)
     if not found:
         raise RunDirError(
@@ -258,36 +447,48 @@ def require_run_dir(path: str | os.PathLike) -> list[tuple[int, Path]]:
 def resume_epoch(run_dir: str | os.PathLike) -> int | None:
     """The epoch of the run's ``resume.safetensors`` (the state ``--resume`` continues from);
     ``None`` if there is none or it cannot be read (e.g. it is being replaced right now)."""
-    from safetensors import safe_open
-
     path = Path(run_dir) / RESUME_FILE
     if not path.is_file():
         return None
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            return int((fh.metadata() or {})["epoch"])
+        return int(safetensors_metadata(path)["epoch"])
     except Exception:  # unreadable or without an epoch: unknown
         return None
 
 
 def append_metrics(run_dir: str | os.PathLike, record: dict[str, Any]) -> None:
-    """Append one JSON line to ``metrics.jsonl`` and flush it to disk."""
+    """Append one JSON line to ``metrics.jsonl`` and flush it to disk. A write that fails (a
+    full disk) leaves the file as it was, and raises an ``OSError`` naming it."""
     path = Path(run_dir) / METRICS_FILE
-    line = json.dumps(record, sort_keys=True, allow_nan=True) + "\n"
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(line)
-        fh.flush()
-        os.fsync(fh.fileno())
+    data = (json.dumps(record, sort_keys=True, allow_nan=True) + "\n").encode("utf-8")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise _naming(err, path) from None
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError as err:
+            with suppress(OSError):
+                os.ftruncate(fd, start)  # no partial line for the next append to follow
+            raise _naming(err, path) from None
+    finally:
+        os.close(fd)
 
 
 def read_metrics(
     run_dir: str | os.PathLike, *, keep: Callable[[dict[str, Any]], bool] | None = None
 ) -> list[dict[str, Any]]:
-    """Read ``metrics.jsonl``; a final line cut off by a crash is skipped, others must parse."""
+    """Read ``metrics.jsonl``; a final line cut off by a crash is skipped, others must parse.
+    No file: no records; a directory, FIFO, ... there: :func:`require_file`'s error."""
     path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
+    if path_kind(path) is None:
         return []
-    text = _read_text(path)
+    text = _read_text(path, "metrics file (JSON lines)")
     lines = text.split("\n")
     records = []
     for i, line in enumerate(lines):
@@ -321,7 +522,8 @@ def _check_metrics_record(record: Any, path: Path, line: int) -> None:
             raise RunDirError(f"{path}: line {line}: {key} must be a number, got {value!r}")
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, noun: str) -> str:
+    require_file(path, noun)
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -342,7 +544,7 @@ def run_fingerprint(run_dir: str | os.PathLike) -> str:
     for epoch, path in found:
         digest.update(f"{epoch}:{path.stat().st_size};".encode())
     if found:
-        digest.update(found[-1][1].read_bytes())
+        digest.update(require_file(found[-1][1], "checkpoint file").read_bytes())
     return digest.hexdigest()[:16]
 
 

@@ -45,8 +45,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tl_grokking._threads import auto_threads, using_threads
-from tl_grokking._validation import worded
+from tl_grokking._resources import auto_threads, available_memory, using_threads
+from tl_grokking._validation import API_WORDS, CLI_WORDS, worded
 from tl_grokking.model.fastforward import TokenGroups, groups_for, weights_final_logits
 from tl_grokking.model.transformer import (
     GrokModel,
@@ -69,9 +69,12 @@ from tl_grokking.runs.rundir import (
     checkpoint_path,
     grok_epoch,
     list_checkpoints,
-    load_safetensors,
+    path_kind,
     read_json,
     read_metrics,
+    read_safetensors,
+    require_dir_path,
+    require_file,
     rewrite_metrics,
     run_lock,
     save_safetensors,
@@ -172,6 +175,9 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, *, resume: bool, overwr
     ``cli_message`` (:func:`tl_grokking._validation.worded`).
     """
     _check_out_path(run_dir)
+    for name, noun in ((CONFIG_FILE, "run configuration (JSON)"), (RESUME_FILE, "resume state")):
+        if path_kind(run_dir / name) not in (None, "a regular file"):  # a directory, a FIFO...
+            require_file(run_dir / name, noun)
     if not (run_dir / CONFIG_FILE).is_file():
         if run_dir.is_dir() and _holds_files(run_dir) and not overwrite:
             raise worded(
@@ -266,12 +272,16 @@ def _load_resume(
     Files of earlier releases also carry HookedTransformer's attention-mask buffers
     (``model.blocks.0.attn.mask``/``IGNORE``); they are not weights and are skipped.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError
 
-    path = run_dir / RESUME_FILE
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
-    tensors = load_safetensors(path)
+    path = require_file(run_dir / RESUME_FILE, "resume state (safetensors)")
+    try:
+        tensors, meta = read_safetensors(path)
+    except (SafetensorError, ValueError) as err:
+        raise ResumeStateError(
+            f"cannot resume from {path}: corrupt or truncated safetensors file ({err}); "
+            "start again with --overwrite"
+        ) from None
     epoch = _resume_epoch_of(meta, path, run_dir, epochs)
     stored = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     problems = [f"weight {k} missing" for k in weights if k not in stored]
@@ -573,18 +583,6 @@ def memory_estimate(config: TrainConfig) -> dict[str, float]:
     }
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available to new allocations (``MemAvailable``; None where unknown)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None  # pragma: no cover - not Linux
-
-
 def check_memory(config: TrainConfig, available: int | None = None) -> None:
     """Raise :class:`TooLargeError` (with the estimate) if the run cannot fit in memory."""
     parts = memory_estimate(config)
@@ -600,14 +598,12 @@ def check_memory(config: TrainConfig, available: int | None = None) -> None:
 
 
 def _check_out_path(run_dir: Path) -> None:
-    existing = next((d for d in (run_dir, *run_dir.parents) if d.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise worded(
-            NotADirectoryError,
-            "{out} {run_dir}: {existing} is a file, not a directory; choose a directory path",
-            run_dir=run_dir,
-            existing=existing,
-        )
+    """A run directory can be at ``run_dir`` (not under a file, a FIFO, a link loop, ...)."""
+    try:
+        require_dir_path(run_dir, API_WORDS["out"])
+    except OSError as err:
+        err.cli_message = str(err).replace(API_WORDS["out"], CLI_WORDS["out"], 1)  # type: ignore[attr-defined]
+        raise
 
 
 def step_work(config: TrainConfig) -> float:
@@ -649,7 +645,9 @@ def _train(
         last = run.log(measure=True)
         run.save()
 
-    stopped_early = False
+    # A run that already stopped early (resumed from its early-stop state) is finished: resuming
+    # it with the same settings trains nothing more, as resuming a run at its last epoch.
+    stopped_early = resuming and streak >= config.early_stop_patience
     bar = tqdm(
         total=config.epochs,
         initial=run.epoch,
@@ -659,7 +657,7 @@ def _train(
         disable=not progress,
     )
     with bar:
-        while run.epoch < config.epochs:
+        while not stopped_early and run.epoch < config.epochs:
             run.step()
             bar.update(1)
             epoch, final = run.epoch, run.epoch == config.epochs

@@ -1,4 +1,5 @@
-"""How many CPU threads torch should use for a problem, and a scope that sets them.
+"""What this machine gives a computation: CPU cores, how many threads torch should use for a
+problem (and a scope that sets them), and the memory available to new allocations.
 
 The trap (docs/training.md, "Threads"): torch defaults to one thread per core. For the small
 matrices of a small p, the threads spend their time meeting at barriers; when another process
@@ -16,7 +17,13 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-__all__ = ["available_cores", "auto_threads", "using_threads", "MIN_WORK_PER_THREAD"]
+__all__ = [
+    "available_cores",
+    "available_memory",
+    "auto_threads",
+    "using_threads",
+    "MIN_WORK_PER_THREAD",
+]
 
 #: Multiply-adds per step a thread must have before another one is worth starting (measured
 #: with ``benchmarks/train_speed.py --threads-sweep``: p = 53 with d_mlp 256 stays at one
@@ -30,6 +37,19 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # pragma: no cover - macOS, Windows
         return max(1, os.cpu_count() or 1)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (``MemAvailable``; None where unknown):
+    what the trainer's memory estimate and the checkpoint loader's inflate bound check against."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None  # pragma: no cover - not Linux
 
 
 def auto_threads(work: float, cores: int | None = None) -> int:
