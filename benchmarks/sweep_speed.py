@@ -44,6 +44,10 @@ def _final(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_safetensors(list_checkpoints(run_dir)[-1][1])
 
 
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=16, help="runs on each side [16]")
@@ -78,24 +82,21 @@ def main() -> None:
         )  # fmt: skip
         sweep = time.perf_counter() - started
 
-        same = all(
-            all(
-                torch.equal(a, b)
-                for a, b in zip(
-                    _final(tmp / "loop" / f"seed{seed}").values(),
-                    _final(run_path(tmp / "sweep", f"seed={seed}")).values(),
-                    strict=True,
-                )
-            )
+        differ = [
+            seed
             for seed in seeds
-        )
+            if not _same(
+                _final(tmp / "loop" / f"seed{seed}"),
+                _final(run_path(tmp / "sweep", f"seed={seed}")),
+            )
+        ]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     per_hour = 3600 * len(seeds)
     print(f"loop of tl-grokking train: {loop:7.1f} s  ({per_hour / loop:6.0f} runs/hour)")
     print(f"tl-grokking sweep:         {sweep:7.1f} s  ({per_hour / sweep:6.0f} runs/hour)")
     print(f"sweep_vs_loop: {loop / sweep:.2f}x")
-    print(f"same final weights on both sides: {same}")
+    print(f"same final weights on both sides: {'every run' if not differ else differ}")
 
 
 if __name__ == "__main__":

@@ -480,3 +480,12 @@ def test_failed_runs_make_the_command_exit_2_after_the_others_finish(tmp_path, c
     assert "failed seed=1: " in captured.out and "is a file, not a directory" in captured.out
     assert "1 of 2 runs failed" in captured.err and "--retry-failed" in captured.err
     assert read_manifest(out).runs["seed=0"].status == "done"
+
+
+def test_the_ray_executor_without_ray_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    argv = ["sweep", f"--out={tmp_path / 's'}", *_flags(**BASE), "--executor=ray", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tl-grokking sweep: error: the ray executor needs Ray, an optional extra")
+    assert "pip install 'tl_grokking[ray]'" in err and "--executor local" in err

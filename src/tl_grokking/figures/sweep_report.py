@@ -730,7 +730,7 @@ def _caveats(s: _Sweep) -> list[str]:
             + (" …" if len(failed) > 10 else "")
             + " (their errors are in the table; rerun with tl-grokking sweep --retry-failed)"
         )
-    unfinished = counts.get("pending", 0) + counts.get("running", 0)
+    unfinished = counts.get("pending", 0)
     if unfinished:
         out.append(
             f"{unfinished} run(s) have not finished and are left out of the figures (rerun "
@@ -824,7 +824,7 @@ def build_sweep_report(
             "running",
             f"{counts.get('done', 0)} of {len(manifest.runs)} runs finished; "
             f"{counts.get('failed', 0)} failed, "
-            f"{counts.get('pending', 0) + counts.get('running', 0)} not finished.",
+            f"{counts.get('pending', 0)} not finished.",
         )
     )
     name = sweep_dir.resolve().name or "sweep"
