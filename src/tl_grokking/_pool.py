@@ -20,6 +20,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import Generic, TypeVar
 
+from tl_grokking._validation import check_int
+
 __all__ = ["WorkerPool"]
 
 J = TypeVar("J")
@@ -36,9 +38,7 @@ class WorkerPool(Generic[J, R]):
     """``workers`` processes that compute ``fn(job)`` for a sequence of jobs (see module doc)."""
 
     def __init__(self, workers: int) -> None:
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be a positive integer, got {workers!r}")
-        self.workers = workers
+        self.workers = check_int(workers, "workers")
         self.in_flight: list[J] = []
 
     def _new(self) -> ProcessPoolExecutor:

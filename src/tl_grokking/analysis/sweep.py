@@ -45,7 +45,7 @@ from typing import Any
 
 from tl_grokking._pool import WorkerPool
 from tl_grokking._resources import available_cores, using_threads
-from tl_grokking._validation import expected_errors, one_line
+from tl_grokking._validation import check_int, expected_errors, one_line
 from tl_grokking.analysis.phases import check_phases_record
 from tl_grokking.runs.rundir import (
     GROK_ACC,
@@ -600,13 +600,7 @@ def _analysis_work(config: Mapping[str, Any], n_checkpoints: int) -> float:
 
 
 def _check_workers(workers: Any) -> int | None:
-    if workers is None:
-        return None
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(
-            f"workers must be a positive integer (analysis processes), got {workers!r}"
-        )
-    return workers
+    return None if workers is None else check_int(workers, "workers")
 
 
 def _analysis_died(job: _Job, times: int) -> dict[str, Any]:

@@ -65,6 +65,8 @@ __all__ = [
     "path_kind",
     "require_file",
     "require_dir_path",
+    "require_out_dir",
+    "holds_files",
 ]
 
 CONFIG_FILE = "config.json"
@@ -179,6 +181,23 @@ def require_dir_path(path: str | os.PathLike, what: str) -> Path:
             f"{what} {path}: {candidate} is {kind}, not a directory; choose a directory path"
         )
     return path  # pragma: no cover - the root exists
+
+
+def require_out_dir(path: str | os.PathLike) -> Path:
+    """:func:`require_dir_path` for the directory a run or a sweep is written to: the message
+    names it as the API's ``run_dir`` and, in its ``cli_message``, as ``--out``."""
+    from tl_grokking._validation import API_WORDS, CLI_WORDS
+
+    try:
+        return require_dir_path(path, API_WORDS["out"])
+    except OSError as err:
+        err.cli_message = str(err).replace(API_WORDS["out"], CLI_WORDS["out"], 1)  # type: ignore[attr-defined]
+        raise
+
+
+def holds_files(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds anything but a lock file (:data:`LOCK_FILE`)."""
+    return any(path.name != LOCK_FILE for path in Path(directory).iterdir())
 
 
 @contextmanager

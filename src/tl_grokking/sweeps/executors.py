@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from tl_grokking._pool import WorkerPool
 from tl_grokking._resources import available_cores
+from tl_grokking._validation import check_int
 
 __all__ = [
     "SweepJob",
@@ -98,12 +99,9 @@ class LocalExecutor:
     name = "local"
 
     def __init__(self, workers: int | None = None, *, max_retries: int = 2) -> None:
-        if workers is not None and (
-            isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
-        ):
-            raise ValueError(f"workers must be a positive integer, got {workers!r}")
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        if workers is not None:
+            workers = check_int(workers, "workers")
+        max_retries = check_int(max_retries, "max_retries", minimum=0)
         self.workers = workers if workers is not None else available_cores()
         self.max_retries = max_retries
         self._running: list[str] = []
@@ -136,10 +134,11 @@ class LocalExecutor:
         def died(job: SweepJob, times: int) -> dict[str, Any]:
             return _died(job, times, "worker process")
 
-        events = pool.map(fn, jobs, on_death=died, retries=self.max_retries, tick=TICK)
-        for event in events:
-            yield JobEvent("tick") if event is None else JobEvent("finished", *event)
-        self._pool = None
+        try:
+            for event in pool.map(fn, jobs, on_death=died, retries=self.max_retries, tick=TICK):
+                yield JobEvent("tick") if event is None else JobEvent("finished", *event)
+        finally:
+            self._pool = None
 
 
 def _import_ray() -> Any:
@@ -178,8 +177,7 @@ class RayExecutor:
             raise ValueError(f"cpus_per_run must be > 0, got {cpus_per_run!r}")
         if not gpus_per_run >= 0:
             raise ValueError(f"gpus_per_run must be >= 0, got {gpus_per_run!r}")
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        max_retries = check_int(max_retries, "max_retries", minimum=0)
         self.address = address
         self.cpus_per_run = cpus_per_run
         self.gpus_per_run = gpus_per_run

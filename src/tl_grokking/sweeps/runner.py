@@ -31,10 +31,11 @@ from typing import Any
 
 from tl_grokking._validation import expected_errors, one_line, worded
 from tl_grokking.runs.rundir import (
-    LOCK_FILE,
     METRICS_FILE,
     RunDirLockedError,
+    holds_files,
     is_run_dir,
+    require_out_dir,
     resume_epoch,
     run_lock,
 )
@@ -148,21 +149,15 @@ def _with_threads(run: SweepRun) -> dict[str, Any]:
 
 
 def _check_sweep_dir(sweep_dir: Path) -> None:
-    if sweep_dir.exists() and not sweep_dir.is_dir():
+    require_out_dir(sweep_dir)  # not under a file, a FIFO, a link loop, ...
+    if sweep_dir.is_dir() and not is_sweep_dir(sweep_dir) and holds_files(sweep_dir):
         raise worded(
-            NotADirectoryError,
-            "{out} {sweep_dir} is a file, not a directory; choose a directory path",
+            FileExistsError,
+            "{sweep_dir} exists, is not empty and holds no sweep ({manifest} missing); "
+            "choose another directory",
             sweep_dir=sweep_dir,
+            manifest=MANIFEST_FILE,
         )
-    if sweep_dir.is_dir() and not is_sweep_dir(sweep_dir):
-        if any(path.name != LOCK_FILE for path in sweep_dir.iterdir()):
-            raise worded(
-                FileExistsError,
-                "{sweep_dir} exists, is not empty and holds no sweep ({manifest} missing); "
-                "choose another directory",
-                sweep_dir=sweep_dir,
-                manifest=MANIFEST_FILE,
-            )
 
 
 def plan_sweep(

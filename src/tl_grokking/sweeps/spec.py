@@ -214,7 +214,7 @@ class SweepSpec:
         give the same configuration (``1`` and ``1.0``).
         """
         runs: list[SweepRun] = []
-        seen: dict[str, str] = {}
+        seen: set[str] = set()
         for point in self.points():
             try:
                 config = TrainConfig(**{**PRESETS[self.preset], **self.base, **point})
@@ -225,7 +225,7 @@ class SweepSpec:
             name = run_name(normalised)
             if name in seen:
                 raise ValueError(f"the sweep lists the run {name} twice")
-            seen[name] = name
+            seen.add(name)
             runs.append(SweepRun(name=name, point=normalised, config=config))
         return runs
 

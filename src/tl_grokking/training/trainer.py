@@ -46,7 +46,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_grokking._resources import auto_threads, available_memory, using_threads
-from tl_grokking._validation import API_WORDS, CLI_WORDS, worded
+from tl_grokking._validation import worded
 from tl_grokking.model.fastforward import TokenGroups, groups_for, weights_final_logits
 from tl_grokking.model.transformer import (
     GrokModel,
@@ -62,19 +62,19 @@ from tl_grokking.runs.rundir import (
     CONFIG_FILE,
     DERIVED_FILES,
     GROK_ACC,
-    LOCK_FILE,
     METRICS_FILE,
     RESUME_FILE,
     append_metrics,
     checkpoint_path,
     grok_epoch,
+    holds_files,
     list_checkpoints,
     path_kind,
     read_json,
     read_metrics,
     read_safetensors,
-    require_dir_path,
     require_file,
+    require_out_dir,
     rewrite_metrics,
     run_lock,
     save_safetensors,
@@ -143,10 +143,6 @@ def _describe(changes: Mapping[str, tuple[Any, Any]]) -> str:
     return "; ".join(f"{name}: {old!r} -> {new!r}" for name, (old, new) in changes.items())
 
 
-def _holds_files(run_dir: Path) -> bool:
-    return any(path.name != LOCK_FILE for path in run_dir.iterdir())
-
-
 def _clear_run(run_dir: Path) -> None:
     """Remove the files a run writes and what analysis derived from it (and nothing else)."""
     for name in (CONFIG_FILE, METRICS_FILE, RESUME_FILE, *DERIVED_FILES):
@@ -174,12 +170,12 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, *, resume: bool, overwr
     Errors name their remedies as the API's arguments (``resume=True``), and as flags in their
     ``cli_message`` (:func:`tl_grokking._validation.worded`).
     """
-    _check_out_path(run_dir)
+    require_out_dir(run_dir)
     for name, noun in ((CONFIG_FILE, "run configuration (JSON)"), (RESUME_FILE, "resume state")):
         if path_kind(run_dir / name) not in (None, "a regular file"):  # a directory, a FIFO...
             require_file(run_dir / name, noun)
     if not (run_dir / CONFIG_FILE).is_file():
-        if run_dir.is_dir() and _holds_files(run_dir) and not overwrite:
+        if run_dir.is_dir() and holds_files(run_dir) and not overwrite:
             raise worded(
                 FileExistsError,
                 "{run_dir} exists, is not empty and holds no run ({config} missing); choose "
@@ -551,7 +547,7 @@ def train_model(
     if device.type == "cpu":
         check_memory(config)  # before anything is allocated or written
     run_dir = Path(run_dir)
-    _check_out_path(run_dir)
+    require_out_dir(run_dir)
     threads = config.threads or auto_threads(step_work(config))
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir), using_threads(threads if device.type == "cpu" else None):
@@ -595,15 +591,6 @@ def check_memory(config: TrainConfig, available: int | None = None) -> None:
             f"{need / 1e9:.3g} GB of memory ({detail}), but {available / 1e9:.3g} GB are "
             "available; use a smaller p or model, or a machine with more memory"
         )
-
-
-def _check_out_path(run_dir: Path) -> None:
-    """A run directory can be at ``run_dir`` (not under a file, a FIFO, a link loop, ...)."""
-    try:
-        require_dir_path(run_dir, API_WORDS["out"])
-    except OSError as err:
-        err.cli_message = str(err).replace(API_WORDS["out"], CLI_WORDS["out"], 1)  # type: ignore[attr-defined]
-        raise
 
 
 def step_work(config: TrainConfig) -> float:
