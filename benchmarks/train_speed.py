@@ -19,9 +19,18 @@ Paper configuration (p = 113, 3830 training pairs), at the trainer's thread coun
 
 FLOPs of our step: what is left batch-sized is the read-out ``relu(pre) @ W_L`` and its two
 gradients, three ``[n_train, d_mlp] × [d_mlp, d_vocab_out]`` products (``2·rows·k·n`` FLOPs
-each); the per-step tables are small and not counted. ``sgemm`` times ``torch.mm`` on exactly
-those three products here; ``readout_gflops`` is what the step's own three products reach
-(measured by the profiler), ``step_gflops`` the three products over the whole step.
+each); the per-step tables are small and not counted. ``sgemm_mkl`` times ``torch.mm`` (MKL) on
+exactly those three products, ``sgemm_onednn`` :func:`tl_grokking.model.gemm.mm` (oneDNN where
+the CPU has AVX-512, which is what the step uses; see that module); ``readout_gflops`` is what
+the step's own three products reach (measured by the profiler).
+
+Both loops run in this one process with glibc's default allocator settings, except inside
+``train_model``, which keeps freed memory for reuse while it trains
+(:func:`tl_grokking._resources.retained_heap`). Printed as well: the demo loop given that scope
+(``..._retained_heap``), and ``train_model`` without it (``trainer_default_heap``, with the page
+faults per epoch of each), so the share of the ratio that is the allocator is on the page. The
+two steps alone are both timed inside the scope, so the step-alone ratio compares their own
+work.
 
 Thread counts (``--skip-threads`` leaves this out): seconds per epoch of ``train_model`` at
 p = 23 (the README tour's setting) and at the ``tl-grokking reproduce --quick`` setting, with
@@ -32,17 +41,22 @@ busy on one core; ``default_vs_best`` is the default's time over the best count'
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
+import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from tl_grokking._resources import auto_threads, available_cores, using_threads
+import tl_grokking.training.trainer as trainer_module
+from tl_grokking._resources import auto_threads, available_cores, retained_heap, using_threads
 from tl_grokking.model.fastforward import groups_for, weights_final_logits
+from tl_grokking.model.gemm import mm, uses_onednn
 from tl_grokking.model.transformer import (
     BACKEND,
     TL_VERSION,
@@ -70,6 +84,27 @@ def _busy() -> None:  # pragma: no cover - a child process
 def _trainer_s_per_epoch(config: TrainConfig, epochs: int, tmp: Path, tag: str) -> float:
     result = train_model(config.replace(epochs=epochs), tmp / tag, progress=False, overwrite=True)
     return result.wall_time / epochs
+
+
+@contextlib.contextmanager
+def _glibc_default_heap() -> Iterator[bool]:
+    yield False
+
+
+def _trainer_default_heap(
+    config: TrainConfig, epochs: int, tmp: Path, tag: str
+) -> tuple[float, float]:
+    """Seconds and page faults per epoch of ``train_model`` with glibc's default heap settings
+    (its retained-heap scope replaced by a no-op), to show what the scope saves."""
+    saved = trainer_module.retained_heap
+    trainer_module.retained_heap = _glibc_default_heap
+    try:
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        seconds = _trainer_s_per_epoch(config, epochs, tmp, tag)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    finally:
+        trainer_module.retained_heap = saved
+    return seconds, faults / epochs
 
 
 def paper(args: argparse.Namespace, tmp: Path) -> None:
@@ -122,51 +157,87 @@ def paper(args: argparse.Namespace, tmp: Path) -> None:
     flops = 3 * 2 * n * k * c
     a, b, g = torch.randn(n, k), torch.randn(k, c), torch.randn(n, c)
 
-    def sgemm():
+    def sgemm_mkl():
         torch.mm(a, b)  # forward
         torch.mm(g, b.T)  # input gradient
         torch.mm(a.T, g)  # weight gradient
 
+    def sgemm_onednn():  # the operand layouts the step uses
+        mm(a, b)
+        mm(g, b.T)
+        mm(g.T, a)
+
+    def fast_step_heap():
+        with retained_heap():
+            fast_step()
+
     for _ in range(2):  # warm-up
         plain_epoch()
-        fast_step()
-        sgemm()
-    t_plain_step, t_fast_step, t_sgemm = [], [], []
-    for _ in range(args.step_repeats):
-        t_plain_step.append(_timed(plain_step))
-        t_fast_step.append(_timed(fast_step))
-        t_sgemm.append(_timed(sgemm))
-    from torch.profiler import ProfilerActivity, profile
+        fast_step_heap()
+        sgemm_mkl()
+        sgemm_onednn()
+    t_plain_step, t_fast_step, t_mkl, t_onednn = [], [], [], []
+    with retained_heap():  # the fast step's scope (the plain step is timed inside it as well)
+        for _ in range(args.step_repeats):
+            t_plain_step.append(_timed(plain_step))
+            t_fast_step.append(_timed(fast_step))
+            t_mkl.append(_timed(sgemm_mkl))
+            t_onednn.append(_timed(sgemm_onednn))
+        from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        for _ in range(5):
-            fast_step()
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for _ in range(5):
+                fast_step()
+    products = ("aten::mm", "aten::addmm", "mkldnn::_linear_pointwise")
     readout_us = sum(  # the only matmuls with a batch-sized operand are the three products
         e.self_cpu_time_total
         for e in prof.key_averages(group_by_input_shape=True)
-        if e.key in ("aten::mm", "aten::addmm") and any(n in s for s in e.input_shapes if s)
+        if e.key in products and any(n in s for s in e.input_shapes if s)
     )
     readout_s = readout_us / 1e6 / 5
 
-    t_loop, t_trainer = [], []
+    t_loop, t_loop_heap, t_trainer, t_default, f_trainer, f_default = [], [], [], [], [], []
     for i in range(args.repeats):
         t_loop.append(statistics.median(_timed(plain_epoch) for _ in range(3)))
+        with retained_heap():
+            t_loop_heap.append(statistics.median(_timed(plain_epoch) for _ in range(3)))
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t_trainer.append(_trainer_s_per_epoch(config, args.trainer_epochs, tmp, f"paper{i}"))
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+        f_trainer.append(faults / args.trainer_epochs)
+        seconds, faults = _trainer_default_heap(config, args.trainer_epochs, tmp, f"heap{i}")
+        t_default.append(seconds)
+        f_default.append(faults)
 
     med = statistics.median
     s_loop, s_trainer = med(t_loop), med(t_trainer)
-    s_plain, s_fast, s_sgemm = med(t_plain_step), med(t_fast_step), med(t_sgemm)
+    s_plain, s_fast = med(t_plain_step), med(t_fast_step)
+    s_mkl, s_onednn = med(t_mkl), med(t_onednn)
     print(f"paper configuration, {threads} thread(s) (the trainer's choice)")
     print(f"plain_loop_s_per_epoch: {s_loop:.4f}")
-    print(f"trainer_s_per_epoch: {s_trainer:.4f}  (epochs/s {1 / s_trainer:.1f})")
+    s_loop_heap = med(t_loop_heap)
+    print(
+        f"plain_loop_s_per_epoch_retained_heap: {s_loop_heap:.4f}  (the demo loop given our heap)"
+    )
+    print(
+        f"trainer_s_per_epoch: {s_trainer:.4f}  (epochs/s {1 / s_trainer:.1f}; "
+        f"page faults per epoch {med(f_trainer):.0f})"
+    )
+    print(
+        f"trainer_default_heap_s_per_epoch: {med(t_default):.4f}  (glibc's defaults: page faults "
+        f"per epoch {med(f_default):.0f}; per repeat {', '.join(f'{x:.0f}' for x in f_default)})"
+    )
     print(f"plain_step_s: {s_plain:.4f}")
     print(f"fast_step_s: {s_fast:.4f}")
     print(f"readout_gflop: {flops / 1e9:.3f}  (3 products {n}x{k}x{c})")
     print(f"readout_gflops: {flops / readout_s / 1e9:.1f}  (the step's own three products)")
-    print(f"sgemm_same_shapes_gflops: {flops / s_sgemm / 1e9:.1f}")
+    print(f"sgemm_mkl_same_shapes_gflops: {flops / s_mkl / 1e9:.1f}")
+    onednn = "oneDNN" if uses_onednn(a, b) else "torch.mm: oneDNN not used on this machine"
+    print(f"sgemm_onednn_same_shapes_gflops: {flops / s_onednn / 1e9:.1f}  ({onednn})")
     print(f"readout_share_of_step: {readout_s / s_fast:.2f}")
     print(f"ratio_train_step: {s_plain / s_fast:.2f}")
     print(f"ratio_vs_plain_loop: {s_loop / s_trainer:.2f}")
+    print(f"ratio_vs_plain_loop_retained_heap: {s_loop_heap / s_trainer:.2f}")
 
 
 def threads(args: argparse.Namespace, tmp: Path) -> None:

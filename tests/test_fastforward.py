@@ -233,11 +233,12 @@ def test_token_groups_layout_by_brute_force():
     groups = TokenGroups(tokens, 12, 3)
     for b in range(len(tokens)):
         a_, b_ = int(tokens[b, 0]), int(tokens[b, 1])
-        # head-major: 25 rows per head (12 tokens at each position, then '=')
-        expected = [h * 25 + r for h in range(3) for r in (a_, 12 + b_, 24)]
+        # head-major: 24 rows per head (12 tokens at each of positions 0 and 1; '=' is folded
+        # into the constant term)
+        expected = [h * 24 + r for h in range(3) for r in (a_, 12 + b_)]
         assert groups.rows[b].tolist() == expected
     # the transposed layout: table row r is used by exactly the samples listed in its bag
     ends = torch.cat([groups.bag_offsets[1:], torch.tensor([groups.bag_samples.numel()])])
-    for r in range((2 * 12 + 1) * 3):
+    for r in range(2 * 12 * 3):
         users = sorted(groups.bag_samples[groups.bag_offsets[r] : ends[r]].tolist())
         assert users == sorted(b for b in range(len(tokens)) if r in groups.rows[b].tolist())

@@ -49,8 +49,10 @@ import torch.nn.functional as F
 from fancy_einsum import einsum
 from jaxtyping import Float, Int
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from tl_grokking.model.config import SUPPORTED_ACT_FNS
+from tl_grokking.model.gemm import mm
 from tl_grokking.model.transformer import (
     GrokModel,
     is_plain_block,
@@ -173,6 +175,7 @@ class _ReluMlpUnembed(torch.autograd.Function):
         return _affine(resid_post, W_U, b_U)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, d_logits):
         resid_mid, post, resid_post, W_in, W_out, W_U = ctx.saved_tensors
         need = ctx.needs_input_grad
@@ -286,15 +289,14 @@ class TokenGroups:
     """Which table rows each sample of a ``[batch, 3]`` token tensor mixes: the layout of the
     algebraic path (:func:`weights_final_logits`), built once per token tensor and reused.
 
-    The tables have ``n_heads · (2 · d_vocab + 1)`` rows: row ``h · (2 · d_vocab + 1) + j ·
-    d_vocab + t`` for token t at position j ∈ {0, 1} seen by head h, and row
-    ``h · (2 · d_vocab + 1) + 2 · d_vocab`` for the final position (``=``); sample b mixes the
-    ``3 · n_heads`` rows of its tokens (:attr:`rows`).
-    The transposed layout (:attr:`bag_samples`, :attr:`bag_offsets`, :attr:`bag_order`: for
-    each table row, the samples that use it) turns the table gradient into one more
-    ``embedding_bag``, and :attr:`pattern` (a CSR matrix with the rows' sparsity) the pattern
-    gradient into one ``sampled_addmm``. The trainer builds it once for its training set and
-    once for the grid.
+    The tables have ``n_heads · 2 · d_vocab`` rows: row ``h · 2 · d_vocab + j · d_vocab + t``
+    for token t at position j ∈ {0, 1} seen by head h (the final position, ``=``, is folded into
+    the constant term; see :func:`_final_logits_algebraic`); sample b mixes the ``2 · n_heads``
+    rows of its two tokens (:attr:`rows`). The transposed layout (:attr:`bag_samples`,
+    :attr:`bag_offsets`, :attr:`bag_order`: for each table row, the samples that use it) turns
+    the table gradient into one more ``embedding_bag``, and :attr:`pattern` (a CSR matrix with
+    the rows' sparsity) the pattern gradient into one ``sampled_addmm``. The trainer builds it
+    once for its training set and once for the grid.
     """
 
     def __init__(self, tokens: Int[Tensor, "batch 3"], n_vocab: int, n_heads: int) -> None:
@@ -304,15 +306,13 @@ class TokenGroups:
             )
         self.tokens, self.n_vocab, self.n_heads = tokens, n_vocab, n_heads
         batch, device = tokens.shape[0], tokens.device
-        per_head = 2 * n_vocab + 1  # table rows per head: both positions' tokens, then '='
+        per_head = 2 * n_vocab  # table rows per head: the tokens at positions 0 and 1
         #: rows of the per-token score table each sample reads: a, then vocab + b
-        self.token_rows = (tokens[:, :2] + torch.tensor([0, n_vocab], device=device)).flatten()
+        own = tokens[:, :2] + torch.tensor([0, n_vocab], device=device)  # [batch, pos]
+        self.token_rows = own.flatten()
         base = torch.arange(n_heads, device=device)[:, None] * per_head  # [head, 1]
-        own = torch.stack(
-            [tokens[:, 0], n_vocab + tokens[:, 1], torch.full_like(tokens[:, 0], 2 * n_vocab)], 1
-        )  # [batch, pos]
         self.rows = (base[None] + own[:, None, :]).flatten(1)  # [batch, head * pos], ascending
-        n_rows, per_sample = n_heads * per_head, 3 * n_heads
+        n_rows, per_sample = n_heads * per_head, 2 * n_heads
         flat = self.rows.flatten()
         self.bag_order = torch.argsort(flat, stable=True)  # entries grouped by table row
         counts = torch.bincount(flat, minlength=n_rows)
@@ -335,39 +335,42 @@ class TokenGroups:
 class _ReluReadout(torch.autograd.Function):
     """``logits = Z[:, m:] + relu(Z[:, :m]) @ W_L`` with ``Z = c + Σ_(j,h) P[j, h] R[j, tok_j, h]``.
 
-    ``R`` holds, per position, token and head, the head's value vector already pushed through
-    ``W_O [W_in | W_U]`` (the MLP pre-activation and the direct path to the logits, side by
-    side); ``P`` is the attention pattern of the final query. The mixing is one
-    ``embedding_bag`` (per-sample weights); the backward is written out: the table gradient is
-    an ``embedding_bag`` over the transposed layout, the pattern gradient a ``sampled_addmm``,
-    and the read-out costs the three ``[batch, d_mlp] × [d_mlp, d_vocab_out]`` products — the
-    same arithmetic as autograd up to float32 rounding.
+    ``R`` holds, per position j ∈ {0, 1}, token and head, the head's value vector (relative to
+    the final position's) already pushed through ``W_O [W_in | W_U]`` (the MLP pre-activation
+    and the direct path to the logits, side by side); ``P`` is the attention the final query
+    pays to positions 0 and 1. The mixing is one ``embedding_bag`` (per-sample weights); the
+    backward is written out: the table gradient is an ``embedding_bag`` over the transposed
+    layout, the pattern gradient a ``sampled_addmm``, and the read-out costs the three
+    ``[batch, d_mlp] × [d_mlp, d_vocab_out]`` products — the same arithmetic as autograd up to
+    float32 rounding.
     """
 
     @staticmethod
     def forward(ctx, table, c, W_L, pattern, groups, d_mlp):
         Z = F.embedding_bag(groups.rows, table, per_sample_weights=pattern, mode="sum").add_(c)
         post = Z[:, :d_mlp].clamp_min(0.0)
-        logits = torch.mm(post, W_L).add_(Z[:, d_mlp:])
+        logits = mm(post, W_L).add_(Z[:, d_mlp:])
         ctx.save_for_backward(post, table, W_L, pattern)
         ctx.groups = groups
         return logits
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, d_logits):
         post, table, W_L, pattern = ctx.saved_tensors
         groups, d_mlp = ctx.groups, post.shape[1]
         dZ = torch.empty(post.shape[0], table.shape[1], dtype=post.dtype, device=post.device)
         dZ[:, d_mlp:] = d_logits
         torch.ops.aten.threshold_backward.grad_input(
-            d_logits @ W_L.T, post, 0.0, grad_input=dZ[:, :d_mlp]
+            mm(d_logits, W_L.T), post, 0.0, grad_input=dZ[:, :d_mlp]
         )  # the ReLU's backward, written into dZ
+        d_W_L = mm(d_logits.T, post).T  # [d_vocab_out, d_mlp] contiguous: oneDNN's fast layout
         weights = pattern.flatten().index_select(0, groups.bag_order)
         d_table = F.embedding_bag(
             groups.bag_samples, dZ, groups.bag_offsets, per_sample_weights=weights, mode="sum"
         )
         d_pattern = torch.sparse.sampled_addmm(groups.pattern, dZ, table.T, beta=0.0).values()
-        return d_table, dZ.sum(0), post.T @ d_logits, d_pattern.view_as(pattern), None, None
+        return d_table, dZ.sum(0), d_W_L, d_pattern.view_as(pattern), None, None
 
 
 def groups_for(
@@ -385,6 +388,139 @@ def _algebraic_applies(tokens: Int[Tensor, "batch 3"], act_fn: str) -> bool:
     return bool((tokens[:, 2] == tokens[0, 2]).all())
 
 
+#: The weights the algebraic path reads, in the order :class:`_AlgebraicTables` takes them.
+_TABLE_WEIGHTS = (
+    "embed.W_E",
+    "pos_embed.W_pos",
+    "blocks.0.attn.W_Q",
+    "blocks.0.attn.W_K",
+    "blocks.0.attn.W_V",
+    "blocks.0.attn.W_O",
+    "blocks.0.attn.b_Q",
+    "blocks.0.attn.b_K",
+    "blocks.0.attn.b_V",
+    "blocks.0.attn.b_O",
+    "blocks.0.mlp.W_in",
+    "blocks.0.mlp.b_in",
+    "blocks.0.mlp.W_out",
+    "blocks.0.mlp.b_out",
+    "unembed.W_U",
+    "unembed.b_U",
+)
+
+
+def _outer(a: Float[Tensor, " m"], b: Float[Tensor, " n"]) -> Float[Tensor, "m n"]:
+    return a[:, None] * b[None, :]
+
+
+class _AlgebraicTables(torch.autograd.Function):
+    """Everything of the algebraic path that depends on the weights only, with its backward.
+
+    From the weights (:data:`_TABLE_WEIGHTS`) and the final token ``=`` this builds, once per
+    step, with ``X`` the residual stream of every (position, token) row (``[2 · d_vocab, d_model]``:
+    ``W_pos[j] + W_E[t]`` at row ``j · d_vocab + t``) and ``x_=`` that of the final position:
+
+    * ``table[h] = (X W_V[h] − x_= W_V[h]) W_O[h] W_F``, ``W_F = [W_in | W_U]`` — head h's
+      value vector relative to the final position's, pushed to the MLP input and the logits;
+    * ``c = (x_= + b_O) W_F + Σ_h (x_= W_V[h] + b_V[h]) W_O[h] W_F + [b_in | b_out W_U + b_U]``,
+      the constant term;
+    * ``W_L = W_out W_U`` (the paper's neuron-logit map);
+    * ``scores[r, h] = (X_r W_K[h] + b_K[h]) · (x_= W_Q[h] + b_Q[h]) / scale`` for the rows of
+      ``X`` and, last, for ``x_=`` itself.
+
+    Autograd would record some forty small operations here (and run its backward through
+    einsum's permutes and MKL); the backward below is the same chain rule written out, with
+    the products through :func:`tl_grokking.model.gemm.mm`. Weights that do not require a
+    gradient get none.
+    """
+
+    @staticmethod
+    def forward(ctx, eq: int, scale: float, *weights: Tensor):  # type: ignore[override]
+        W_E, W_pos, W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O = weights[:10]
+        W_in, b_in, W_out, b_out, W_U, b_U = weights[10:]
+        n_heads, d_model, d_head = W_Q.shape
+        d_mlp = W_in.shape[1]
+        X = torch.cat([W_pos[0] + W_E, W_pos[1] + W_E, (W_pos[2] + W_E[eq])[None]])
+        x_eq = X[-1]
+        # keys and values of every row in one product: columns (kv, head, d_head)
+        W_KV = torch.stack([W_K, W_V]).permute(2, 0, 1, 3).reshape(d_model, -1)
+        KV = torch.addmm(torch.stack([b_K, b_V]).flatten(), X, W_KV)
+        KV = KV.view(X.shape[0], 2, n_heads, d_head)
+        K, V = KV[:, 0], KV[:, 1]  # [row, head, d_head]
+        q = einsum("d_model, head d_model d_head -> head d_head", x_eq, W_Q) + b_Q
+        scores = (K * q).sum(-1).div_(scale)  # [row, head], the final position last
+
+        W_F = torch.cat([W_in, W_U], dim=1)  # [d_model, width]
+        W_OF = mm(W_O.reshape(-1, d_model), W_F).view(n_heads, d_head, -1)  # [head, d_head, width]
+        v_eq = V[-1]  # [head, d_head]
+        V_rel = (V[:-1] - v_eq).transpose(0, 1)  # [head, row, d_head]
+        table = torch.bmm(V_rel, W_OF).flatten(0, 1)
+        U_eq = mm(v_eq.reshape(1, -1), W_OF.flatten(0, 1))[0]
+        c = (x_eq + b_O) @ W_F + U_eq + torch.cat([b_in, b_out @ W_U + b_U])
+        W_L = mm(W_out, W_U)
+        ctx.save_for_backward(X, K, V_rel, v_eq, q, W_KV, W_F, W_OF, *weights)
+        ctx.eq, ctx.scale, ctx.d_mlp = eq, scale, d_mlp
+        return table, c, W_L, scores
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_table, g_c, g_W_L, g_scores):  # type: ignore[override]
+        X, K, V_rel, v_eq, q, W_KV, W_F, W_OF, *weights = ctx.saved_tensors
+        W_E, W_pos, W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O = weights[:10]
+        W_in, b_in, W_out, b_out, W_U, b_U = weights[10:]
+        n_heads, d_model, d_head = W_Q.shape
+        n_vocab, d_mlp, eq = W_E.shape[0], ctx.d_mlp, ctx.eq
+        x_eq, g_table = X[-1], g_table.view(n_heads, -1, W_F.shape[1])
+        g_c_out = g_c[d_mlp:]
+
+        # c, U_eq and the table, back to W_F, W_OF, x_= and the value vectors
+        g_W_OF = torch.bmm(V_rel.transpose(1, 2), g_table).add_(v_eq[:, :, None] * g_c)
+        g_V_rel = torch.bmm(g_table, W_OF.transpose(1, 2))  # [head, row, d_head]
+        g_v_eq = (W_OF @ g_c) - g_V_rel.sum(1)  # [head, d_head]
+        g_W_OF_flat = g_W_OF.flatten(0, 1)  # [head * d_head, width]
+        g_W_O = mm(g_W_OF_flat, W_F.T).view_as(W_O)
+        g_W_F = mm(W_O.reshape(-1, d_model).T, g_W_OF_flat).add_(_outer(x_eq + b_O, g_c))
+        g_x_eq = W_F @ g_c  # also b_O's gradient
+
+        # scores, back to the keys and the query
+        g_s = g_scores / ctx.scale  # [row, head]
+        g_K = g_s[:, :, None] * q  # [row, head, d_head]
+        g_q = einsum("row head, row head d_head -> head d_head", g_s, K)
+        g_V = torch.cat([g_V_rel.transpose(0, 1), g_v_eq[None]])  # [row, head, d_head]
+        g_KV = torch.stack([g_K, g_V], dim=1).flatten(1)  # [row, (kv, head, d_head)]
+        g_X = mm(g_KV, W_KV.T)  # [row, d_model]
+        g_W_KV = mm(X.T, g_KV).view(d_model, 2, n_heads, d_head).permute(1, 2, 0, 3)
+        g_b_KV = g_KV.sum(0).view(2, n_heads, d_head)
+        g_x_eq = g_x_eq + g_X[-1] + einsum("head d_model d_head, head d_head -> d_model", W_Q, g_q)
+
+        g_W_E = g_X[:n_vocab] + g_X[n_vocab:-1]
+        g_W_E[eq] += g_x_eq
+        g_W_pos = torch.zeros_like(W_pos)
+        g_W_pos[0], g_W_pos[1], g_W_pos[2] = g_X[:n_vocab].sum(0), g_X[n_vocab:-1].sum(0), g_x_eq
+
+        grads = {
+            "W_E": g_W_E,
+            "W_pos": g_W_pos,
+            "W_Q": einsum("d_model, head d_head -> head d_model d_head", x_eq, g_q),
+            "W_K": g_W_KV[0],
+            "W_V": g_W_KV[1],
+            "W_O": g_W_O,
+            "b_Q": g_q,
+            "b_K": g_b_KV[0],
+            "b_V": g_b_KV[1],
+            "b_O": W_F @ g_c,
+            "W_in": g_W_F[:, :d_mlp],
+            "b_in": g_c[:d_mlp],
+            "W_out": mm(g_W_L, W_U.T),
+            "b_out": W_U @ g_c_out,
+            "W_U": g_W_F[:, d_mlp:] + mm(W_out.T, g_W_L) + _outer(b_out, g_c_out),
+            "b_U": g_c_out,
+        }
+        needed = ctx.needs_input_grad[2:]
+        out = [g if need else None for g, need in zip(grads.values(), needed, strict=True)]
+        return None, None, *out
+
+
 def _final_logits_algebraic(
     w: Weights, rate: float, tokens: Int[Tensor, "batch 3"], groups: TokenGroups
 ) -> Float[Tensor, "batch d_vocab_out"]:
@@ -397,42 +533,27 @@ def _final_logits_algebraic(
         pre       = resid_mid W_in + b_in
         logits    = resid_mid W_U + relu(pre) W_out W_U + b_out W_U + b_U
 
-    so ``pre`` and the direct path are pattern-weighted sums of rows of ``U [W_in | W_U]``
-    (``[n_heads, 2 · d_vocab + 1, d_mlp + d_vocab_out]``, built per step), and the only
-    batch-sized matmul left is the read-out ``relu(pre) @ W_L`` with ``W_L = W_out W_U``.
+    so ``pre`` and the direct path are pattern-weighted sums of rows of ``U [W_in | W_U]``, and
+    the only batch-sized matmul left is the read-out ``relu(pre) @ W_L`` with
+    ``W_L = W_out W_U``. Each head's pattern sums to one over the three positions, so
+    ``Σ_j P[h, j] U_j = U_= + Σ_(j<2) P[h, j] (U_j − U_=)``: the final position's rows join the
+    constant term and each sample mixes ``2 · n_heads`` rows of the table
+    ``(v_j − v_=) W_O [W_in | W_U]`` (``[n_heads, 2 · d_vocab, d_mlp + d_vocab_out]``, built per
+    step by :class:`_AlgebraicTables`) instead of ``3 · n_heads``.
     """
-    W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O = _attn(w)
-    W_E, W_pos = w["embed.W_E"], w["pos_embed.W_pos"]
-    W_in, b_in = w["blocks.0.mlp.W_in"], w["blocks.0.mlp.b_in"]
-    W_out, b_out = w["blocks.0.mlp.W_out"], w["blocks.0.mlp.b_out"]
-    W_U, b_U = w["unembed.W_U"], w["unembed.b_U"]
-    d_mlp, scale = W_in.shape[1], math.sqrt(W_Q.shape[-1])
-
-    # The residual stream of every (position, token) row, then of the final position:
-    # row j * vocab + t for token t at position j ∈ {0, 1}, row 2 * vocab for '='.
-    x_eq = W_pos[2] + W_E[int(tokens[0, 2])]
-    x = torch.cat([(W_pos[:2, None, :] + W_E[None, :, :]).flatten(0, 1), x_eq[None]])
-    W_QKV, b_QKV = torch.stack([W_Q, W_K, W_V]), torch.stack([b_Q, b_K, b_V])[:, :, None, :]
-    qkv = einsum("row d_model, qkv head d_model d_head -> qkv head row d_head", x, W_QKV) + b_QKV
-    q, k, v = qkv[0, :, -1], qkv[1], qkv[2]  # [head, d_head], [head, row, d_head] twice
-    scores_table = einsum("head row d_head, head d_head -> row head", k, q) / scale
-
-    W_F = torch.cat([W_in, W_U], dim=1)  # [d_model, d_mlp + d_vocab_out]
-    W_OF = einsum("head d_head d_model, d_model width -> head d_head width", W_O, W_F)
-    table = einsum("head row d_head, head d_head width -> head row width", v, W_OF)
-    c = (x_eq + b_O) @ W_F + torch.cat([b_in, b_out @ W_U + b_U])
-    W_L = W_out @ W_U
-
-    batch, n_heads = tokens.shape[0], W_Q.shape[0]
+    W_Q = w["blocks.0.attn.W_Q"]
+    n_heads, d_mlp = W_Q.shape[0], w["blocks.0.mlp.W_in"].shape[1]
+    weights = [w[name] for name in _TABLE_WEIGHTS]
+    table, c, W_L, scores_table = _AlgebraicTables.apply(
+        int(tokens[0, 2]), math.sqrt(W_Q.shape[-1]), *weights
+    )
+    batch = tokens.shape[0]
+    scores_ab = scores_table[:-1].index_select(0, groups.token_rows)
     scores = torch.cat(
-        [
-            scores_table.index_select(0, groups.token_rows).view(batch, 2, n_heads),
-            scores_table[-1].expand(batch, 1, n_heads),
-        ],
-        dim=1,
+        [scores_ab.view(batch, 2, n_heads), scores_table[-1].expand(batch, 1, n_heads)], dim=1
     )  # [batch, pos, head]
-    pattern = _mix_uniform(torch.softmax(scores, dim=1), rate).transpose(1, 2)  # [b, head, pos]
-    return _ReluReadout.apply(table.flatten(0, 1), c, W_L, pattern.flatten(1), groups, d_mlp)
+    pattern = _mix_uniform(torch.softmax(scores, dim=1), rate)[:, :2].transpose(1, 2)
+    return _ReluReadout.apply(table, c, W_L, pattern.flatten(1), groups, d_mlp)
 
 
 def weights_final_logits(

@@ -45,7 +45,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tl_grokking._resources import auto_threads, available_memory, using_threads
+from tl_grokking._resources import auto_threads, available_memory, retained_heap, using_threads
 from tl_grokking._validation import worded
 from tl_grokking.model.fastforward import TokenGroups, groups_for, weights_final_logits
 from tl_grokking.model.transformer import (
@@ -550,7 +550,8 @@ def train_model(
     require_out_dir(run_dir)
     threads = config.threads or auto_threads(step_work(config))
     run_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(run_dir), using_threads(threads if device.type == "cpu" else None):
+    cpu_threads = threads if device.type == "cpu" else None
+    with run_lock(run_dir), using_threads(cpu_threads), retained_heap():
         return _train(config, run_dir, device, resume, overwrite, progress, list(callbacks))
 
 
