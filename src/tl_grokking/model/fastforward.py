@@ -444,10 +444,10 @@ class _AlgebraicTables(torch.autograd.Function):
         x_eq = X[-1]
         # keys and values of every row in one product: columns (kv, head, d_head)
         W_KV = torch.stack([W_K, W_V]).permute(2, 0, 1, 3).reshape(d_model, -1)
-        KV = torch.addmm(torch.stack([b_K, b_V]).flatten(), X, W_KV)
+        KV = mm(X, W_KV).add_(torch.stack([b_K, b_V]).flatten())
         KV = KV.view(X.shape[0], 2, n_heads, d_head)
         K, V = KV[:, 0], KV[:, 1]  # [row, head, d_head]
-        q = einsum("d_model, head d_model d_head -> head d_head", x_eq, W_Q) + b_Q
+        q = torch.matmul(x_eq, W_Q) + b_Q  # [head, d_head]: the query of '=', a constant
         scores = (K * q).sum(-1).div_(scale)  # [row, head], the final position last
 
         W_F = torch.cat([W_in, W_U], dim=1)  # [d_model, width]
@@ -485,13 +485,13 @@ class _AlgebraicTables(torch.autograd.Function):
         # scores, back to the keys and the query
         g_s = g_scores / ctx.scale  # [row, head]
         g_K = g_s[:, :, None] * q  # [row, head, d_head]
-        g_q = einsum("row head, row head d_head -> head d_head", g_s, K)
+        g_q = (g_s[:, :, None] * K).sum(0)  # [head, d_head]
         g_V = torch.cat([g_V_rel.transpose(0, 1), g_v_eq[None]])  # [row, head, d_head]
         g_KV = torch.stack([g_K, g_V], dim=1).flatten(1)  # [row, (kv, head, d_head)]
         g_X = mm(g_KV, W_KV.T)  # [row, d_model]
         g_W_KV = mm(X.T, g_KV).view(d_model, 2, n_heads, d_head).permute(1, 2, 0, 3)
         g_b_KV = g_KV.sum(0).view(2, n_heads, d_head)
-        g_x_eq = g_x_eq + g_X[-1] + einsum("head d_model d_head, head d_head -> d_model", W_Q, g_q)
+        g_x_eq = g_x_eq + g_X[-1] + mm(W_Q.transpose(0, 1).flatten(1), g_q.reshape(-1, 1))[:, 0]
 
         g_W_E = g_X[:n_vocab] + g_X[n_vocab:-1]
         g_W_E[eq] += g_x_eq
@@ -501,7 +501,7 @@ class _AlgebraicTables(torch.autograd.Function):
         grads = {
             "W_E": g_W_E,
             "W_pos": g_W_pos,
-            "W_Q": einsum("d_model, head d_head -> head d_model d_head", x_eq, g_q),
+            "W_Q": x_eq[None, :, None] * g_q[:, None, :],  # [head, d_model, d_head]
             "W_K": g_W_KV[0],
             "W_V": g_W_KV[1],
             "W_O": g_W_O,
