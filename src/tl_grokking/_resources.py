@@ -82,7 +82,10 @@ def using_threads(threads: int | None) -> Iterator[int]:
 
 # glibc's mallopt parameters (malloc.h) and their defaults.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_DEFAULT_TRIM_THRESHOLD = _DEFAULT_MMAP_THRESHOLD = 128 * 1024
+# What glibc's dynamic thresholds reach once a process has freed a large block (its
+# DEFAULT_MMAP_THRESHOLD_MAX on 64-bit, and twice that for trimming); any mallopt turns the
+# dynamic adjustment off for good, so the scope leaves these behind.
+_EXIT_MMAP_THRESHOLD, _EXIT_TRIM_THRESHOLD = 32 << 20, 64 << 20
 _RETAIN_BYTES = (1 << 30, 32 << 20)  # tried in order: glibc versions cap the mmap threshold
 _heap_lock = threading.Lock()
 _heap_depth = 0
@@ -107,13 +110,16 @@ def retained_heap() -> Iterator[bool]:
     """Run the block with freed memory kept in the process heap for reuse (glibc only).
 
     A training step allocates and frees the same large temporaries every step (the paper's
-    model: ≈ 20 MB of activations and gradients). glibc serves blocks above 128 KiB with
-    ``mmap`` and gives them back to the OS on ``free``, so every step faults in ≈ 5 000 fresh,
-    kernel-zeroed pages: ≈ 6 ms of a 16 ms step on this project's machine, and most of its
-    run-to-run spread. Inside this scope large blocks come from the heap and the heap is not
-    trimmed, so a step reuses the previous step's pages. On exit the thresholds go back to
-    glibc's defaults (128 KiB; its dynamic mmap threshold stays off, as after any ``mallopt``)
-    and ``malloc_trim`` returns the freed memory to the OS. Nested scopes are one scope.
+    model: ≈ 20 MB of activations and gradients). glibc serves large blocks with ``mmap`` and
+    gives them back to the OS on ``free``, or trims the heap once enough of it is free; either
+    way a step can fault in thousands of fresh, kernel-zeroed pages (≈ 4 000–7 000 per step
+    measured on this project's machine: ≈ 6 ms of a 15 ms step, and most of its run-to-run
+    spread). Inside this scope large blocks come from the heap and the heap is not trimmed, so
+    a step reuses the previous step's pages. On exit ``malloc_trim`` returns the freed memory
+    to the OS and the thresholds are left where glibc's own dynamic thresholds go in a
+    process that has freed a large block (``mmap`` above 32 MiB, trim above 64 MiB): any
+    ``mallopt`` turns glibc's adjustment off for good, and its start-up values (128 KiB)
+    would make every later large tensor a fresh ``mmap``. Nested scopes are one scope.
     Yields whether the setting applies (False off glibc, where this does nothing).
     """
     global _heap_depth
@@ -134,6 +140,6 @@ def retained_heap() -> Iterator[bool]:
         with _heap_lock:
             _heap_depth -= 1
             if _heap_depth == 0:
-                libc.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_MMAP_THRESHOLD)
-                libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+                libc.mallopt(_M_MMAP_THRESHOLD, _EXIT_MMAP_THRESHOLD)
+                libc.mallopt(_M_TRIM_THRESHOLD, _EXIT_TRIM_THRESHOLD)
                 libc.malloc_trim(0)
