@@ -238,6 +238,70 @@ def paper(args: argparse.Namespace, tmp: Path) -> None:
     print(f"ratio_train_step: {s_plain / s_fast:.2f}")
     print(f"ratio_vs_plain_loop: {s_loop / s_trainer:.2f}")
     print(f"ratio_vs_plain_loop_retained_heap: {s_loop_heap / s_trainer:.2f}")
+    pieces = step_pieces()
+    keys = ("tables_forward", "tables_backward", "readout_forward", "readout_backward", "rest")
+    print("step_pieces_ms: " + ", ".join(f"{k} {pieces[k]:.2f}" for k in (*keys, "loss", "adamw")))
+    print(f"step_pieces_total_ms: {pieces['step']:.2f}")
+
+
+def step_pieces(steps: int = 100) -> dict[str, float]:
+    """Median milliseconds of each piece of the trainer's step (paper configuration), timed by
+    wrapping the fast path's two autograd functions; ``rest`` is the attention pattern, the
+    loss's backward, the autograd engine and whatever else the step does."""
+    import tl_grokking.model.fastforward as ff
+
+    config = TrainConfig()
+    task = config.make_task()
+    train_idx, _ = task.split(config.frac_train, config.seed)
+    x, y = task.tokens()[train_idx], task.labels()[train_idx]
+    mc = config.model_config()
+    weights = init_weights(mc, seed=0)
+    names = trainable_weight_names(mc)
+    for name in names:
+        weights[name].requires_grad_(True)
+    opt = torch.optim.AdamW(
+        [weights[n] for n in names], lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98), fused=True
+    )
+    groups = groups_for(x, mc.d_vocab, mc.n_heads, mc.act_fn)
+    times: dict[str, list[float]] = {}
+
+    def timed(fn, key):
+        def run(ctx, *args):
+            start = time.perf_counter()
+            out = fn(ctx, *args)
+            times.setdefault(key, []).append(time.perf_counter() - start)
+            return out
+
+        return staticmethod(run)
+
+    saved = {cls: (cls.forward, cls.backward) for cls in (ff._AlgebraicTables, ff._ReluReadout)}
+    for cls, label in ((ff._AlgebraicTables, "tables"), (ff._ReluReadout, "readout")):
+        cls.forward = timed(cls.forward, f"{label}_forward")
+        cls.backward = timed(cls.backward, f"{label}_backward")
+    try:
+        with retained_heap():
+            for _ in range(steps + 10):
+                t0 = time.perf_counter()
+                logits = weights_final_logits(weights, x, groups=groups)
+                t1 = time.perf_counter()
+                loss = F.cross_entropy(logits.to(torch.float64), y)
+                loss.item()
+                t2 = time.perf_counter()
+                loss.backward()
+                t3 = time.perf_counter()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                t4 = time.perf_counter()
+                for key, seconds in (("forward", t1 - t0), ("loss", t2 - t1), ("backward", t3 - t2),
+                                     ("adamw", t4 - t3), ("step", t4 - t0)):  # fmt: skip
+                    times.setdefault(key, []).append(seconds)
+    finally:
+        for cls, (forward, backward) in saved.items():
+            cls.forward, cls.backward = forward, backward  # type: ignore[method-assign]
+    med = {key: statistics.median(v[10:]) * 1e3 for key, v in times.items()}
+    own = ("tables_forward", "tables_backward", "readout_forward", "readout_backward")
+    med["rest"] = med["forward"] + med["backward"] - sum(med[k] for k in own)
+    return med
 
 
 def threads(args: argparse.Namespace, tmp: Path) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ctypes
+import json
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import tl_grokking.model.fastforward as ff
-from tl_grokking._resources import retained_heap
 from tl_grokking.data.tasks import make_task
 from tl_grokking.model.fastforward import TokenGroups, weights_final_logits
 from tl_grokking.model.gemm import mm, onednn_available, uses_onednn
@@ -109,48 +112,59 @@ def test_algebraic_path_refuses_double_backward(monkeypatch):
         grad.sum().backward()
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [  # noqa: RUF012 - ctypes' own declaration
-        (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-                     "uordblks", "fordblks", "keepcost")
-    ]  # fmt: skip
+_HEAP_PROBE = """
+import ctypes, json, torch
+from tl_grokking._resources import retained_heap
 
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
-def _mallinfo() -> _MallInfo2:
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _MallInfo2
-    return libc.mallinfo2()
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+info = libc.mallinfo2
+size = 64 << 20
+out = {}
+
+def probe(tag):
+    before = info()
+    block = torch.empty(size // 4)
+    during = info()
+    out[tag + "_mmapped"] = during.hblkhd - before.hblkhd
+    out[tag + "_heap"] = during.uordblks - before.uordblks
+    del block
+    out[tag + "_free_after"] = info().fordblks
+
+probe("before")
+with retained_heap() as applies:
+    out["applies"] = applies
+    with retained_heap():  # nested scopes are one scope
+        probe("inside")
+    out["free_after_inner_exit"] = info().fordblks
+probe("after")
+print(json.dumps(out))
+"""
 
 
 def test_retained_heap_keeps_large_blocks_in_the_heap():
-    """glibc's own accounting (mallinfo2): outside the scope a 64 MB tensor is mmapped (and
-    unmapped on free, so the next one faults in fresh pages); inside it comes from the heap and
-    stays there, free for the next one, after it is freed."""
-    with retained_heap() as applies:
-        if not applies:
-            pytest.skip("not glibc")
-    try:
-        _mallinfo()
-    except AttributeError:
+    """glibc's own accounting (mallinfo2), in a fresh process (a heap that earlier tests have
+    grown can serve a large block from its free space whatever the thresholds): outside the
+    scope a 64 MB tensor is mmapped (and unmapped on free, so the next one faults in fresh
+    pages); inside it comes from the heap and stays there, free for the next one; after the
+    scope, blocks above 32 MiB are mmapped again."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    libc = ctypes.CDLL("libc.so.6")
+    if not hasattr(libc, "mallinfo2"):
         pytest.skip("glibc without mallinfo2 (< 2.33)")
+    done = subprocess.run(
+        [sys.executable, "-c", _HEAP_PROBE], capture_output=True, text=True, check=True
+    )
+    out = json.loads(done.stdout.strip().splitlines()[-1])
     size = 64 << 20
-
-    before = _mallinfo()
-    block = torch.empty(size // 4)
-    assert _mallinfo().hblkhd - before.hblkhd >= size  # mmapped
-    del block
-    with retained_heap():
-        with retained_heap():  # nested scopes are one scope
-            before = _mallinfo()
-            block = torch.empty(size // 4)
-            during = _mallinfo()
-            assert during.hblkhd - before.hblkhd < size  # not mmapped:
-            assert during.uordblks - before.uordblks >= size  # from the heap
-            del block
-            assert _mallinfo().fordblks >= size  # kept, free for reuse
-        assert _mallinfo().fordblks >= size  # the inner scope's exit changed nothing
-    before = _mallinfo()
-    block = torch.empty(size // 4)
-    assert _mallinfo().hblkhd - before.hblkhd >= size  # above 32 MiB: mmapped again
-    del block
+    assert out["applies"] is True
+    assert out["before_mmapped"] >= size  # glibc: mmapped
+    assert out["inside_mmapped"] < size and out["inside_heap"] >= size  # from the heap
+    assert out["inside_free_after"] >= size  # kept, free for reuse
+    assert out["free_after_inner_exit"] >= size  # the inner scope's exit changed nothing
+    assert out["after_mmapped"] >= size  # above 32 MiB: mmapped again
