@@ -111,13 +111,13 @@ def retained_heap() -> Iterator[bool]:
 
     A training step allocates and frees the same large temporaries every step (the paper's
     model: ≈ 20 MB of activations and gradients). glibc serves large blocks with ``mmap`` and
-    gives them back to the OS on ``free``, or trims the heap once enough of it is free; either
-    way a step can fault in thousands of fresh, kernel-zeroed pages (≈ 4 000–7 000 per step
-    measured on this project's machine: ≈ 6 ms of a 15 ms step, and most of its run-to-run
-    spread). Inside this scope large blocks come from the heap and the heap is not trimmed, so
-    a step reuses the previous step's pages. On exit ``malloc_trim`` returns the freed memory
-    to the OS and the thresholds are left where glibc's own dynamic thresholds go in a
-    process that has freed a large block (``mmap`` above 32 MiB, trim above 64 MiB): any
+    gives them back to the OS on ``free``, or trims the heap once enough of it is free; with
+    some allocation histories a step then faults in thousands of fresh, kernel-zeroed pages
+    (4 100–5 100 per step for a bare step loop on this project's machine: ≈ 6 ms of a 16 ms
+    step, docs/training.md). Inside this scope large blocks come from the heap and the heap is
+    not trimmed, so a step reuses the previous step's pages. On exit ``malloc_trim`` returns
+    the freed memory to the OS and the thresholds are left where glibc's own dynamic ones go
+    in a process that has freed a large block (``mmap`` above 32 MiB, trim above 64 MiB): any
     ``mallopt`` turns glibc's adjustment off for good, and its start-up values (128 KiB)
     would make every later large tensor a fresh ``mmap``. Nested scopes are one scope.
     Yields whether the setting applies (False off glibc, where this does nothing).
