@@ -15,7 +15,9 @@ Paper configuration (p = 113, 3830 training pairs), at the trainer's thread coun
     defaults (log and checkpoint every 100 epochs, progress bar off) for ``--trainer-epochs``
     epochs, set-up, evaluations and checkpoints included;
 (c) ``step``: one training step alone — forward, float64 loss, backward, AdamW — with the plain
-    forward vs the trainer's (the algebraic path, :mod:`tl_grokking.model.fastforward`).
+    forward vs the trainer's (the algebraic path, :mod:`tl_grokking.model.fastforward`);
+(d) ``step_pieces_ms``: the trainer's step taken apart (:func:`step_pieces`): the weight-only
+    tables and the read-out, forward and backward each, the rest, the loss and AdamW.
 
 FLOPs of our step: what is left batch-sized is the read-out ``relu(pre) @ W_L`` and its two
 gradients, three ``[n_train, d_mlp] × [d_mlp, d_vocab_out]`` products (``2·rows·k·n`` FLOPs
