@@ -109,6 +109,19 @@ def _trainer_default_heap(
     return seconds, faults / epochs
 
 
+def _fast_state(config: TrainConfig, x_train: torch.Tensor):
+    """What the trainer's step works on: trainable weights, fused AdamW, the token layout."""
+    mc = config.model_config()
+    weights = init_weights(mc, seed=0)
+    names = trainable_weight_names(mc)
+    for name in names:
+        weights[name].requires_grad_(True)
+    opt = torch.optim.AdamW(
+        [weights[n] for n in names], lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98), fused=True
+    )
+    return weights, opt, groups_for(x_train, mc.d_vocab, mc.n_heads, mc.act_fn)
+
+
 def paper(args: argparse.Namespace, tmp: Path) -> None:
     config = TrainConfig()  # the paper's configuration: p = 113, 30 % train
     threads = auto_threads(step_work(config))
@@ -137,14 +150,7 @@ def paper(args: argparse.Namespace, tmp: Path) -> None:
         with torch.inference_mode():
             F.cross_entropy(plain(x_test)[:, -1].to(torch.float64), y_test).item()
 
-    weights = init_weights(mc, seed=0)
-    names = trainable_weight_names(mc)
-    for name in names:
-        weights[name].requires_grad_(True)
-    opt_fast = torch.optim.AdamW(
-        [weights[n] for n in names], lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98), fused=True
-    )
-    groups = groups_for(x_train, mc.d_vocab, mc.n_heads, mc.act_fn)
+    weights, opt_fast, groups = _fast_state(config, x_train)
 
     def fast_step():  # what the trainer's step does
         logits = weights_final_logits(weights, x_train, groups=groups)
@@ -256,15 +262,7 @@ def step_pieces(steps: int = 100) -> dict[str, float]:
     task = config.make_task()
     train_idx, _ = task.split(config.frac_train, config.seed)
     x, y = task.tokens()[train_idx], task.labels()[train_idx]
-    mc = config.model_config()
-    weights = init_weights(mc, seed=0)
-    names = trainable_weight_names(mc)
-    for name in names:
-        weights[name].requires_grad_(True)
-    opt = torch.optim.AdamW(
-        [weights[n] for n in names], lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98), fused=True
-    )
-    groups = groups_for(x, mc.d_vocab, mc.n_heads, mc.act_fn)
+    weights, opt, groups = _fast_state(config, x)
     times: dict[str, list[float]] = {}
 
     def timed(fn, key):

@@ -212,11 +212,14 @@ def _mlp_unembed(
     return torch.addmm(b_U, resid_post, W_U)
 
 
+_ATTN_KEYS = tuple(
+    f"blocks.0.attn.{k}" for k in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
+)
+
+
 def _attn(w: Weights) -> tuple[Tensor, ...]:
     """W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O of layer 0."""
-    return tuple(
-        w[f"blocks.0.attn.{k}"] for k in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
-    )
+    return tuple(w[k] for k in _ATTN_KEYS)
 
 
 def _final_logits_constant_query(
@@ -392,18 +395,8 @@ def _algebraic_applies(tokens: Int[Tensor, "batch 3"], act_fn: str) -> bool:
 _TABLE_WEIGHTS = (
     "embed.W_E",
     "pos_embed.W_pos",
-    "blocks.0.attn.W_Q",
-    "blocks.0.attn.W_K",
-    "blocks.0.attn.W_V",
-    "blocks.0.attn.W_O",
-    "blocks.0.attn.b_Q",
-    "blocks.0.attn.b_K",
-    "blocks.0.attn.b_V",
-    "blocks.0.attn.b_O",
-    "blocks.0.mlp.W_in",
-    "blocks.0.mlp.b_in",
-    "blocks.0.mlp.W_out",
-    "blocks.0.mlp.b_out",
+    *_ATTN_KEYS,
+    *(f"blocks.0.mlp.{k}" for k in ("W_in", "b_in", "W_out", "b_out")),
     "unembed.W_U",
     "unembed.b_U",
 )
