@@ -10,7 +10,8 @@ different TransformerLens (e.g. ``.venv/bin/python`` on 3.x and ``.venv-tl4/bin/
    writes the report) in a scratch copy of ``tests/data``, capturing what it prints;
 2. trains a second small run with every bias trainable and the attention-rate knob (the
    trainer's other code paths);
-3. hashes the final weights (TL-3 keys) and the metrics (``elapsed`` left out) of both runs;
+3. hashes the final weights (TL-3 keys), the bytes of every checkpoint file and the metrics
+   (``elapsed`` left out) of both runs;
 4. then loads the *other* environment's runs with ``load_checkpoint`` and compares the logits
    it computes with those of its own runs.
 
@@ -53,6 +54,15 @@ def _weights_sha(run_dir: Path) -> str:
     for name in sorted(state):
         digest.update(name.encode())
         digest.update(state[name].contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _files_sha(run_dir: Path) -> str:
+    """The bytes of every checkpoint file: the same run writes the same files (sha256sum)."""
+    digest = hashlib.sha256()
+    for path in sorted((run_dir / "checkpoints").glob("*.safetensors")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -101,6 +111,7 @@ def worker(out: Path, other: Path | None) -> None:
         for name in ("tour", "second"):
             run = work / "runs" / name
             report[f"{name}_weights"] = _weights_sha(run)
+            report[f"{name}_files"] = _files_sha(run)
             report[f"{name}_metrics"] = _metrics_sha(run)
             torch.save(_logits(run), out / f"{name}_logits.pt")
     else:  # phase 2: load the other environment's runs here
@@ -138,7 +149,10 @@ def _compare(a: dict, b: dict, a2: dict, b2: dict, out_a: Path, out_b: Path) -> 
     name_b = f"{b['backend']} (TL {'.'.join(map(str, b['tl_version']))})"
     print(f"A: {name_a}\nB: {name_b}")
     failed = False
-    for key in ("tour_weights", "tour_metrics", "second_weights", "second_metrics"):
+    keys = [
+        f"{run}_{what}" for run in ("tour", "second") for what in ("weights", "files", "metrics")
+    ]
+    for key in keys:
         same = a[key] == b[key]
         failed |= not same
         print(f"{key:<16} {'identical' if same else 'DIFFERENT'}: A {a[key]}  B {b[key]}")

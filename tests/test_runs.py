@@ -73,6 +73,39 @@ def test_safetensors_round_trip_with_metadata(tmp_path):
         assert fh.metadata() == {"epoch": "7"}
 
 
+def test_safetensors_files_are_a_function_of_their_contents(tmp_path):
+    # safetensors (0.8 here) orders __metadata__ by a randomly seeded Rust HashMap, so without
+    # the canonical header a checkpoint's bytes (and its sha256) varied between saves of the
+    # same weights: 20 raw saves of a 4-key header give several distinct byte strings.
+    from safetensors.torch import save
+
+    tensors = {
+        "w": torch.randn(4, 3),
+        "b": torch.zeros(2, dtype=torch.float64),
+        "é": torch.arange(3),
+    }
+    metadata = {"format": "tl_grokking", "epoch": "12", "seed": "3", "kind": "resume"}
+    files = []
+    for i in range(20):
+        order = list(metadata.items())[i % 4 :] + list(metadata.items())[: i % 4]
+        save_safetensors(tensors, tmp_path / f"{i}.safetensors", metadata=dict(order))
+        files.append((tmp_path / f"{i}.safetensors").read_bytes())
+    assert len(set(files)) == 1
+    data = files[0]
+    size = int.from_bytes(data[:8], "little")
+    assert size % 8 == 0 and data[8 : 8 + size].rstrip(b" ").endswith(b"}")
+    header = json.loads(data[8 : 8 + size])
+    assert list(header["__metadata__"]) == sorted(metadata)
+    loaded = load_safetensors(tmp_path / "0.safetensors")
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+    with safe_open(str(tmp_path / "0.safetensors"), framework="pt") as fh:
+        assert fh.metadata() == metadata
+    # with at most one metadata key the canonical form is safetensors' own bytes
+    single = tmp_path / "single.safetensors"
+    save_safetensors(tensors, single, metadata={"epoch": "1"})
+    assert single.read_bytes() == save(tensors, metadata={"epoch": "1"})
+
+
 def test_metrics_append_read_rewrite(tmp_path):
     records = [{"epoch": 0, "loss": 4.5}, {"epoch": 10, "loss": float("nan")}]
     for record in records:

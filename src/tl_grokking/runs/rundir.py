@@ -318,16 +318,43 @@ def save_safetensors(
     path: str | os.PathLike,
     metadata: dict[str, str] | None = None,
 ) -> None:
-    """Atomically save contiguous CPU copies of ``tensors`` to a safetensors file."""
+    """Atomically save contiguous CPU copies of ``tensors`` to a safetensors file.
+
+    The file's bytes are a function of the tensors and the metadata alone
+    (:func:`_canonical_safetensors`), so the same run writes byte-identical checkpoints.
+    """
     from safetensors import SafetensorError
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    try:
+        data = _canonical_safetensors(save(clean, metadata=metadata))
+    except SafetensorError as err:
+        raise OSError(f"cannot write {path}: {err}") from None
     with atomic_write(path) as tmp:
-        try:
-            save_file(clean, str(tmp), metadata=metadata)
-        except SafetensorError as err:  # its I/O errors (a full disk) are not OSErrors
-            raise OSError(f"cannot write {path}: {err}") from None
+        tmp.write_bytes(data)
+
+
+def _canonical_safetensors(data: bytes) -> bytes:
+    """``data`` (a serialized safetensors file) with its header in one canonical form.
+
+    safetensors writes ``__metadata__`` in the iteration order of a Rust ``HashMap``, which is
+    seeded at random per map: two saves of the same tensors and metadata, in one process or
+    two, give different bytes when the metadata has more than one key. This rewrites the
+    header as compact JSON with the metadata keys sorted and the tensor entries in the order
+    safetensors chose (by alignment, then name: already deterministic), padded with spaces to
+    a multiple of 8 bytes as safetensors pads it. The tensor bytes and their offsets, which
+    are relative to the end of the header, are unchanged.
+    """
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    canonical: dict[str, Any] = {}
+    if "__metadata__" in header:
+        canonical["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
+    canonical.update(header)
+    text = json.dumps(canonical, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + size :]
 
 
 def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
