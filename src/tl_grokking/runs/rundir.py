@@ -332,7 +332,18 @@ def save_safetensors(
     except SafetensorError as err:
         raise OSError(f"cannot write {path}: {err}") from None
     with atomic_write(path) as tmp:
-        tmp.write_bytes(data)
+        _write_all(tmp, data)
+
+
+def _write_all(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` (created or truncated) with ``os.write`` until all is written."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def _canonical_safetensors(data: bytes) -> bytes:
