@@ -67,7 +67,7 @@ from tl_grokking.model.transformer import (
     trainable_weight_names,
 )
 from tl_grokking.training.config import TrainConfig
-from tl_grokking.training.trainer import step_work, train_model
+from tl_grokking.training.trainer import cross_entropy_final, step_work, train_model
 
 TOUR = dict(p=23, frac_train=0.6, d_model=32, n_heads=4, d_mlp=128, lr=5e-3)
 
@@ -154,7 +154,7 @@ def paper(args: argparse.Namespace, tmp: Path) -> None:
 
     def fast_step():  # what the trainer's step does
         logits = weights_final_logits(weights, x_train, groups=groups)
-        loss = F.cross_entropy(logits.to(torch.float64), y_train)
+        loss = cross_entropy_final(logits, y_train)
         loss.item()
         loss.backward()
         opt_fast.step()
@@ -284,7 +284,7 @@ def step_pieces(steps: int = 100) -> dict[str, float]:
                 t0 = time.perf_counter()
                 logits = weights_final_logits(weights, x, groups=groups)
                 t1 = time.perf_counter()
-                loss = F.cross_entropy(logits.to(torch.float64), y)
+                loss = cross_entropy_final(logits, y)
                 loss.item()
                 t2 = time.perf_counter()
                 loss.backward()

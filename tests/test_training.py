@@ -92,6 +92,30 @@ def test_cross_entropy_is_float64_and_matches_hand_computation():
     )
 
 
+@pytest.mark.parametrize("scale", [0.1, 30.0, 3000.0])
+def test_cross_entropy_gradient_is_softmax_minus_onehot(scale):
+    # The loss's hand-written backward against the closed form (softmax − onehot) / batch in
+    # float64, and against autograd through F.cross_entropy in float64; logits far apart
+    # (scale 3000) check the log-sum-exp shift.
+    gen = torch.Generator().manual_seed(1)
+    logits = (scale * torch.randn(64, 23, generator=gen)).requires_grad_()
+    labels = torch.randint(0, 23, (64,), generator=gen)
+    cross_entropy_final(logits, labels).mul(2.5).backward()
+    x = logits.detach().double()
+    closed = 2.5 * (torch.softmax(x, 1) - torch.nn.functional.one_hot(labels, 23)) / 64
+    assert logits.grad is not None and logits.grad.dtype == torch.float32
+    torch.testing.assert_close(logits.grad, closed.float(), rtol=1e-6, atol=1e-12)
+    ref = x.clone().requires_grad_()
+    torch.nn.functional.cross_entropy(ref, labels).backward()
+    torch.testing.assert_close(logits.grad.double(), 2.5 * ref.grad, rtol=1e-6, atol=1e-12)
+    loss = cross_entropy_final(logits.detach(), labels)
+    assert loss.item() == pytest.approx(
+        torch.nn.functional.cross_entropy(x, labels).item(), rel=1e-13
+    )
+    with pytest.raises(ValueError, match="labels"):
+        cross_entropy_final(logits.detach(), labels[:3])
+
+
 def test_logged_metrics_equal_independent_evaluation(tmp_path):
     config = TrainConfig(**TINY)
     train_model(config, tmp_path, progress=False)

@@ -336,44 +336,51 @@ class TokenGroups:
 
 
 class _ReluReadout(torch.autograd.Function):
-    """``logits = Z[:, m:] + relu(Z[:, :m]) @ W_L`` with ``Z = c + Σ_(j,h) P[j, h] R[j, tok_j, h]``.
+    """``logits = Z_L + relu(Z_M) @ W_L`` with ``Z = c + Σ_(j,h) P[j, h] R[j, tok_j, h]``.
 
     ``R`` holds, per position j ∈ {0, 1}, token and head, the head's value vector (relative to
-    the final position's) already pushed through ``W_O [W_in | W_U]`` (the MLP pre-activation
-    and the direct path to the logits, side by side); ``P`` is the attention the final query
-    pays to positions 0 and 1. The mixing is one ``embedding_bag`` (per-sample weights); the
-    backward is written out: the table gradient is an ``embedding_bag`` over the transposed
-    layout, the pattern gradient a ``sampled_addmm``, and the read-out costs the three
+    the final position's) already pushed through ``W_O W_in`` (``R_M``: the MLP
+    pre-activation) and through ``W_O W_U`` (``R_L``: the direct path to the logits), two
+    tables; ``P`` is the attention the final query pays to positions 0 and 1. The mixing is one
+    ``embedding_bag`` per table (per-sample weights); the backward is written out: the table
+    gradients are ``embedding_bag`` s over the transposed layout, the pattern gradient two
+    ``sampled_addmm`` s, and the read-out costs the three
     ``[batch, d_mlp] × [d_mlp, d_vocab_out]`` products — the same arithmetic as autograd up to
-    float32 rounding.
+    float32 rounding. The two tables are kept apart so that the ReLU and its backward run in
+    place on ``[batch, d_mlp]`` buffers of their own (no ``[batch, d_mlp + d_vocab_out]``
+    buffer and no copies between the two parts): the step is bound by memory traffic.
     """
 
     @staticmethod
-    def forward(ctx, table, c, W_L, pattern, groups, d_mlp):
-        Z = F.embedding_bag(groups.rows, table, per_sample_weights=pattern, mode="sum").add_(c)
-        post = Z[:, :d_mlp].clamp_min(0.0)
-        logits = mm(post, W_L).add_(Z[:, d_mlp:])
-        ctx.save_for_backward(post, table, W_L, pattern)
+    def forward(ctx, table_M, table_L, c, W_L, pattern, groups):
+        d_mlp = table_M.shape[1]
+        post = F.embedding_bag(groups.rows, table_M, per_sample_weights=pattern, mode="sum")
+        post.add_(c[:d_mlp]).clamp_min_(0.0)  # relu(pre), in place
+        logits = F.embedding_bag(groups.rows, table_L, per_sample_weights=pattern, mode="sum")
+        logits.add_(c[d_mlp:]).add_(mm(post, W_L))
+        ctx.save_for_backward(post, table_M, table_L, W_L, pattern)
         ctx.groups = groups
         return logits
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_logits):
-        post, table, W_L, pattern = ctx.saved_tensors
-        groups, d_mlp = ctx.groups, post.shape[1]
-        dZ = torch.empty(post.shape[0], table.shape[1], dtype=post.dtype, device=post.device)
-        dZ[:, d_mlp:] = d_logits
-        torch.ops.aten.threshold_backward.grad_input(
-            mm(d_logits, W_L.T), post, 0.0, grad_input=dZ[:, :d_mlp]
-        )  # the ReLU's backward, written into dZ
+        post, table_M, table_L, W_L, pattern = ctx.saved_tensors
+        groups = ctx.groups
+        d_pre = mm(d_logits, W_L.T)
+        torch.ops.aten.threshold_backward.grad_input(d_pre, post, 0.0, grad_input=d_pre)  # ReLU
         d_W_L = mm(d_logits.T, post).T  # [d_vocab_out, d_mlp] contiguous: oneDNN's fast layout
         weights = pattern.flatten().index_select(0, groups.bag_order)
-        d_table = F.embedding_bag(
-            groups.bag_samples, dZ, groups.bag_offsets, per_sample_weights=weights, mode="sum"
-        )
-        d_pattern = torch.sparse.sampled_addmm(groups.pattern, dZ, table.T, beta=0.0).values()
-        return d_table, dZ.sum(0), d_W_L, d_pattern.view_as(pattern), None, None
+        d_tables = [
+            F.embedding_bag(
+                groups.bag_samples, dZ, groups.bag_offsets, per_sample_weights=weights, mode="sum"
+            )
+            for dZ in (d_pre, d_logits)
+        ]
+        d_pattern = torch.sparse.sampled_addmm(groups.pattern, d_pre, table_M.T, beta=0.0)
+        d_pattern = torch.sparse.sampled_addmm(d_pattern, d_logits, table_L.T).values()
+        d_c = torch.cat([d_pre.sum(0), d_logits.sum(0)])
+        return *d_tables, d_c, d_W_L, d_pattern.view_as(pattern), None
 
 
 def groups_for(
@@ -447,23 +454,25 @@ class _AlgebraicTables(torch.autograd.Function):
         W_OF = mm(W_O.reshape(-1, d_model), W_F).view(n_heads, d_head, -1)  # [head, d_head, width]
         v_eq = V[-1]  # [head, d_head]
         V_rel = (V[:-1] - v_eq).transpose(0, 1)  # [head, row, d_head]
-        table = torch.bmm(V_rel, W_OF).flatten(0, 1)
+        table_M = torch.bmm(V_rel, W_OF[:, :, :d_mlp]).flatten(0, 1)
+        table_L = torch.bmm(V_rel, W_OF[:, :, d_mlp:]).flatten(0, 1)
         U_eq = mm(v_eq.reshape(1, -1), W_OF.flatten(0, 1))[0]
         c = (x_eq + b_O) @ W_F + U_eq + torch.cat([b_in, b_out @ W_U + b_U])
         W_L = mm(W_out, W_U)
         ctx.save_for_backward(X, K, V_rel, v_eq, q, W_KV, W_F, W_OF, *weights)
         ctx.eq, ctx.scale, ctx.d_mlp = eq, scale, d_mlp
-        return table, c, W_L, scores
+        return table_M, table_L, c, W_L, scores
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_table, g_c, g_W_L, g_scores):  # type: ignore[override]
+    def backward(ctx, g_table_M, g_table_L, g_c, g_W_L, g_scores):  # type: ignore[override]
         X, K, V_rel, v_eq, q, W_KV, W_F, W_OF, *weights = ctx.saved_tensors
         W_E, W_pos, W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O = weights[:10]
         W_in, b_in, W_out, b_out, W_U, b_U = weights[10:]
         n_heads, d_model, d_head = W_Q.shape
         n_vocab, d_mlp, eq = W_E.shape[0], ctx.d_mlp, ctx.eq
-        x_eq, g_table = X[-1], g_table.view(n_heads, -1, W_F.shape[1])
+        g_table = torch.cat([g_table_M, g_table_L], dim=1).view(n_heads, -1, W_F.shape[1])
+        x_eq = X[-1]
         g_c_out = g_c[d_mlp:]
 
         # c, U_eq and the table, back to W_F, W_OF, x_= and the value vectors
@@ -535,9 +544,9 @@ def _final_logits_algebraic(
     step by :class:`_AlgebraicTables`) instead of ``3 · n_heads``.
     """
     W_Q = w["blocks.0.attn.W_Q"]
-    n_heads, d_mlp = W_Q.shape[0], w["blocks.0.mlp.W_in"].shape[1]
+    n_heads = W_Q.shape[0]
     weights = [w[name] for name in _TABLE_WEIGHTS]
-    table, c, W_L, scores_table = _AlgebraicTables.apply(
+    table_M, table_L, c, W_L, scores_table = _AlgebraicTables.apply(
         int(tokens[0, 2]), math.sqrt(W_Q.shape[-1]), *weights
     )
     batch = tokens.shape[0]
@@ -546,7 +555,7 @@ def _final_logits_algebraic(
         [scores_ab.view(batch, 2, n_heads), scores_table[-1].expand(batch, 1, n_heads)], dim=1
     )  # [batch, pos, head]
     pattern = _mix_uniform(torch.softmax(scores, dim=1), rate)[:, :2].transpose(1, 2)
-    return _ReluReadout.apply(table, c, W_L, pattern.flatten(1), groups, d_mlp)
+    return _ReluReadout.apply(table_M, table_L, c, W_L, pattern.flatten(1), groups)
 
 
 def weights_final_logits(
