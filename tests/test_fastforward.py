@@ -209,6 +209,16 @@ def test_algebraic_path_matches_the_model(cfg, rows, monkeypatch):
     )
 
 
+def test_fused_add_relu_is_the_two_passes_bit_for_bit():
+    # The read-out's one-pass relu(x + b) (aten's CPU-only _add_relu_) against add then clamp.
+    gen = torch.Generator().manual_seed(0)
+    x, b = torch.randn(300, 70, generator=gen), torch.randn(70, generator=gen)
+    expected = (x + b).clamp_min(0.0)
+    out = x.clone()
+    assert ff._add_relu_(out, b) is out
+    assert torch.equal(out, expected)
+
+
 def test_the_algebraic_path_is_taken_only_where_it_applies(monkeypatch):
     calls = []
     real = ff._final_logits_algebraic

@@ -40,6 +40,7 @@ einsum convention.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Mapping
@@ -335,6 +336,14 @@ class TokenGroups:
         return same and n_heads == self.n_heads
 
 
+def _add_relu_(x: Tensor, b: Tensor) -> Tensor:
+    """``x ← relu(x + b)`` in place: one pass on the CPU (aten's fused ``_add_relu_``, which
+    has CPU kernels only; the same bits as the two passes), two elsewhere."""
+    if x.device.type == "cpu":
+        return torch.ops.aten._add_relu_.Tensor(x, b)
+    return x.add_(b).clamp_min_(0.0)
+
+
 class _ReluReadout(torch.autograd.Function):
     """``logits = Z_L + relu(Z_M) @ W_L`` with ``Z = c + Σ_(j,h) P[j, h] R[j, tok_j, h]``.
 
@@ -354,9 +363,12 @@ class _ReluReadout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, table_M, table_L, c, W_L, pattern, groups):
         d_mlp = table_M.shape[1]
-        post = F.embedding_bag(groups.rows, table_M, per_sample_weights=pattern, mode="sum")
-        post.add_(c[:d_mlp]).clamp_min_(0.0)  # relu(pre), in place
-        logits = F.embedding_bag(groups.rows, table_L, per_sample_weights=pattern, mode="sum")
+        # detached: embedding_bag's forward-only kernel (parallel, nothing kept for autograd's
+        # backward, which this Function writes itself) instead of the one that prepares one
+        bag = functools.partial(F.embedding_bag, groups.rows, per_sample_weights=pattern.detach())
+        post = bag(table_M.detach(), mode="sum")
+        _add_relu_(post, c[:d_mlp])  # relu(pre), in place
+        logits = bag(table_L.detach(), mode="sum")
         logits.add_(c[d_mlp:]).add_(mm(post, W_L))
         ctx.save_for_backward(post, table_M, table_L, W_L, pattern)
         ctx.groups = groups
@@ -453,31 +465,37 @@ class _AlgebraicTables(torch.autograd.Function):
         W_F = torch.cat([W_in, W_U], dim=1)  # [d_model, width]
         W_OF = mm(W_O.reshape(-1, d_model), W_F).view(n_heads, d_head, -1)  # [head, d_head, width]
         v_eq = V[-1]  # [head, d_head]
-        V_rel = (V[:-1] - v_eq).transpose(0, 1)  # [head, row, d_head]
-        table_M = torch.bmm(V_rel, W_OF[:, :, :d_mlp]).flatten(0, 1)
-        table_L = torch.bmm(V_rel, W_OF[:, :, d_mlp:]).flatten(0, 1)
+        V_rel = (V[:-1] - v_eq).transpose(0, 1).contiguous()  # [head, row, d_head] (bmm: fast)
+        W_OF_M, W_OF_L = W_OF[:, :, :d_mlp].contiguous(), W_OF[:, :, d_mlp:].contiguous()
+        table_M = torch.bmm(V_rel, W_OF_M).flatten(0, 1)
+        table_L = torch.bmm(V_rel, W_OF_L).flatten(0, 1)
         U_eq = mm(v_eq.reshape(1, -1), W_OF.flatten(0, 1))[0]
         c = (x_eq + b_O) @ W_F + U_eq + torch.cat([b_in, b_out @ W_U + b_U])
         W_L = mm(W_out, W_U)
-        ctx.save_for_backward(X, K, V_rel, v_eq, q, W_KV, W_F, W_OF, *weights)
+        ctx.save_for_backward(X, K, V_rel, v_eq, q, W_KV, W_F, W_OF, W_OF_M, W_OF_L, *weights)
         ctx.eq, ctx.scale, ctx.d_mlp = eq, scale, d_mlp
         return table_M, table_L, c, W_L, scores
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_table_M, g_table_L, g_c, g_W_L, g_scores):  # type: ignore[override]
-        X, K, V_rel, v_eq, q, W_KV, W_F, W_OF, *weights = ctx.saved_tensors
+        X, K, V_rel, v_eq, q, W_KV, W_F, W_OF, W_OF_M, W_OF_L, *weights = ctx.saved_tensors
         W_E, W_pos, W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O = weights[:10]
         W_in, b_in, W_out, b_out, W_U, b_U = weights[10:]
         n_heads, d_model, d_head = W_Q.shape
         n_vocab, d_mlp, eq = W_E.shape[0], ctx.d_mlp, ctx.eq
-        g_table = torch.cat([g_table_M, g_table_L], dim=1).view(n_heads, -1, W_F.shape[1])
         x_eq = X[-1]
         g_c_out = g_c[d_mlp:]
 
         # c, U_eq and the table, back to W_F, W_OF, x_= and the value vectors
-        g_W_OF = torch.bmm(V_rel.transpose(1, 2), g_table).add_(v_eq[:, :, None] * g_c)
-        g_V_rel = torch.bmm(g_table, W_OF.transpose(1, 2))  # [head, row, d_head]
+        # the two tables are W_OF's two column blocks (a column-wise cat of the table
+        # gradients would cost more than these products)
+        g_M, g_L = g_table_M.view(n_heads, -1, d_mlp), g_table_L.view(n_heads, -1, W_U.shape[1])
+        V_rel_T = V_rel.transpose(1, 2)
+        g_W_OF = torch.cat([torch.bmm(V_rel_T, g_M), torch.bmm(V_rel_T, g_L)], dim=2)
+        g_W_OF.add_(v_eq[:, :, None] * g_c)
+        g_V_rel = torch.bmm(g_M, W_OF_M.transpose(1, 2))  # [head, row, d_head]
+        g_V_rel.baddbmm_(g_L, W_OF_L.transpose(1, 2))
         g_v_eq = (W_OF @ g_c) - g_V_rel.sum(1)  # [head, d_head]
         g_W_OF_flat = g_W_OF.flatten(0, 1)  # [head * d_head, width]
         g_W_O = mm(g_W_OF_flat, W_F.T).view_as(W_O)
