@@ -133,7 +133,8 @@ class _CrossEntropy64(torch.autograd.Function):
     softmax kept from the forward for the backward.
 
     The same quantity and gradient ``(softmax(x) − onehot(y)) / batch`` as
-    ``F.cross_entropy(logits.double(), labels)`` (to float64 rounding), in half its time on
+    ``F.cross_entropy(logits.double(), labels)`` (to float64 rounding; the gradient, cast to
+    the logits' dtype, has its subnormal entries flushed to zero), in half its time on
     the trainer's ``[batch, d_vocab_out]`` logits: one ``exp`` of the batch instead of three
     (``log_softmax``, its backward, ``nll_loss``'s), and no ``[batch, d_vocab_out]`` float64
     intermediates beyond the one it keeps.
@@ -156,7 +157,14 @@ class _CrossEntropy64(torch.autograd.Function):
         d = exp.div(sums)  # softmax
         d.scatter_add_(1, labels[:, None], d.new_full((d.shape[0], 1), -1.0))
         d.mul_(grad / d.shape[0])
-        return d.to(ctx.dtype), None
+        out = d.to(ctx.dtype)
+        if out.is_floating_point() and out.dtype != torch.float64:
+            # What float32 cannot hold as a normal number (below 1.2e-38: the probabilities
+            # of classes the model is sure against, late in training) is flushed to zero, as
+            # a CPU's flush-to-zero mode would: left subnormal, every product it enters runs
+            # up to 100× slower on Intel CPUs (docs/training.md, "Subnormal gradients").
+            out.masked_fill_(out.abs() < torch.finfo(out.dtype).tiny, 0.0)
+        return out, None
 
 
 def cross_entropy_final(
