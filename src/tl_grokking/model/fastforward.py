@@ -298,8 +298,8 @@ class TokenGroups:
     the constant term; see :func:`_final_logits_algebraic`); sample b mixes the ``2 · n_heads``
     rows of its two tokens (:attr:`rows`). The transposed layout (:attr:`bag_samples`,
     :attr:`bag_offsets`, :attr:`bag_order`: for each table row, the samples that use it) turns
-    the table gradient into one more ``embedding_bag``, and :attr:`pattern` (a CSR matrix with
-    the rows' sparsity) the pattern gradient into one ``sampled_addmm``. The trainer builds it
+    the table gradients into more ``embedding_bag`` s, and :attr:`pattern` (a CSR matrix with
+    the rows' sparsity) the pattern gradient into ``sampled_addmm`` s. The trainer builds it
     once for its training set and once for the grid.
     """
 
@@ -433,7 +433,9 @@ class _AlgebraicTables(torch.autograd.Function):
     ``W_pos[j] + W_E[t]`` at row ``j · d_vocab + t``) and ``x_=`` that of the final position:
 
     * ``table[h] = (X W_V[h] − x_= W_V[h]) W_O[h] W_F``, ``W_F = [W_in | W_U]`` — head h's
-      value vector relative to the final position's, pushed to the MLP input and the logits;
+      value vector relative to the final position's, pushed to the MLP input and the logits,
+      returned as two tables: its ``W_in`` columns (``table_M``) and its ``W_U`` columns
+      (``table_L``);
     * ``c = (x_= + b_O) W_F + Σ_h (x_= W_V[h] + b_V[h]) W_O[h] W_F + [b_in | b_out W_U + b_U]``,
       the constant term;
     * ``W_L = W_out W_U`` (the paper's neuron-logit map);
@@ -557,9 +559,10 @@ def _final_logits_algebraic(
     the only batch-sized matmul left is the read-out ``relu(pre) @ W_L`` with
     ``W_L = W_out W_U``. Each head's pattern sums to one over the three positions, so
     ``Σ_j P[h, j] U_j = U_= + Σ_(j<2) P[h, j] (U_j − U_=)``: the final position's rows join the
-    constant term and each sample mixes ``2 · n_heads`` rows of the table
-    ``(v_j − v_=) W_O [W_in | W_U]`` (``[n_heads, 2 · d_vocab, d_mlp + d_vocab_out]``, built per
-    step by :class:`_AlgebraicTables`) instead of ``3 · n_heads``.
+    constant term and each sample mixes ``2 · n_heads`` rows of the tables
+    ``(v_j − v_=) W_O W_in`` and ``(v_j − v_=) W_O W_U`` (``[n_heads · 2 · d_vocab, d_mlp]`` and
+    ``[n_heads · 2 · d_vocab, d_vocab_out]``, built per step by :class:`_AlgebraicTables`)
+    instead of ``3 · n_heads``.
     """
     W_Q = w["blocks.0.attn.W_Q"]
     n_heads = W_Q.shape[0]

@@ -3,10 +3,10 @@
 torch's CPU ``mm`` calls MKL. MKL picks its kernels by CPU vendor, not by instruction set: on
 an AMD CPU with AVX-512 (Zen 4 and later) it runs its AVX2 kernels, half the width the
 hardware has. oneDNN (bundled with every x86 build of torch, as ``mkldnn``) picks by
-instruction set. On this project's 2-core AMD EPYC machine the read-out products of the
-paper's model (``[3830, 512] × [512, 113]`` and its two gradients) run at ≈ 290 GFLOP/s
-through oneDNN against ≈ 130 through MKL (``benchmarks/train_speed.py`` prints both); on an
-Intel CPU with AVX-512 the two are about equal.
+instruction set. On a 2-core AMD EPYC the read-out products of the paper's model
+(``[3830, 512] × [512, 113]`` and its two gradients) ran at ≈ 290 GFLOP/s through oneDNN
+against ≈ 130 through MKL (``benchmarks/train_speed.py`` prints both); on a 2-core Intel Xeon
+with AVX-512, where MKL uses its AVX-512 kernels, at ≈ 285 against ≈ 237.
 
 :func:`mm` is the one entry point. Which library computes a product is decided by the machine
 and the operands (float32, on the CPU, AVX-512, oneDNN present and enabled) — never by timing —
