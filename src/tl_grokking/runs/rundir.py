@@ -336,14 +336,19 @@ def save_safetensors(
 
 
 def _write_all(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` (created or truncated) with ``os.write`` until all is written."""
+    """Write ``data`` to ``path`` (created or truncated) with :func:`_write_fd`."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_fd(fd, data)
     finally:
         os.close(fd)
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    """``os.write`` ``data`` to ``fd`` until all of it is written (a write may be partial)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _canonical_safetensors(data: bytes) -> bytes:
@@ -525,9 +530,7 @@ def append_metrics(run_dir: str | os.PathLike, record: dict[str, Any]) -> None:
     try:
         start = os.fstat(fd).st_size
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_fd(fd, data)
             os.fsync(fd)
         except OSError as err:
             with suppress(OSError):

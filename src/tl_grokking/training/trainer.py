@@ -158,7 +158,7 @@ class _CrossEntropy64(torch.autograd.Function):
         d.scatter_add_(1, labels[:, None], d.new_full((d.shape[0], 1), -1.0))
         d.mul_(grad / d.shape[0])
         out = d.to(ctx.dtype)
-        if out.is_floating_point() and out.dtype != torch.float64:
+        if out.dtype != torch.float64:
             # What float32 cannot hold as a normal number (below 1.2e-38: the probabilities
             # of classes the model is sure against, late in training) is flushed to zero, as
             # a CPU's flush-to-zero mode would: left subnormal, every product it enters runs
