@@ -13,6 +13,7 @@ import torch
 
 import tl_grokking.model.fastforward as ff
 from tl_grokking.data.tasks import make_task
+from tl_grokking.model import gemm
 from tl_grokking.model.fastforward import TokenGroups, weights_final_logits
 from tl_grokking.model.gemm import mm, onednn_available, uses_onednn
 from tl_grokking.model.transformer import init_weights
@@ -56,6 +57,21 @@ def test_onednn_is_used_and_deterministic_on_this_machine():
     assert torch.equal(mm(a, b), mm(a.clone(), b.T.contiguous().T))  # layout of b is free
 
 
+def test_small_products_go_to_torch_mm():
+    """Below ``ONEDNN_MIN_MACS`` multiply-adds (the per-step weight products) ``mm`` is
+    ``torch.mm``, bit for bit, whatever the CPU; at and above it oneDNN may take them."""
+    a, b = _operands(512, 128, 113, "contiguous")
+    assert 512 * 128 * 113 < gemm.ONEDNN_MIN_MACS
+    assert not uses_onednn(a, b)
+    assert torch.equal(mm(a, b), torch.mm(a, b))
+    if onednn_available():  # asked for by name, oneDNN takes a small product as well
+        torch.testing.assert_close(mm(a, b, onednn=True), torch.mm(a, b))
+    edge_m = -(-gemm.ONEDNN_MIN_MACS // (128 * 113))  # the first row count at the threshold
+    big, _ = _operands(edge_m, 128, 113, "contiguous")
+    assert uses_onednn(big, b) == onednn_available()
+    assert not uses_onednn(big[:-1], b) or (edge_m - 1) * 128 * 113 >= gemm.ONEDNN_MIN_MACS
+
+
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
 def test_mm_falls_back_where_onednn_does_not_apply():
     a, b = _operands(64, 32, 16, "contiguous")
@@ -75,9 +91,11 @@ def test_mm_falls_back_where_onednn_does_not_apply():
 
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
 @pytest.mark.parametrize("mkldnn", [True, False], ids=["onednn", "mkl"])
-def test_algebraic_path_agrees_with_itself_across_matmul_libraries(mkldnn):
+def test_algebraic_path_agrees_with_itself_across_matmul_libraries(mkldnn, monkeypatch):
     """The trainer's step computed with oneDNN and with MKL: the same logits and gradients to
-    float32 rounding (each library is checked against the model in test_fastforward.py)."""
+    float32 rounding (each library is checked against the model in test_fastforward.py).
+    Every product may go to oneDNN here (this model's are all below ``ONEDNN_MIN_MACS``)."""
+    monkeypatch.setattr(gemm, "ONEDNN_MIN_MACS", 1)
     config = TrainConfig(p=31, d_model=32, n_heads=4, d_mlp=64, trainable_biases="all")
     weights = init_weights(config.model_config(), seed=0)
     gen = torch.Generator().manual_seed(5)
@@ -107,9 +125,11 @@ def test_algebraic_path_refuses_double_backward(monkeypatch):
     weights = init_weights(config.model_config(), seed=0)
     weights["embed.W_E"].requires_grad_(True)
     logits = weights_final_logits(weights, make_task("add", 17).tokens())
-    (grad,) = torch.autograd.grad(logits.sum(), [weights["embed.W_E"]], create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable"):
-        grad.sum().backward()
+    # a gradient of these gradients would be silently incomplete: refused at once, by name
+    with pytest.raises(RuntimeError, match="_ReluReadout has first-order gradients only"):
+        torch.autograd.grad(logits.sum(), [weights["embed.W_E"]], create_graph=True)
+    (grad,) = torch.autograd.grad(logits.sum(), [weights["embed.W_E"]])
+    assert not grad.requires_grad and bool(grad.abs().sum() > 0)
 
 
 _HEAP_PROBE = """

@@ -50,8 +50,8 @@ import torch.nn.functional as F
 from fancy_einsum import einsum
 from jaxtyping import Float, Int
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from tl_grokking._autograd import first_order_only
 from tl_grokking.model.config import SUPPORTED_ACT_FNS
 from tl_grokking.model.gemm import mm
 from tl_grokking.model.transformer import (
@@ -176,7 +176,7 @@ class _ReluMlpUnembed(torch.autograd.Function):
         return _affine(resid_post, W_U, b_U)
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, d_logits):
         resid_mid, post, resid_post, W_in, W_out, W_U = ctx.saved_tensors
         need = ctx.needs_input_grad
@@ -350,34 +350,43 @@ class _ReluReadout(torch.autograd.Function):
     ``R`` holds, per position j ∈ {0, 1}, token and head, the head's value vector (relative to
     the final position's) already pushed through ``W_O W_in`` (``R_M``: the MLP
     pre-activation) and through ``W_O W_U`` (``R_L``: the direct path to the logits), two
-    tables; ``P`` is the attention the final query pays to positions 0 and 1. The mixing is one
-    ``embedding_bag`` per table (per-sample weights); the backward is written out: the table
-    gradients are ``embedding_bag`` s over the transposed layout, the pattern gradient two
-    ``sampled_addmm`` s, and the read-out costs the three
-    ``[batch, d_mlp] × [d_mlp, d_vocab_out]`` products — the same arithmetic as autograd up to
-    float32 rounding. The two tables are kept apart so that the ReLU and its backward run in
-    place on ``[batch, d_mlp]`` buffers of their own (no ``[batch, d_mlp + d_vocab_out]``
-    buffer and no copies between the two parts): the step is bound by memory traffic.
+    tables; ``P`` is the attention the final query pays to positions 0 and 1: the softmax,
+    per head, of the scores of the two tokens (rows of ``scores``) and of ``=`` itself (its
+    last row), mixed with uniform attention at ``rate``. The mixing is one ``embedding_bag``
+    per table (per-sample weights); the backward is written out: the table gradients are
+    ``embedding_bag`` s over the transposed layout, the pattern gradient two
+    ``sampled_addmm`` s followed by the softmax's backward in closed form, and the read-out
+    costs the three ``[batch, d_mlp] × [d_mlp, d_vocab_out]`` products — the same arithmetic
+    as autograd up to float32 rounding. The two tables are kept apart so that the ReLU and its
+    backward run in place on ``[batch, d_mlp]`` buffers of their own (no
+    ``[batch, d_mlp + d_vocab_out]`` buffer and no copies between the two parts), and the
+    pattern is computed here rather than by autograd (a dozen small operations and their
+    graph nodes fewer): the step is bound by memory traffic and per-operation overhead.
     """
 
     @staticmethod
-    def forward(ctx, table_M, table_L, c, W_L, pattern, groups):
-        d_mlp = table_M.shape[1]
-        # detached: embedding_bag's forward-only kernel (parallel, nothing kept for autograd's
-        # backward, which this Function writes itself) instead of the one that prepares one
-        bag = functools.partial(F.embedding_bag, groups.rows, per_sample_weights=pattern.detach())
+    def forward(ctx, table_M, table_L, c, W_L, scores, groups, rate):
+        d_mlp, n_heads, batch = table_M.shape[1], groups.n_heads, groups.tokens.shape[0]
+        own = scores[:-1].index_select(0, groups.token_rows).view(batch, 2, n_heads)
+        full = torch.cat([own, scores[-1].expand(batch, 1, n_heads)], dim=1)  # [batch, pos, head]
+        soft = torch.softmax(full, dim=1)  # the attention pattern of the final query
+        soft_ab = soft[:, :2].transpose(1, 2).contiguous()  # [batch, head, pos<2]
+        pattern = _mix_uniform(soft_ab, rate).view(batch, -1)  # [batch, (head, pos)]
+        # embedding_bag's forward-only kernel (parallel, nothing kept for autograd's backward,
+        # which this Function writes itself): its inputs must not require a gradient
+        bag = functools.partial(F.embedding_bag, groups.rows, per_sample_weights=pattern)
         post = bag(table_M.detach(), mode="sum")
         _add_relu_(post, c[:d_mlp])  # relu(pre), in place
         logits = bag(table_L.detach(), mode="sum")
         logits.add_(c[d_mlp:]).add_(mm(post, W_L))
-        ctx.save_for_backward(post, table_M, table_L, W_L, pattern)
-        ctx.groups = groups
+        ctx.save_for_backward(post, table_M, table_L, W_L, pattern, soft_ab)
+        ctx.groups, ctx.rate, ctx.n_scores = groups, rate, scores.shape[0]
         return logits
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, d_logits):
-        post, table_M, table_L, W_L, pattern = ctx.saved_tensors
+        post, table_M, table_L, W_L, pattern, soft_ab = ctx.saved_tensors
         groups = ctx.groups
         d_pre = mm(d_logits, W_L.T)
         torch.ops.aten.threshold_backward.grad_input(d_pre, post, 0.0, grad_input=d_pre)  # ReLU
@@ -392,7 +401,35 @@ class _ReluReadout(torch.autograd.Function):
         d_pattern = torch.sparse.sampled_addmm(groups.pattern, d_pre, table_M.T, beta=0.0)
         d_pattern = torch.sparse.sampled_addmm(d_pattern, d_logits, table_L.T).values()
         d_c = torch.cat([d_pre.sum(0), d_logits.sum(0)])
-        return *d_tables, d_c, d_W_L, d_pattern.view_as(pattern), None
+        d_scores = _softmax3_backward(
+            d_pattern.view_as(soft_ab), soft_ab, ctx.rate, groups, ctx.n_scores
+        )
+        return *d_tables, d_c, d_W_L, d_scores, None, None
+
+
+def _softmax3_backward(
+    d_pattern: Float[Tensor, "batch head 2"],
+    soft_ab: Float[Tensor, "batch head 2"],
+    rate: float,
+    groups: TokenGroups,
+    n_scores: int,
+) -> Float[Tensor, "n_scores head"]:
+    """Gradient of the score table from that of the pattern on positions 0 and 1.
+
+    The pattern is ``rate · softmax(s_0, s_1, s_=) + (1 − rate) / 3`` per head, and only its
+    first two entries reach the logits (the third is folded into the constant term), so with
+    ``g = rate · dP`` the softmax's backward is ``dS_j = P_j (g_j − Σ_(k<2) P_k g_k)`` for
+    j < 2 and ``dS_= = −(dS_0 + dS_1)`` (a softmax's gradient sums to zero). Row
+    ``j · d_vocab + t`` of the table gathers ``dS_j`` of the samples with token t at
+    position j; the last row, ``=``'s, gathers every ``dS_=``.
+    """
+    g = d_pattern if rate == 1.0 else d_pattern * rate
+    dot = (soft_ab * g).sum(-1, keepdim=True)  # [batch, head, 1]
+    d_own = (g - dot).mul_(soft_ab)  # [batch, head, pos<2]
+    d_scores = torch.zeros(n_scores, d_own.shape[1], dtype=d_own.dtype, device=d_own.device)
+    d_scores[:-1].index_add_(0, groups.token_rows, d_own.transpose(1, 2).flatten(0, 1))
+    d_scores[-1] = d_own.sum((0, 2)).neg_()
+    return d_scores
 
 
 def groups_for(
@@ -479,7 +516,7 @@ class _AlgebraicTables(torch.autograd.Function):
         return table_M, table_L, c, W_L, scores
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, g_table_M, g_table_L, g_c, g_W_L, g_scores):  # type: ignore[override]
         X, K, V_rel, v_eq, q, W_KV, W_F, W_OF, W_OF_M, W_OF_L, *weights = ctx.saved_tensors
         W_E, W_pos, W_Q, W_K, W_V, W_O, b_Q, b_K, b_V, b_O = weights[:10]
@@ -565,18 +602,11 @@ def _final_logits_algebraic(
     instead of ``3 · n_heads``.
     """
     W_Q = w["blocks.0.attn.W_Q"]
-    n_heads = W_Q.shape[0]
     weights = [w[name] for name in _TABLE_WEIGHTS]
     table_M, table_L, c, W_L, scores_table = _AlgebraicTables.apply(
         int(tokens[0, 2]), math.sqrt(W_Q.shape[-1]), *weights
     )
-    batch = tokens.shape[0]
-    scores_ab = scores_table[:-1].index_select(0, groups.token_rows)
-    scores = torch.cat(
-        [scores_ab.view(batch, 2, n_heads), scores_table[-1].expand(batch, 1, n_heads)], dim=1
-    )  # [batch, pos, head]
-    pattern = _mix_uniform(torch.softmax(scores, dim=1), rate)[:, :2].transpose(1, 2)
-    return _ReluReadout.apply(table_M, table_L, c, W_L, pattern.flatten(1), groups)
+    return _ReluReadout.apply(table_M, table_L, c, W_L, scores_table, groups, rate)
 
 
 def weights_final_logits(

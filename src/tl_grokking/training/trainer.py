@@ -42,9 +42,9 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 from tqdm.auto import tqdm
 
+from tl_grokking._autograd import first_order_only
 from tl_grokking._resources import auto_threads, available_memory, retained_heap, using_threads
 from tl_grokking._validation import worded
 from tl_grokking.model.fastforward import TokenGroups, groups_for, weights_final_logits
@@ -151,7 +151,7 @@ class _CrossEntropy64(torch.autograd.Function):
         return (sums.log() - picked).mean()
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         exp, sums, labels = ctx.saved_tensors
         d = exp.div(sums)  # softmax
