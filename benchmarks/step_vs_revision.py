@@ -1,0 +1,144 @@
+"""The trainer's step as it is now vs as it was at another git revision, side by side.
+
+Run:  python benchmarks/step_vs_revision.py REV [--blocks 60]
+
+On a shared machine the speed of the same code drifts by ±20 % from minute to minute, so a
+change of a few per cent in the step cannot be read off two runs of ``train_speed.py``. This
+loads ``tl_grokking/model/fastforward.py`` and ``tl_grokking/model/gemm.py`` as they were at
+``REV`` (``git show``) next to the working tree's, and times the paper configuration's
+training step (forward, float64 loss, backward, fused AdamW; p = 113, 3830 training pairs, the
+trainer's thread count) with each, in alternating blocks of ``STEP_BLOCK`` consecutive steps
+after two untimed ones, inside the trainer's retained heap. Both use the working tree's loss
+and optimizer; each has its own weights (the same initial ones) and AdamW state. Printed: the
+median and fastest block of each, the ratio of the medians, and how far apart the two
+revisions' logits and gradients are from the same weights (float32 rounding: the same
+arithmetic in another order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+import tl_grokking.model.fastforward as current_ff
+from tl_grokking._resources import auto_threads, retained_heap, using_threads
+from tl_grokking.model.transformer import init_weights, trainable_weight_names
+from tl_grokking.training.config import TrainConfig
+from tl_grokking.training.trainer import cross_entropy_final, step_work
+
+STEP_BLOCK = 5
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module_at(rev: str, path: str, name: str, folder: Path) -> ModuleType:
+    """The module at ``src/tl_grokking/<path>`` as of ``rev``, imported under ``name``."""
+    source = subprocess.run(
+        ["git", "show", f"{rev}:src/tl_grokking/{path}"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    file = folder / f"{name}.py"
+    file.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look modules up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def _revision_fastforward(rev: str, folder: Path) -> ModuleType:
+    """fastforward.py of ``rev``, its products through gemm.py of ``rev``."""
+    gemm = _module_at(rev, "model/gemm.py", "_rev_gemm", folder)
+    ff = _module_at(rev, "model/fastforward.py", "_rev_fastforward", folder)
+    for name in getattr(gemm, "__all__", ["mm"]):
+        if hasattr(ff, name):
+            setattr(ff, name, getattr(gemm, name))
+    return ff
+
+
+def _agreement(modules: dict[str, ModuleType], x, y, mc) -> float:
+    """Largest difference between the modules' logits and weight gradients from the same
+    weights, relative to each tensor's largest entry (float32 rounding: the same arithmetic
+    in another order)."""
+    results = []
+    for ff in modules.values():
+        weights = init_weights(mc, seed=0)
+        names = trainable_weight_names(mc)
+        for name in names:
+            weights[name].requires_grad_(True)
+        groups = ff.groups_for(x, mc.d_vocab, mc.n_heads, mc.act_fn)
+        logits = ff.weights_final_logits(weights, x, groups=groups)
+        cross_entropy_final(logits, y).backward()
+        results.append([logits.detach(), *(weights[n].grad for n in names)])
+    return max(
+        float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+        for a, b in zip(*results, strict=True)
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("rev", help="a git revision of this repository, e.g. HEAD~1")
+    parser.add_argument("--blocks", type=int, default=60)
+    args = parser.parse_args()
+
+    config = TrainConfig()  # the paper's configuration
+    task = config.make_task()
+    train_idx, _ = task.split(config.frac_train, config.seed)
+    x, y = task.tokens()[train_idx], task.labels()[train_idx]
+    mc = config.model_config()
+    with tempfile.TemporaryDirectory() as tmp:
+        modules = {"now": current_ff, args.rev: _revision_fastforward(args.rev, Path(tmp))}
+    states = {}
+    for label, ff in modules.items():
+        weights = init_weights(mc, seed=0)
+        names = trainable_weight_names(mc)
+        for name in names:
+            weights[name].requires_grad_(True)
+        opt = torch.optim.AdamW(
+            [weights[n] for n in names], lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98), fused=True
+        )
+        states[label] = (ff, weights, opt, ff.groups_for(x, mc.d_vocab, mc.n_heads, mc.act_fn))
+
+    def step(label: str) -> None:
+        ff, weights, opt, groups = states[label]
+        loss = cross_entropy_final(ff.weights_final_logits(weights, x, groups=groups), y)
+        loss.item()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    agreement = _agreement(modules, x, y, mc)
+    threads = auto_threads(step_work(config))
+    times: dict[str, list[float]] = {label: [] for label in states}
+    with using_threads(threads), retained_heap():
+        for label in states:
+            for _ in range(10):
+                step(label)
+        for _ in range(args.blocks):
+            for label in states:
+                step(label)
+                step(label)
+                start = time.perf_counter()
+                for _ in range(STEP_BLOCK):
+                    step(label)
+                times[label].append((time.perf_counter() - start) / STEP_BLOCK)
+    print(f"paper configuration, {threads} thread(s), {args.blocks} blocks of {STEP_BLOCK} steps")
+    med = {label: statistics.median(t) for label, t in times.items()}
+    for label, t in times.items():
+        print(f"{label:>12}: median {med[label] * 1e3:.2f} ms, fastest {min(t) * 1e3:.2f} ms")
+    print(f"ratio ({args.rev} / now): {med[args.rev] / med['now']:.3f}")
+    print(f"one step from the same weights, largest difference: {agreement:.1e} of the scale")
+
+
+if __name__ == "__main__":
+    main()
