@@ -27,11 +27,10 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-import torch
+from train_speed import fast_state  # this directory: the same state as train_speed.py
 
 import tl_grokking.model.fastforward as current_ff
 from tl_grokking._resources import auto_threads, retained_heap, using_threads
-from tl_grokking.model.transformer import init_weights, trainable_weight_names
 from tl_grokking.training.config import TrainConfig
 from tl_grokking.training.trainer import cross_entropy_final, step_work
 
@@ -65,20 +64,16 @@ def _revision_fastforward(rev: str, folder: Path) -> ModuleType:
     return ff
 
 
-def _agreement(modules: dict[str, ModuleType], x, y, mc) -> float:
+def _agreement(modules: dict[str, ModuleType], config: TrainConfig, x, y) -> float:
     """Largest difference between the modules' logits and weight gradients from the same
     weights, relative to each tensor's largest entry (float32 rounding: the same arithmetic
     in another order)."""
     results = []
     for ff in modules.values():
-        weights = init_weights(mc, seed=0)
-        names = trainable_weight_names(mc)
-        for name in names:
-            weights[name].requires_grad_(True)
-        groups = ff.groups_for(x, mc.d_vocab, mc.n_heads, mc.act_fn)
+        weights, _, groups = fast_state(config, x, ff.groups_for)
         logits = ff.weights_final_logits(weights, x, groups=groups)
         cross_entropy_final(logits, y).backward()
-        results.append([logits.detach(), *(weights[n].grad for n in names)])
+        results.append([logits.detach(), *(w.grad for w in weights.values() if w.requires_grad)])
     return max(
         float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
         for a, b in zip(*results, strict=True)
@@ -95,19 +90,9 @@ def main() -> None:
     task = config.make_task()
     train_idx, _ = task.split(config.frac_train, config.seed)
     x, y = task.tokens()[train_idx], task.labels()[train_idx]
-    mc = config.model_config()
     with tempfile.TemporaryDirectory() as tmp:
         modules = {"now": current_ff, args.rev: _revision_fastforward(args.rev, Path(tmp))}
-    states = {}
-    for label, ff in modules.items():
-        weights = init_weights(mc, seed=0)
-        names = trainable_weight_names(mc)
-        for name in names:
-            weights[name].requires_grad_(True)
-        opt = torch.optim.AdamW(
-            [weights[n] for n in names], lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98), fused=True
-        )
-        states[label] = (ff, weights, opt, ff.groups_for(x, mc.d_vocab, mc.n_heads, mc.act_fn))
+    states = {label: (ff, *fast_state(config, x, ff.groups_for)) for label, ff in modules.items()}
 
     def step(label: str) -> None:
         ff, weights, opt, groups = states[label]
@@ -117,7 +102,7 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    agreement = _agreement(modules, x, y, mc)
+    agreement = _agreement(modules, config, x, y)
     threads = auto_threads(step_work(config))
     times: dict[str, list[float]] = {label: [] for label in states}
     with using_threads(threads), retained_heap():

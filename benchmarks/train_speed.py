@@ -116,8 +116,9 @@ def _trainer_default_heap(
     return seconds, faults / epochs
 
 
-def _fast_state(config: TrainConfig, x_train: torch.Tensor):
-    """What the trainer's step works on: trainable weights, fused AdamW, the token layout."""
+def fast_state(config: TrainConfig, x_train: torch.Tensor, groups_for=groups_for):
+    """What the trainer's step works on: trainable weights (seed 0), fused AdamW, the token
+    layout (by ``groups_for``: another revision's, in ``step_vs_revision.py``)."""
     mc = config.model_config()
     weights = init_weights(mc, seed=0)
     names = trainable_weight_names(mc)
@@ -157,7 +158,7 @@ def paper(args: argparse.Namespace, tmp: Path) -> None:
         with torch.inference_mode():
             F.cross_entropy(plain(x_test)[:, -1].to(torch.float64), y_test).item()
 
-    weights, opt_fast, groups = _fast_state(config, x_train)
+    weights, opt_fast, groups = fast_state(config, x_train)
 
     def fast_step():  # what the trainer's step does
         logits = weights_final_logits(weights, x_train, groups=groups)
@@ -269,7 +270,7 @@ def step_pieces(steps: int = 100) -> dict[str, float]:
     task = config.make_task()
     train_idx, _ = task.split(config.frac_train, config.seed)
     x, y = task.tokens()[train_idx], task.labels()[train_idx]
-    weights, opt, groups = _fast_state(config, x)
+    weights, opt, groups = fast_state(config, x)
     times: dict[str, list[float]] = {}
 
     def timed(fn, key):
