@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import multiprocessing
+import os
 import resource
 import statistics
 import tempfile
@@ -58,6 +59,7 @@ import torch.nn.functional as F
 
 import tl_grokking.training.trainer as trainer_module
 from tl_grokking._resources import auto_threads, available_cores, retained_heap, using_threads
+from tl_grokking.model import native
 from tl_grokking.model.fastforward import groups_for, weights_final_logits
 from tl_grokking.model.gemm import mm, uses_onednn
 from tl_grokking.model.transformer import (
@@ -183,6 +185,13 @@ def paper(args: argparse.Namespace, tmp: Path) -> None:
         mm(g, b.T)
         mm(g.T, a)
 
+    def fast_step_torch_ops():  # the same step without the compiled kernels
+        os.environ[native.ENV_SWITCH] = "0"
+        try:
+            fast_step()
+        finally:
+            os.environ.pop(native.ENV_SWITCH)
+
     def fast_step_heap():
         with retained_heap():
             fast_step()
@@ -192,11 +201,13 @@ def paper(args: argparse.Namespace, tmp: Path) -> None:
         fast_step_heap()
         sgemm_mkl()
         sgemm_onednn()
-    t_plain_step, t_fast_step, t_mkl, t_onednn = [], [], [], []
+    t_plain_step, t_fast_step, t_torch_ops, t_mkl, t_onednn = [], [], [], [], []
     with retained_heap():  # the fast step's scope (the plain step is timed inside it as well)
         for _ in range(args.step_repeats):  # blocks of consecutive steps, as a loop runs them
             t_plain_step.append(_timed(plain_step, STEP_BLOCK))
             t_fast_step.append(_timed(fast_step, STEP_BLOCK))
+            if native.status().available:
+                t_torch_ops.append(_timed(fast_step_torch_ops, STEP_BLOCK))
             t_mkl.append(_timed(sgemm_mkl))
             t_onednn.append(_timed(sgemm_onednn))
         from torch.profiler import ProfilerActivity, profile
@@ -244,7 +255,13 @@ def paper(args: argparse.Namespace, tmp: Path) -> None:
         f"per epoch {med(f_default):.0f}; per repeat {', '.join(f'{x:.0f}' for x in f_default)})"
     )
     print(f"plain_step_s: {s_plain:.4f}")
-    print(f"fast_step_s: {s_fast:.4f}")
+    print(f"fast_step_s: {s_fast:.4f}  ({native.status()})")
+    if t_torch_ops:
+        s_ops = med(t_torch_ops)
+        print(
+            f"fast_step_torch_ops_s: {s_ops:.4f}  (the same step without the compiled kernels: "
+            f"they make it {s_ops / s_fast:.2f}x faster)"
+        )
     print(f"readout_gflop: {flops / 1e9:.3f}  (3 products {n}x{k}x{c})")
     print(f"readout_gflops: {flops / readout_s / 1e9:.1f}  (the step's own three products)")
     print(f"sgemm_mkl_same_shapes_gflops: {flops / s_mkl / 1e9:.1f}")

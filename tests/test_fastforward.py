@@ -9,6 +9,7 @@ import torch
 import tl_grokking.model.fastforward as ff
 from tl_compat import edit_weights, foreign_model, tl_grads, tl_state
 from tl_grokking.data.tasks import make_task
+from tl_grokking.model import native
 from tl_grokking.model.config import ModelConfig
 from tl_grokking.model.fastforward import (
     TokenGroups,
@@ -196,10 +197,13 @@ ALGEBRAIC = [
 
 @pytest.mark.parametrize("cfg", ALGEBRAIC, ids=lambda c: f"p{c[0]}-rate{c[7]}")
 @pytest.mark.parametrize("rows", ["grid", "train"])
-def test_algebraic_path_matches_the_model(cfg, rows, monkeypatch):
+@pytest.mark.parametrize("kernels", ["native", "torch"])
+def test_algebraic_path_matches_the_model(cfg, rows, kernels, monkeypatch):
     """Values and every weight's gradient against the model's own forward, on the whole grid
-    and on a random 30 % subset (uneven group sizes), with random nonzero biases."""
+    and on a random 30 % subset (uneven group sizes), with random nonzero biases; with the
+    compiled kernels (tl_grokking.model.native, where this machine builds them) and without."""
     monkeypatch.setattr(ff, "ALGEBRAIC_MIN_BATCH", 1)
+    monkeypatch.setenv(native.ENV_SWITCH, "1" if kernels == "native" else "0")
     model = _random_model(cfg, seed=2)
     task = make_task("add", cfg[0])
     tokens = task.tokens() if rows == "grid" else task.tokens()[task.split(0.3, 1)[0]]
@@ -235,6 +239,8 @@ def test_the_algebraic_path_is_taken_only_where_it_applies(monkeypatch):
     assert calls == [1]
     with pytest.raises(ValueError, match="groups were built for other tokens"):
         weights_final_logits(weights, grid, groups=TokenGroups(grid[1:], 18, 4))
+    with pytest.raises(ValueError, match="another d_vocab"):  # (tables with 19 rows per head)
+        weights_final_logits(weights, grid, groups=TokenGroups(grid, 19, 4))
 
 
 def test_token_groups_layout_by_brute_force():

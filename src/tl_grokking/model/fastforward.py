@@ -52,6 +52,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_grokking._autograd import first_order_only
+from tl_grokking.model import native
 from tl_grokking.model.config import SUPPORTED_ACT_FNS
 from tl_grokking.model.gemm import mm
 from tl_grokking.model.transformer import (
@@ -308,6 +309,9 @@ class TokenGroups:
             raise ValueError(
                 f"tokens must be a non-empty [batch, 3] tensor, got {tuple(tokens.shape)}"
             )
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < 0 or high >= n_vocab:  # (the compiled kernels index tables with these rows)
+            raise ValueError(f"tokens must lie in [0, {n_vocab}) (d_vocab), got {low}..{high}")
         self.tokens, self.n_vocab, self.n_heads = tokens, n_vocab, n_heads
         batch, device = tokens.shape[0], tokens.device
         per_head = 2 * n_vocab  # table rows per head: the tokens at positions 0 and 1
@@ -329,11 +333,11 @@ class TokenGroups:
                 crow, flat, torch.zeros(flat.numel(), device=device), size=(batch, n_rows)
             )
 
-    def matches(self, tokens: Tensor, n_heads: int) -> bool:
+    def matches(self, tokens: Tensor, n_heads: int, n_vocab: int) -> bool:
         same = tokens is self.tokens or (
             tokens.shape == self.tokens.shape and bool(torch.equal(tokens, self.tokens))
         )
-        return same and n_heads == self.n_heads
+        return same and n_heads == self.n_heads and n_vocab == self.n_vocab
 
 
 def _add_relu_(x: Tensor, b: Tensor) -> Tensor:
@@ -362,23 +366,41 @@ class _ReluReadout(torch.autograd.Function):
     ``[batch, d_mlp + d_vocab_out]`` buffer and no copies between the two parts), and the
     pattern is computed here rather than by autograd (a dozen small operations and their
     graph nodes fewer): the step is bound by memory traffic and per-operation overhead.
+
+    Where :func:`tl_grokking.model.native.enabled` holds, everything but the three products
+    runs as three compiled passes over the batch instead (the forward; the backward per
+    sample, then per table row): the same quantities, to float32 rounding.
     """
 
     @staticmethod
     def forward(ctx, table_M, table_L, c, W_L, scores, groups, rate):
         d_mlp, n_heads, batch = table_M.shape[1], groups.n_heads, groups.tokens.shape[0]
-        own = scores[:-1].index_select(0, groups.token_rows).view(batch, 2, n_heads)
-        full = torch.cat([own, scores[-1].expand(batch, 1, n_heads)], dim=1)  # [batch, pos, head]
-        soft = torch.softmax(full, dim=1)  # the attention pattern of the final query
-        soft_ab = soft[:, :2].transpose(1, 2).contiguous()  # [batch, head, pos<2]
-        pattern = _mix_uniform(soft_ab, rate).view(batch, -1)  # [batch, (head, pos)]
-        # embedding_bag's forward-only kernel (parallel, nothing kept for autograd's backward,
-        # which this Function writes itself): its inputs must not require a gradient
-        bag = functools.partial(F.embedding_bag, groups.rows, per_sample_weights=pattern)
-        post = bag(table_M.detach(), mode="sum")
-        _add_relu_(post, c[:d_mlp])  # relu(pre), in place
-        logits = bag(table_L.detach(), mode="sum")
-        logits.add_(c[d_mlp:]).add_(mm(post, W_L))
+        ctx.native = native.enabled(table_M, table_L, c, W_L, scores)
+        if ctx.native:  # the same passes, compiled (tl_grokking.model.native)
+            post, logits, pattern, soft = native.readout_forward(
+                scores.detach(),
+                table_M.detach(),
+                table_L.detach(),
+                c.detach(),
+                groups.rows,
+                groups.token_rows,
+                rate,
+            )
+            soft_ab = soft.view(batch, n_heads, 2)
+        else:
+            own = scores[:-1].index_select(0, groups.token_rows).view(batch, 2, n_heads)
+            full = torch.cat([own, scores[-1].expand(batch, 1, n_heads)], dim=1)  # [b, pos, head]
+            soft = torch.softmax(full, dim=1)  # the attention pattern of the final query
+            soft_ab = soft[:, :2].transpose(1, 2).contiguous()  # [batch, head, pos<2]
+            pattern = _mix_uniform(soft_ab, rate).view(batch, -1)  # [batch, (head, pos)]
+            # embedding_bag's forward-only kernel (parallel, nothing kept for autograd's
+            # backward, which this Function writes itself): its inputs must not require a
+            # gradient
+            bag = functools.partial(F.embedding_bag, groups.rows, per_sample_weights=pattern)
+            post = bag(table_M.detach(), mode="sum")
+            _add_relu_(post, c[:d_mlp])  # relu(pre), in place
+            logits = bag(table_L.detach(), mode="sum").add_(c[d_mlp:])
+        logits.add_(mm(post, W_L))
         ctx.save_for_backward(post, table_M, table_L, W_L, pattern, soft_ab)
         ctx.groups, ctx.rate, ctx.n_scores = groups, rate, scores.shape[0]
         return logits
@@ -389,8 +411,28 @@ class _ReluReadout(torch.autograd.Function):
         post, table_M, table_L, W_L, pattern, soft_ab = ctx.saved_tensors
         groups = ctx.groups
         d_pre = mm(d_logits, W_L.T)
-        torch.ops.aten.threshold_backward.grad_input(d_pre, post, 0.0, grad_input=d_pre)  # ReLU
         d_W_L = mm(d_logits.T, post).T  # [d_vocab_out, d_mlp] contiguous: oneDNN's fast layout
+        if ctx.native:  # (which applies the ReLU's mask to d_pre itself)
+            d_table_M, d_table_L, d_c, d_row_score = native.readout_backward(
+                d_pre,
+                post,
+                d_logits,
+                table_M.detach(),
+                table_L.detach(),
+                soft_ab,
+                pattern,
+                groups.rows,
+                groups.bag_offsets,
+                groups.bag_order,
+                ctx.rate,
+            )
+            # table row h · 2 · d_vocab + j · d_vocab + t is (j · d_vocab + t, h) of the score
+            # table; the final token's row is minus their sum (_softmax3_backward)
+            d_scores = table_M.new_empty(ctx.n_scores, groups.n_heads)
+            d_scores[:-1] = d_row_score.view(groups.n_heads, -1).T
+            d_scores[-1] = d_scores[:-1].sum(0).neg_()
+            return d_table_M, d_table_L, d_c, d_W_L, d_scores, None, None
+        torch.ops.aten.threshold_backward.grad_input(d_pre, post, 0.0, grad_input=d_pre)  # ReLU
         weights = pattern.flatten().index_select(0, groups.bag_order)
         d_tables = [
             F.embedding_bag(
@@ -635,8 +677,11 @@ def weights_final_logits(
         n_vocab, n_heads = weights["embed.W_E"].shape[0], weights["blocks.0.attn.W_Q"].shape[0]
         if groups is None:
             groups = TokenGroups(tokens, n_vocab, n_heads)
-        elif not groups.matches(tokens, n_heads):
-            raise ValueError("groups were built for other tokens than the ones given")
+        elif not groups.matches(tokens, n_heads, n_vocab):
+            raise ValueError(
+                "groups were built for other tokens (or another d_vocab or n_heads) than the "
+                "ones given"
+            )
         return _final_logits_algebraic(weights, attn_rate, tokens, groups)
     last = tokens[:, 2]
     first = int(last[0]) if tokens.shape[0] else 0

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from tl_grokking._autograd import first_order_only
 from tl_grokking._resources import auto_threads, available_memory, retained_heap, using_threads
 from tl_grokking._validation import worded
+from tl_grokking.model import native
 from tl_grokking.model.fastforward import TokenGroups, groups_for, weights_final_logits
 from tl_grokking.model.transformer import (
     GrokModel,
@@ -142,17 +143,37 @@ class _CrossEntropy64(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, labels: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.dtype, batch = logits.dtype, logits.shape[0]
+        if native.enabled(logits):
+            # one compiled pass: every row's loss and (for a loss of weight 1, the trainer's)
+            # its gradient; a non-finite batch goes through torch below, whose NaN and inf
+            # the trainer reports
+            want_grad = ctx.needs_input_grad[0]
+            rows, grad = native.cross_entropy64(
+                logits.detach(), labels, 1.0 / batch if want_grad else None
+            )
+            loss = rows.mean()
+            if bool(torch.isfinite(loss)):
+                ctx.save_for_backward(logits, labels)
+                ctx.native_grad = grad
+                return loss
         x = logits.to(torch.float64, copy=True)
         x.sub_(x.amax(1, keepdim=True))  # log-sum-exp shift: every exponent <= 0
         picked = x.gather(1, labels[:, None])
         sums = x.exp_().sum(1, keepdim=True)
         ctx.save_for_backward(x, sums, labels)
-        ctx.dtype = logits.dtype
+        ctx.native_grad = None
         return (sums.log() - picked).mean()
 
     @staticmethod
     @first_order_only
     def backward(ctx, grad: Tensor):  # type: ignore[override]
+        if ctx.native_grad is not None:
+            logits, labels = ctx.saved_tensors
+            if bool(grad == 1.0):
+                return ctx.native_grad, None
+            scale = float(grad) / logits.shape[0]
+            return native.cross_entropy64(logits.detach(), labels, scale)[1], None
         exp, sums, labels = ctx.saved_tensors
         d = exp.div(sums)  # softmax
         d.scatter_add_(1, labels[:, None], d.new_full((d.shape[0], 1), -1.0))
