@@ -138,7 +138,8 @@ class _CrossEntropy64(torch.autograd.Function):
     the logits' dtype, has its subnormal entries flushed to zero), in half its time on
     the trainer's ``[batch, d_vocab_out]`` logits: one ``exp`` of the batch instead of three
     (``log_softmax``, its backward, ``nll_loss``'s), and no ``[batch, d_vocab_out]`` float64
-    intermediates beyond the one it keeps.
+    intermediates beyond the one it keeps. Where the compiled kernels are used
+    (:mod:`tl_grokking.model.native`), loss and gradient come from one pass per row instead.
     """
 
     @staticmethod
