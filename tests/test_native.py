@@ -187,7 +187,8 @@ def test_builds_once_into_the_cache_and_leaves_nothing_half_written(tmp_path, mo
     gomp = native._torch_openmp()
     path = native._build(*compiler, gomp)
     assert path.parent == tmp_path / "cache" and path.name.startswith("native-")
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
+    names = sorted(p.name for p in path.parent.iterdir())
+    assert names == [path.name, path.name + ".sha256"]  # no temporary left
     stamp = path.stat().st_mtime_ns
     assert native._build(*compiler, gomp) == path and path.stat().st_mtime_ns == stamp
 
@@ -239,3 +240,17 @@ def test_tokens_outside_the_vocabulary_are_refused_before_any_kernel_runs():
         ff.TokenGroups(tokens, 6, 2)
     with pytest.raises(ValueError, match="got -1..5"):
         ff.TokenGroups(torch.tensor([[0, -1, 5]]), 6, 2)
+
+
+@needs_native
+def test_a_damaged_cached_library_is_built_again_not_loaded(tmp_path, monkeypatch):
+    monkeypatch.setenv(native.ENV_CACHE, str(tmp_path))
+    compiler, gomp = native._compiler(), native._torch_openmp()
+    assert compiler is not None and gomp is not None
+    path = native._build(*compiler, gomp)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:1000])  # truncated, as by a full disk: loading it could crash
+    assert native._build(*compiler, gomp) == path and path.read_bytes() == whole
+    native._digest_path(path).unlink()  # a library without its digest is not trusted either
+    stamp = path.stat().st_mtime_ns
+    assert native._build(*compiler, gomp) == path and path.stat().st_mtime_ns != stamp

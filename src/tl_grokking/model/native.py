@@ -14,7 +14,8 @@ sums run in another order).
 if set, else ``cc`` or ``gcc``) for this CPU (``-march=native``) into a cache directory
 (``$TL_GROKKING_CACHE``, else ``$XDG_CACHE_HOME/tl_grokking``, else ``~/.cache/tl_grokking``;
 about a second, once per machine and source), writing to a temporary file that is renamed into
-place, and loads it with :mod:`ctypes`. The kernels run on the OpenMP runtime torch has loaded
+place with its SHA-256 beside it (a cached file that does not match is built again), and loads
+it with :mod:`ctypes`. The kernels run on the OpenMP runtime torch has loaded
 (the library is linked against that very ``libgomp``), so they share torch's threads and its
 thread count (:func:`torch.get_num_threads`) rather than contending with them for the cores.
 
@@ -138,6 +139,20 @@ def _cpu_fingerprint() -> str:
     return platform.machine() + "\n" + "\n".join(sorted(lines))
 
 
+def _digest_path(library: Path) -> Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def _intact(library: Path) -> bool:
+    """Whether ``library`` is the file its build wrote (its SHA-256 beside it): loading a
+    damaged shared library can crash the process rather than raise."""
+    try:
+        expected = _digest_path(library).read_text().strip()
+        return hashlib.sha256(library.read_bytes()).hexdigest() == expected
+    except OSError:
+        return False
+
+
 def _build(cc: str, banner: str, gomp: str) -> Path:
     """Compile ``native.c`` against torch's ``libgomp`` (cached), return the library's path."""
     source = _SOURCE.read_bytes()
@@ -158,7 +173,7 @@ def _build(cc: str, banner: str, gomp: str) -> Path:
             directory = Path(tempfile.mkdtemp(prefix="tl_grokking-native-"))
             probe = tempfile.mkdtemp(prefix=".build-", dir=directory)
         target = directory / f"native-{key}.so"
-        if target.exists():
+        if _intact(target):
             shutil.rmtree(probe, ignore_errors=True)
             return target
         obj, lib = Path(probe) / "native.o", Path(probe) / "native.so"
@@ -173,7 +188,10 @@ def _build(cc: str, banner: str, gomp: str) -> Path:
                 done = subprocess.run(command, capture_output=True, text=True, timeout=300)
                 if done.returncode != 0:
                     raise RuntimeError(done.stderr.strip().splitlines()[-1:] or ["failed"])
+            digest = Path(probe) / "native.so.sha256"
+            digest.write_text(hashlib.sha256(lib.read_bytes()).hexdigest())
             os.replace(lib, target)  # atomic: a concurrent build renames an identical file
+            os.replace(digest, _digest_path(target))
             return target
         except (OSError, subprocess.SubprocessError, RuntimeError) as err:
             last_error = f"{Path(cc).name} {' '.join(arch)}: {err}"
