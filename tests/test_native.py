@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import tl_grokking.model.fastforward as ff
 from tl_grokking._resources import using_threads
+from tl_grokking.cli import main
 from tl_grokking.model import native
 from tl_grokking.training.trainer import cross_entropy_final
 
@@ -172,6 +173,20 @@ def test_the_switch_turns_the_kernels_off(monkeypatch):
     assert native.status() == native.NativeStatus(False, f"{native.ENV_SWITCH}=0")
     assert "off" in str(native.status())
     assert not native.enabled(torch.zeros(2))
+
+
+def test_a_switch_other_than_0_or_1_is_refused_before_a_run_starts(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(native.ENV_SWITCH, "off")
+    with pytest.raises(ValueError, match=r"TL_GROKKING_NATIVE must be 0 \(torch .*got 'off'"):
+        native.status()
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), "--p", "23", "--frac-train", "0.6", "--epochs", "2"]
+    assert main([*argv, "--d-model", "16", "--n-heads", "2", "--d-mlp", "32", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: TL_GROKKING_NATIVE must be 0" in err
+    assert not out.exists()  # nothing written
+    monkeypatch.setenv(native.ENV_SWITCH, "")
+    assert native.switch_on()
 
 
 def test_only_float32_cpu_tensors_take_the_kernels():

@@ -50,6 +50,7 @@ __all__ = [
     "NativeStatus",
     "status",
     "enabled",
+    "switch_on",
     "cache_dir",
     "cross_entropy64",
     "readout_forward",
@@ -244,9 +245,21 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     return lib, str(path)
 
 
+def switch_on() -> bool:
+    """``TL_GROKKING_NATIVE``: unset, empty or ``1`` (use the kernels where they build) is on,
+    ``0`` off; anything else is refused with ``ValueError``."""
+    value = os.environ.get(ENV_SWITCH, "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(
+            f"{ENV_SWITCH} must be 0 (torch operations only) or 1 (the compiled kernels where "
+            f"they build), got {value!r}"
+        )
+    return value != "0"
+
+
 def status() -> NativeStatus:
     """Whether the fast path uses the compiled kernels here, with the library or the reason."""
-    if os.environ.get(ENV_SWITCH, "1").strip() == "0":
+    if not switch_on():
         return NativeStatus(False, f"{ENV_SWITCH}=0")
     lib, detail = _library()
     return NativeStatus(lib is not None, detail)
@@ -255,7 +268,7 @@ def status() -> NativeStatus:
 def enabled(*tensors: Tensor) -> bool:
     """Whether the kernels are used for these tensors: :func:`status` says so and every tensor
     is a float32 CPU tensor."""
-    if os.environ.get(ENV_SWITCH, "1").strip() == "0":
+    if not switch_on():
         return False
     if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
         return False

@@ -611,6 +611,7 @@ def train_model(
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     device = validate_device(config.device)
+    native.switch_on()  # a bad TL_GROKKING_NATIVE is refused before anything is written
     if device.type == "cpu":
         check_memory(config)  # before anything is allocated or written
     run_dir = Path(run_dir)
