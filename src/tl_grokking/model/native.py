@@ -29,6 +29,7 @@ depend on the thread count.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
 import hashlib
@@ -170,8 +171,9 @@ def _build(cc: str, banner: str, gomp: str) -> Path:
             directory = cache_dir()
             directory.mkdir(parents=True, exist_ok=True)
             probe = tempfile.mkdtemp(prefix=".build-", dir=directory)
-        except OSError:  # a read-only home: build for this process only
+        except OSError:  # a read-only home: build for this process only, removed at exit
             directory = Path(tempfile.mkdtemp(prefix="tl_grokking-native-"))
+            atexit.register(shutil.rmtree, directory, ignore_errors=True)
             probe = tempfile.mkdtemp(prefix=".build-", dir=directory)
         target = directory / f"native-{key}.so"
         if _intact(target):
