@@ -190,14 +190,14 @@ def _build(cc: str, banner: str, gomp: str) -> Path:
             for command in commands:
                 done = subprocess.run(command, capture_output=True, text=True, timeout=300)
                 if done.returncode != 0:
-                    raise RuntimeError(done.stderr.strip().splitlines()[-1:] or ["failed"])
+                    raise RuntimeError((done.stderr.strip().splitlines() or ["failed"])[-1])
             digest = Path(probe) / "native.so.sha256"
             digest.write_text(hashlib.sha256(lib.read_bytes()).hexdigest())
             os.replace(lib, target)  # atomic: a concurrent build renames an identical file
             os.replace(digest, _digest_path(target))
             return target
         except (OSError, subprocess.SubprocessError, RuntimeError) as err:
-            last_error = f"{Path(cc).name} {' '.join(arch)}: {err}"
+            last_error = f"{' '.join([Path(cc).name, *arch])}: {err}"
         finally:
             shutil.rmtree(probe, ignore_errors=True)
     raise RuntimeError(f"compiling native.c failed ({last_error})")
