@@ -5,6 +5,7 @@ loader that builds once, atomically, and says why when it cannot."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import torch
@@ -269,3 +270,19 @@ def test_a_damaged_cached_library_is_built_again_not_loaded(tmp_path, monkeypatc
     native._digest_path(path).unlink()  # a library without its digest is not trusted either
     stamp = path.stat().st_mtime_ns
     assert native._build(*compiler, gomp) == path and path.stat().st_mtime_ns != stamp
+
+
+@needs_native
+def test_a_killed_builds_directory_is_cleared_by_a_later_build(tmp_path, monkeypatch):
+    monkeypatch.setenv(native.ENV_CACHE, str(tmp_path))
+    compiler, gomp = native._compiler(), native._torch_openmp()
+    assert compiler is not None and gomp is not None
+    stale, fresh = tmp_path / ".build-killed", tmp_path / ".build-running"
+    for leftover in (stale, fresh):
+        leftover.mkdir()
+        (leftover / "native.o").write_bytes(b"partial")
+    old = time.time() - 2 * native._STALE_BUILD_S
+    os.utime(stale, (old, old))
+    path = native._build(*compiler, gomp)
+    assert not stale.exists() and fresh.exists()  # another process's build is left alone
+    assert path.exists()

@@ -38,6 +38,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,6 +156,21 @@ def _intact(library: Path) -> bool:
         return False
 
 
+#: A build directory this old was left by a killed process (a build takes about a second).
+_STALE_BUILD_S = 600.0
+
+
+def _remove_stale_builds(directory: Path) -> None:
+    """Remove the ``.build-*`` directories that killed builds left in ``directory``."""
+    now = time.time()
+    for leftover in directory.glob(".build-*"):
+        try:
+            if now - leftover.stat().st_mtime > _STALE_BUILD_S:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except OSError:
+            continue
+
+
 def _build(cc: str, banner: str, gomp: str) -> Path:
     """Compile ``native.c`` against torch's ``libgomp`` (cached), return the library's path."""
     source = _SOURCE.read_bytes()
@@ -175,6 +191,7 @@ def _build(cc: str, banner: str, gomp: str) -> Path:
             directory = Path(tempfile.mkdtemp(prefix="tl_grokking-native-"))
             atexit.register(shutil.rmtree, directory, ignore_errors=True)
             probe = tempfile.mkdtemp(prefix=".build-", dir=directory)
+        _remove_stale_builds(directory)
         target = directory / f"native-{key}.so"
         if _intact(target):
             shutil.rmtree(probe, ignore_errors=True)
