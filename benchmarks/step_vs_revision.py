@@ -5,7 +5,8 @@ Run:  python benchmarks/step_vs_revision.py REV [--blocks 60]
 On a shared machine the speed of the same code drifts by ±20 % from minute to minute, so a
 change of a few per cent in the step cannot be read off two runs of ``train_speed.py``. This
 loads ``tl_grokking/model/fastforward.py`` and ``tl_grokking/model/gemm.py`` as they were at
-``REV`` (``git show``) next to the working tree's, and times the paper configuration's
+``REV`` (``git show``), with the compiled kernels of ``REV`` (``native.py`` and ``native.c``),
+next to the working tree's, and times the paper configuration's
 training step (forward, float64 loss, backward, fused AdamW; p = 113, 3830 training pairs, the
 trainer's thread count) with each, in alternating blocks of ``STEP_BLOCK`` consecutive steps
 after two untimed ones, inside the trainer's retained heap. Both use the working tree's loss
@@ -55,12 +56,25 @@ def _module_at(rev: str, path: str, name: str, folder: Path) -> ModuleType:
 
 
 def _revision_fastforward(rev: str, folder: Path) -> ModuleType:
-    """fastforward.py of ``rev``, its products through gemm.py of ``rev``."""
+    """fastforward.py of ``rev``, its products through gemm.py of ``rev`` and its compiled
+    passes from native.py and native.c of ``rev`` (where ``rev`` has them; built here, into
+    the kernels' cache, under the hash of that source)."""
     gemm = _module_at(rev, "model/gemm.py", "_rev_gemm", folder)
     ff = _module_at(rev, "model/fastforward.py", "_rev_fastforward", folder)
     for name in getattr(gemm, "__all__", ["mm"]):
         if hasattr(ff, name):
             setattr(ff, name, getattr(gemm, name))
+    if hasattr(ff, "native"):
+        source = subprocess.run(
+            ["git", "show", f"{rev}:src/tl_grokking/model/native.c"],
+            cwd=ROOT, check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        (folder / "native.c").write_text(source)  # beside the module: its _SOURCE
+        native = _module_at(rev, "model/native.py", "_rev_native", folder)
+        print(f"{rev}: {native.status()}")  # builds now, while the folder exists
+        ff.native = native
+        if hasattr(gemm, "native"):
+            gemm.native = native
     return ff
 
 
@@ -90,6 +104,7 @@ def main() -> None:
     task = config.make_task()
     train_idx, _ = task.split(config.frac_train, config.seed)
     x, y = task.tokens()[train_idx], task.labels()[train_idx]
+    print(f"now: {current_ff.native.status()}")
     with tempfile.TemporaryDirectory() as tmp:
         modules = {"now": current_ff, args.rev: _revision_fastforward(args.rev, Path(tmp))}
     states = {label: (ff, *fast_state(config, x, ff.groups_for)) for label, ff in modules.items()}
