@@ -39,14 +39,26 @@ STEP_BLOCK = 5
 ROOT = Path(__file__).resolve().parents[1]
 
 
+class RevisionError(RuntimeError):
+    """A file of the package that ``git show`` cannot give at the revision asked for."""
+
+
+def _source_at(rev: str, path: str) -> str:
+    """The text of ``src/tl_grokking/<path>`` as of ``rev``."""
+    done = subprocess.run(
+        ["git", "show", f"{rev}:src/tl_grokking/{path}"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["git show failed"])[-1]
+        raise RevisionError(f"src/tl_grokking/{path} at {rev!r}: {reason}")
+    return done.stdout
+
+
 def _module_at(rev: str, path: str, name: str, folder: Path) -> ModuleType:
     """The module at ``src/tl_grokking/<path>`` as of ``rev``, imported under ``name``."""
-    source = subprocess.run(
-        ["git", "show", f"{rev}:src/tl_grokking/{path}"],
-        cwd=ROOT, check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
     file = folder / f"{name}.py"
-    file.write_text(source)
+    file.write_text(_source_at(rev, path))
     spec = importlib.util.spec_from_file_location(name, file)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -65,16 +77,10 @@ def _revision_fastforward(rev: str, folder: Path) -> ModuleType:
         if hasattr(ff, name):
             setattr(ff, name, getattr(gemm, name))
     if hasattr(ff, "native"):
-        source = subprocess.run(
-            ["git", "show", f"{rev}:src/tl_grokking/model/native.c"],
-            cwd=ROOT, check=True, capture_output=True, text=True,
-        ).stdout  # fmt: skip
-        (folder / "native.c").write_text(source)  # beside the module: its _SOURCE
-        native = _module_at(rev, "model/native.py", "_rev_native", folder)
-        print(f"{rev}: {native.status()}")  # builds now, while the folder exists
-        ff.native = native
-        if hasattr(gemm, "native"):
-            gemm.native = native
+        # native.c beside the module (its _SOURCE); built now, while the folder exists
+        (folder / "native.c").write_text(_source_at(rev, "model/native.c"))
+        ff.native = _module_at(rev, "model/native.py", "_rev_native", folder)
+        print(f"{rev}: {ff.native.status()}")
     return ff
 
 
@@ -106,7 +112,10 @@ def main() -> None:
     x, y = task.tokens()[train_idx], task.labels()[train_idx]
     print(f"now: {current_ff.native.status()}")
     with tempfile.TemporaryDirectory() as tmp:
-        modules = {"now": current_ff, args.rev: _revision_fastforward(args.rev, Path(tmp))}
+        try:
+            modules = {"now": current_ff, args.rev: _revision_fastforward(args.rev, Path(tmp))}
+        except RevisionError as err:
+            parser.exit(2, f"step_vs_revision.py: error: {err}\n")
     states = {label: (ff, *fast_state(config, x, ff.groups_for)) for label, ff in modules.items()}
 
     def step(label: str) -> None:
